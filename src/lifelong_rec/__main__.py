@@ -1,0 +1,3 @@
+from lifelong_rec.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,656 @@
+"""Validation, cleaning and normalisation of raw rows into an :class:`EventBatch`.
+
+Nothing is dropped silently: every rejected row is counted under a named reason and kept, with
+its source line and original fields, in :class:`Rejected`. A row with several problems is
+counted once, under the first reason in :data:`REASONS` order.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+import numpy as np
+import pandas as pd
+
+from lifelong_rec.events import EventBatch, EventWeights, Kind, kind_codes
+
+REASONS: tuple[str, ...] = (
+    "malformed_row",  # the parser could not split the line into the expected columns
+    "missing_id",  # user or item empty or absent
+    "id_too_long",
+    "bad_timestamp",  # not a number and not ISO-8601
+    "timestamp_out_of_range",  # before min_time or more than max_future_seconds ahead
+    "unknown_kind",
+    "bad_value",  # not a number, not finite, or missing where the kind needs one
+    "value_out_of_range",
+    "bad_propensity",  # not a probability
+    "duplicate",  # an exact copy of an earlier accepted row
+    "bot_burst",  # the user had more than max_events_per_second events in one second
+)
+
+# Common spellings of kinds in public data sets and trackers.
+DEFAULT_KIND_ALIASES: Mapping[str, str] = MappingProxyType(
+    {
+        "addtocart": "cart",
+        "add_to_cart": "cart",
+        "transaction": "purchase",
+        "buy": "purchase",
+        "order": "purchase",
+        "pageview": "view",
+        "page_view": "view",
+        "play": "watch",
+        "rate": "rating",
+    }
+)
+
+_SECONDS_PER_UNIT = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+
+
+@dataclass(frozen=True)
+class CleaningConfig:
+    """How raw rows are validated and normalised.
+
+    Parameters
+    ----------
+    weights : EventWeights
+        Implicit-feedback weight of each kind.
+    default_kind : str
+        Kind of rows whose kind is absent or empty.
+    kind_aliases : mapping of str to str
+        Other names for kinds, for example ``{"like": "click"}``; added to
+        :data:`DEFAULT_KIND_ALIASES`.
+    time_unit : {"auto", "s", "ms", "us", "ns"}
+        Unit of numeric timestamps. "auto" picks it per column from the median magnitude
+        (seconds below 1e11, milliseconds below 1e14, microseconds below 1e17). ISO-8601 text
+        is always accepted.
+    min_time : float
+        Earliest accepted timestamp, unix seconds (default 1990-01-01).
+    max_future_seconds : float
+        How far past ``now`` a timestamp may lie (default one day: clocks drift).
+    now : float or None
+        The present, unix seconds; None reads the clock. Set it for reproducible cleaning.
+    rating_range : (float, float)
+        Inclusive bounds of a rating.
+    max_watch_seconds : float
+        Longest accepted watch time.
+    max_events_per_second : int or None
+        A user with more events than this within one calendar second is a bot-like burst: all
+        of that second's events of that user are rejected. None turns the check off.
+    collapse_window : float or None
+        If set, repeated events with the same (user, item, kind) less than this many seconds
+        apart are merged into the first one: weights add up, the value is the last one's.
+    max_id_length : int
+        Longest accepted user or item id, in characters.
+    drop_duplicates : bool
+        Reject exact copies of earlier rows.
+    sort_by_time : bool
+        Order accepted events by timestamp (stable: ties keep file order).
+    """
+
+    weights: EventWeights = field(default_factory=EventWeights)
+    default_kind: str = "view"
+    kind_aliases: Mapping[str, str] = field(default_factory=dict)
+    time_unit: str = "auto"
+    min_time: float = 631_152_000.0
+    max_future_seconds: float = 86_400.0
+    now: float | None = None
+    rating_range: tuple[float, float] = (0.0, 10.0)
+    max_watch_seconds: float = 86_400.0
+    max_events_per_second: int | None = 20
+    collapse_window: float | None = None
+    max_id_length: int = 256
+    drop_duplicates: bool = True
+    sort_by_time: bool = True
+
+    def __post_init__(self) -> None:
+        known = {kind.label for kind in Kind}
+        if self.default_kind not in known:
+            raise ValueError(f"default_kind: {self.default_kind!r} is not one of {sorted(known)}")
+        for alias, target in self.kind_aliases.items():
+            if target not in known:
+                raise ValueError(f"kind_aliases[{alias!r}]: {target!r} is not a known kind")
+        if self.time_unit not in ("auto", *_SECONDS_PER_UNIT):
+            raise ValueError(f"time_unit: {self.time_unit!r} is not auto, s, ms, us or ns")
+        low, high = self.rating_range
+        if not low <= high:
+            raise ValueError(f"rating_range: {self.rating_range!r} is not (low, high)")
+        if self.max_events_per_second is not None and self.max_events_per_second < 1:
+            raise ValueError("max_events_per_second must be >= 1 or None")
+        if self.collapse_window is not None and self.collapse_window <= 0:
+            raise ValueError("collapse_window must be > 0 seconds or None")
+        if self.max_id_length < 1:
+            raise ValueError("max_id_length must be >= 1")
+
+
+@dataclass(frozen=True, eq=False)
+class Rejected:
+    """Rows that were kept aside, each with where it came from and why.
+
+    Attributes
+    ----------
+    source : array of str, shape (n,)
+        File (or stream) the row came from.
+    line : array of int64, shape (n,)
+        Line in that source (1-based; -1 when unknown).
+    reason : array of str, shape (n,)
+        One of :data:`REASONS`.
+    field : array of str, shape (n,)
+        The offending field ("" for whole-row reasons).
+    detail : array of str, shape (n,)
+        What was wrong, for a person.
+    raw : array of str, shape (n,)
+        The original row as JSON (or the raw text of a malformed line).
+    """
+
+    source: np.ndarray
+    line: np.ndarray
+    reason: np.ndarray
+    field: np.ndarray
+    detail: np.ndarray
+    raw: np.ndarray
+
+    @classmethod
+    def empty(cls) -> Rejected:
+        return cls(*(np.array([], dtype=str),) * 6)
+
+    @classmethod
+    def concat(cls, parts: Iterable[Rejected]) -> Rejected:
+        parts = list(parts)
+        if not parts:
+            return cls.empty()
+        return cls(
+            **{
+                name: np.concatenate([getattr(p, name) for p in parts])
+                for name in ("source", "line", "reason", "field", "detail", "raw")
+            }
+        )
+
+    def __post_init__(self) -> None:
+        fix = object.__setattr__
+        for name in ("source", "reason", "field", "detail", "raw"):
+            fix(self, name, np.asarray(getattr(self, name), dtype=str))
+        fix(self, "line", np.asarray(self.line, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.reason)
+
+    def counts(self) -> dict[str, int]:
+        """Rejected rows per reason, in :data:`REASONS` order, only reasons that occurred."""
+        names, counts = np.unique(self.reason, return_counts=True)
+        found = dict(zip(names.tolist(), counts.tolist(), strict=True))
+        return {reason: found[reason] for reason in REASONS if reason in found}
+
+    def records(self) -> list[dict[str, object]]:
+        return [
+            {"source": s, "line": int(n), "reason": r, "field": f, "detail": d, "raw": w}
+            for s, n, r, f, d, w in zip(
+                self.source.tolist(),
+                self.line.tolist(),
+                self.reason.tolist(),
+                self.field.tolist(),
+                self.detail.tolist(),
+                self.raw.tolist(),
+                strict=True,
+            )
+        ]
+
+    def write_jsonl(self, path: str | Path) -> None:
+        """Write one JSON object per rejected row."""
+        with open(path, "w", encoding="utf-8") as out:
+            for record in self.records():
+                out.write(json.dumps(record) + "\n")
+
+
+@dataclass(frozen=True)
+class CleaningReport:
+    """What cleaning did to one source: rows read, accepted, rejected per reason, collapsed."""
+
+    source: str
+    rows_read: int
+    accepted: int
+    rejected: Mapping[str, int]
+    collapsed: int = 0
+    examples: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "source": self.source,
+            "rows_read": self.rows_read,
+            "accepted": self.accepted,
+            "rejected_total": self.rejected_total,
+            "rejected": dict(self.rejected),
+            "collapsed": self.collapsed,
+            "examples": dict(self.examples),
+        }
+
+    @classmethod
+    def merge(cls, reports: Sequence[CleaningReport], source: str) -> CleaningReport:
+        """One report for several sources (counts add up; the first example per reason wins)."""
+        rejected: dict[str, int] = {}
+        examples: dict[str, str] = {}
+        for report in reports:
+            for reason, count in report.rejected.items():
+                rejected[reason] = rejected.get(reason, 0) + count
+            for reason, example in report.examples.items():
+                examples.setdefault(reason, example)
+        return cls(
+            source=source,
+            rows_read=sum(r.rows_read for r in reports),
+            accepted=sum(r.accepted for r in reports),
+            rejected={r: rejected[r] for r in REASONS if r in rejected},
+            collapsed=sum(r.collapsed for r in reports),
+            examples={r: examples[r] for r in REASONS if r in examples},
+        )
+
+    def format(self) -> str:
+        """The report as a few aligned lines for a terminal."""
+        lines = [
+            f"cleaning report: {self.source}",
+            f"  rows read   {self.rows_read:>10,}",
+            f"  accepted    {self.accepted:>10,}",
+            f"  rejected    {self.rejected_total:>10,}",
+        ]
+        for reason, count in self.rejected.items():
+            example = self.examples.get(reason, "")
+            lines.append(f"    {reason:<24}{count:>8,}   e.g. {example}")
+        if self.collapsed:
+            lines.append(
+                f"  collapsed   {self.collapsed:>10,}  (repeats merged into earlier events)"
+            )
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Cleaned:
+    """The result of :func:`clean`: the accepted events, the report and the rejected rows."""
+
+    events: EventBatch
+    report: CleaningReport
+    rejected: Rejected
+
+
+# ---------------------------------------------------------------------------------- cleaning
+
+
+def clean(
+    frame: pd.DataFrame,
+    *,
+    source: str | np.ndarray = "",
+    lines: np.ndarray | None = None,
+    context_columns: Sequence[str] = (),
+    config: CleaningConfig | None = None,
+    malformed: Rejected | None = None,
+) -> Cleaned:
+    """Validate and normalise raw rows.
+
+    Parameters
+    ----------
+    frame : DataFrame, shape (n, ...)
+        Raw rows with canonical column names: ``user``, ``item``, ``timestamp`` (required),
+        ``kind``, ``value``, ``policy``, ``model_version``, ``propensity`` (optional), and the
+        ``context_columns``. Values may still be text: cleaning parses them.
+    source : str or array of str, shape (n,)
+        Where the rows came from (one name, or one per row), for the report and the rejected
+        rows.
+    lines : array of int, shape (n,), optional
+        Source line of each row (1-based); defaults to 1..n.
+    context_columns : sequence of str
+        Columns kept as context features.
+    config : CleaningConfig, optional
+    malformed : Rejected, optional
+        Rows the parser already rejected as malformed; counted in this report.
+    """
+    config = config or CleaningConfig()
+    frame = frame.reset_index(drop=True)
+    n = len(frame)
+    lines = np.arange(1, n + 1) if lines is None else np.asarray(lines, dtype=np.int64)
+    verdict = _Verdict(n)
+
+    user = _id_column(frame, "user", config, verdict)
+    item = _id_column(frame, "item", config, verdict)
+    timestamp = _timestamp_column(frame, config, verdict)
+    kind = _kind_column(frame, config, verdict)
+    value = _value_column(frame, kind, config, verdict)
+    propensity = _propensity_column(frame, verdict)
+    policy = _text_column(frame, "policy")
+    model_version = _text_column(frame, "model_version")
+    context = {name: _context_column(frame[name]) for name in context_columns}
+
+    parsed = pd.DataFrame(
+        {"user": user, "item": item, "timestamp": timestamp, "kind": kind, "value": value}
+        | {"policy": policy, "model_version": model_version, "propensity": propensity}
+        | {f"context.{name}": values for name, values in context.items()}
+    )
+    if config.drop_duplicates:
+        alive = verdict.alive()
+        copies = np.zeros(n, dtype=bool)
+        copies[alive] = parsed.loc[alive].duplicated(keep="first").to_numpy()
+        verdict.reject(copies, "duplicate", "", "exact copy of an earlier row")
+    if config.max_events_per_second is not None:
+        _reject_bursts(user, timestamp, config.max_events_per_second, verdict)
+
+    accepted = verdict.alive()
+    kinds = kind[accepted].astype(np.uint8)
+    events = EventBatch(
+        user=user[accepted],
+        item=item[accepted],
+        timestamp=timestamp[accepted],
+        kind=kinds,
+        value=value[accepted],
+        weight=config.weights.weights(kinds, value[accepted]),
+        context={name: values[accepted] for name, values in context.items()},
+        policy=policy[accepted],
+        model_version=model_version[accepted],
+        propensity=propensity[accepted],
+    )
+    if config.sort_by_time:
+        events = events.sorted_by_time()
+    collapsed = 0
+    if config.collapse_window is not None:
+        events, collapsed = collapse_repeats(events, config.collapse_window)
+
+    rejected = Rejected.concat(
+        [malformed or Rejected.empty(), verdict.rejected(frame, lines, source)]
+    )
+    report = CleaningReport(
+        source=source if isinstance(source, str) else ", ".join(dict.fromkeys(source.tolist())),
+        rows_read=n + len(malformed or ()),
+        accepted=len(events),
+        rejected=rejected.counts(),
+        collapsed=collapsed,
+        examples=_examples(rejected),
+    )
+    return Cleaned(events=events, report=report, rejected=rejected)
+
+
+def collapse_repeats(events: EventBatch, window: float) -> tuple[EventBatch, int]:
+    """Merge repeated (user, item, kind) events less than ``window`` seconds apart.
+
+    Each run of repeats becomes its first event, with the weights summed and the last value.
+    Returns the merged batch (in time order) and how many events were merged away.
+    """
+    if len(events) < 2:
+        return events, 0
+    users = pd.factorize(events.user)[0]
+    items = pd.factorize(events.item)[0]
+    order = np.lexsort((events.timestamp, events.kind, items, users))
+    same_key = (
+        (users[order][1:] == users[order][:-1])
+        & (items[order][1:] == items[order][:-1])
+        & (events.kind[order][1:] == events.kind[order][:-1])
+    )
+    close = np.diff(events.timestamp[order]) < window
+    starts = np.flatnonzero(np.concatenate([[True], ~(same_key & close)]))
+    if len(starts) == len(events):
+        return events, 0
+    ends = np.append(starts[1:], len(order)) - 1
+    first, last = order[starts], order[ends]
+    merged = events.take(first)
+    weight = np.add.reduceat(events.weight[order], starts)
+    merged = EventBatch(
+        user=merged.user,
+        item=merged.item,
+        timestamp=merged.timestamp,
+        kind=merged.kind,
+        value=events.value[last],
+        weight=weight,
+        context=merged.context,
+        policy=merged.policy,
+        model_version=merged.model_version,
+        propensity=merged.propensity,
+    )
+    time_order = np.argsort(first, kind="stable")  # back to the input's (time) order
+    return merged.take(time_order), len(events) - len(starts)
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+class _Verdict:
+    """The first rejection reason of each row ("" while the row is accepted)."""
+
+    def __init__(self, n: int) -> None:
+        self.reason = np.full(n, "", dtype=object)
+        self.field = np.full(n, "", dtype=object)
+        self.detail = np.full(n, "", dtype=object)
+
+    def alive(self) -> np.ndarray:
+        return self.reason == ""
+
+    def reject(self, mask: np.ndarray, reason: str, column: str, detail: str | np.ndarray) -> None:
+        new = mask & self.alive()
+        if not new.any():
+            return
+        self.reason[new] = reason
+        self.field[new] = column
+        self.detail[new] = detail[new] if isinstance(detail, np.ndarray) else detail
+
+    def rejected(
+        self, frame: pd.DataFrame, lines: np.ndarray, source: str | np.ndarray
+    ) -> Rejected:
+        rows = np.flatnonzero(~self.alive())
+        if len(rows) == 0:
+            return Rejected.empty()
+        raw = frame.iloc[rows].to_json(orient="records", lines=True, default_handler=str)
+        return Rejected(
+            source=np.broadcast_to(np.asarray(source, dtype=str), len(frame))[rows],
+            line=lines[rows],
+            reason=self.reason[rows].astype(str),
+            field=self.field[rows].astype(str),
+            detail=self.detail[rows].astype(str),
+            raw=np.array(raw.splitlines(), dtype=str),
+        )
+
+
+def as_text(series: pd.Series) -> np.ndarray:
+    """A column as an array of str, "" for missing cells.
+
+    Not ``series.to_numpy(dtype=str)``: pandas 3 truncates every string to one character
+    there when the column has a missing value.
+    """
+    return series.to_numpy(dtype=object, na_value="").astype(str)
+
+
+def _present(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(is the cell non-empty, its stripped text), for a column of any type."""
+    missing = series.isna().to_numpy()
+    if series.dtype.kind == "f":
+        whole = series.notna() & (series == series.round())
+        text = np.where(
+            whole,
+            series.fillna(0).astype(np.int64).astype(str),
+            series.astype(str),
+        )
+    else:
+        text = np.char.strip(as_text(series))
+    text = np.where(missing, "", text).astype(str)
+    return text != "", text
+
+
+def _id_column(
+    frame: pd.DataFrame, name: str, config: CleaningConfig, verdict: _Verdict
+) -> np.ndarray:
+    if name not in frame:
+        verdict.reject(np.ones(len(frame), bool), "missing_id", name, f"no {name} column")
+        return np.full(len(frame), "", dtype=str)
+    present, text = _present(frame[name])
+    verdict.reject(~present, "missing_id", name, f"{name} id is empty")
+    too_long = np.char.str_len(text) > config.max_id_length
+    verdict.reject(too_long, "id_too_long", name, f"{name} id longer than {config.max_id_length}")
+    return text
+
+
+def parse_timestamps(series: pd.Series, unit: str = "auto") -> np.ndarray:
+    """Unix seconds from numbers (s, ms, us or ns) or ISO-8601 text; NaN where unparseable.
+
+    Parameters
+    ----------
+    series : Series, shape (n,)
+    unit : {"auto", "s", "ms", "us", "ns"}
+        Unit of numeric values; "auto" decides per column from the median magnitude.
+
+    Returns
+    -------
+    seconds : array of float64, shape (n,)
+    """
+    if pd.api.types.is_datetime64_any_dtype(series):
+        return _epoch_seconds(pd.to_datetime(series, utc=True))
+    numbers = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64)
+    finite = np.isfinite(numbers)
+    if unit == "auto":
+        magnitude = np.median(np.abs(numbers[finite])) if finite.any() else 0.0
+        unit = "s" if magnitude < 1e11 else "ms" if magnitude < 1e14 else "us"
+        if magnitude >= 1e17:
+            unit = "ns"
+    seconds = np.where(finite, numbers * _SECONDS_PER_UNIT[unit], np.nan)
+    needs_text = ~finite & series.notna().to_numpy()
+    if needs_text.any():
+        text = series[needs_text].astype(str).str.strip()
+        stamps = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
+        seconds[needs_text] = _epoch_seconds(stamps)
+    return seconds
+
+
+def _epoch_seconds(stamps: pd.Series) -> np.ndarray:
+    """Unix seconds of tz-aware timestamps, NaN for NaT, whatever their resolution."""
+    return (stamps - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(dtype=np.float64)
+
+
+def _timestamp_column(frame: pd.DataFrame, config: CleaningConfig, verdict: _Verdict) -> np.ndarray:
+    if "timestamp" not in frame:
+        verdict.reject(np.ones(len(frame), bool), "bad_timestamp", "timestamp", "no timestamp")
+        return np.full(len(frame), np.nan)
+    seconds = parse_timestamps(frame["timestamp"], config.time_unit)
+    bad = ~np.isfinite(seconds)
+    shown = as_text(frame["timestamp"])
+    verdict.reject(
+        bad,
+        "bad_timestamp",
+        "timestamp",
+        np.char.add(np.char.add("cannot read '", shown), "' as unix time or ISO-8601"),
+    )
+    now = time.time() if config.now is None else config.now
+    early = seconds < config.min_time
+    late = seconds > now + config.max_future_seconds
+    verdict.reject(early, "timestamp_out_of_range", "timestamp", "before min_time (1990)")
+    verdict.reject(late, "timestamp_out_of_range", "timestamp", "more than a day in the future")
+    return seconds
+
+
+def _kind_column(frame: pd.DataFrame, config: CleaningConfig, verdict: _Verdict) -> np.ndarray:
+    n = len(frame)
+    if "kind" not in frame:
+        return np.full(n, Kind[config.default_kind.upper()].value, dtype=np.int16)
+    present, text = _present(frame["kind"])
+    names = np.char.lower(np.where(present, text, config.default_kind))
+    aliases = {**DEFAULT_KIND_ALIASES, **config.kind_aliases}
+    if aliases:
+        names = as_text(pd.Series(names).replace(aliases))
+    codes = kind_codes(names)
+    unknown = codes < 0
+    if unknown.any():
+        detail = np.char.add(np.char.add("'", text), "' is not a known event kind")
+        verdict.reject(unknown, "unknown_kind", "kind", detail)
+    return np.where(unknown, 0, codes).astype(np.int16)
+
+
+def _value_column(
+    frame: pd.DataFrame, kind: np.ndarray, config: CleaningConfig, verdict: _Verdict
+) -> np.ndarray:
+    n = len(frame)
+    rated = kind == Kind.RATING
+    watched = kind == Kind.WATCH
+    if "value" not in frame:
+        values = np.full(n, np.nan)
+        verdict.reject(rated | watched, "bad_value", "value", "this kind needs a value")
+        return values
+    present, text = _present(frame["value"])
+    values = pd.to_numeric(frame["value"], errors="coerce").to_numpy(dtype=np.float64)
+    values = np.where(present, values, np.nan)
+    unreadable = present & ~np.isfinite(values)
+    verdict.reject(
+        unreadable,
+        "bad_value",
+        "value",
+        np.char.add(np.char.add("'", text), "' is not a finite number"),
+    )
+    verdict.reject(~present & (rated | watched), "bad_value", "value", "this kind needs a value")
+    low, high = config.rating_range
+    verdict.reject(
+        rated & ((values < low) | (values > high)),
+        "value_out_of_range",
+        "value",
+        f"rating outside [{low:g}, {high:g}]",
+    )
+    verdict.reject(
+        watched & (values > config.max_watch_seconds),
+        "value_out_of_range",
+        "value",
+        f"watch time above {config.max_watch_seconds:g} s",
+    )
+    verdict.reject(~rated & (values < 0), "value_out_of_range", "value", "negative value")
+    return values
+
+
+def _propensity_column(frame: pd.DataFrame, verdict: _Verdict) -> np.ndarray:
+    if "propensity" not in frame:
+        return np.full(len(frame), np.nan)
+    present, text = _present(frame["propensity"])
+    values = pd.to_numeric(frame["propensity"], errors="coerce").to_numpy(dtype=np.float64)
+    values = np.where(present, values, np.nan)
+    bad = present & ~((values >= 0) & (values <= 1))
+    verdict.reject(
+        bad,
+        "bad_propensity",
+        "propensity",
+        np.char.add(np.char.add("'", text), "' is not a probability in [0, 1]"),
+    )
+    return values
+
+
+def _text_column(frame: pd.DataFrame, name: str) -> np.ndarray:
+    if name not in frame:
+        return np.full(len(frame), "", dtype=str)
+    return _present(frame[name])[1]
+
+
+def _context_column(series: pd.Series) -> np.ndarray:
+    if series.dtype.kind in "biuf":
+        return series.to_numpy()
+    numbers = pd.to_numeric(series, errors="coerce")
+    if numbers.notna().sum() == series.notna().sum():  # all present cells are numbers
+        return numbers.to_numpy(dtype=np.float64)
+    return _present(series)[1]
+
+
+def _reject_bursts(user: np.ndarray, timestamp: np.ndarray, limit: int, verdict: _Verdict) -> None:
+    alive = verdict.alive() & np.isfinite(timestamp)
+    rows = np.flatnonzero(alive)
+    if len(rows) == 0:
+        return
+    seconds = np.floor(timestamp[rows]).astype(np.int64)
+    keys = pd.DataFrame({"user": user[rows], "second": seconds})
+    sizes = keys.groupby(["user", "second"], sort=False)["second"].transform("size").to_numpy()
+    burst = np.zeros(len(user), dtype=bool)
+    burst[rows] = sizes > limit
+    detail = np.full(len(user), "", dtype=object)
+    detail[rows] = np.char.add(sizes.astype(str), f" events in one second (limit {limit})")
+    verdict.reject(burst, "bot_burst", "user", detail.astype(str))
+
+
+def _examples(rejected: Rejected) -> dict[str, str]:
+    examples = {}
+    reasons, first = np.unique(rejected.reason, return_index=True)
+    for reason, row in zip(reasons.tolist(), first.tolist(), strict=True):
+        where = f"line {rejected.line[row]}" if rejected.line[row] >= 0 else "row"
+        examples[reason] = f"{where}: {rejected.detail[row]}"
+    return {r: examples[r] for r in REASONS if r in examples}
