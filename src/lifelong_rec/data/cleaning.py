@@ -463,13 +463,11 @@ def as_text(series: pd.Series) -> np.ndarray:
 def _present(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """(is the cell non-empty, its stripped text), for a column of any type."""
     missing = series.isna().to_numpy()
-    if series.dtype.kind == "f":
-        whole = series.notna() & (series == series.round())
-        text = np.where(
-            whole,
-            series.fillna(0).astype(np.int64).astype(str),
-            series.astype(str),
-        )
+    if series.dtype.kind == "f":  # ids or values read as floats: 196.0 is the id "196"
+        values = series.to_numpy(dtype=np.float64)
+        whole = np.isfinite(values) & (values == np.round(values)) & (np.abs(values) < 2**63)
+        integers = np.where(whole, values, 0).astype(np.int64).astype(str)
+        text = np.where(whole, integers, values.astype(str))
     else:
         text = np.char.strip(as_text(series))
     text = np.where(missing, "", text).astype(str)

@@ -118,8 +118,8 @@ def apply_mapping(
 ) -> tuple[pd.DataFrame, tuple[str, ...]]:
     """Rename the file's columns to event fields.
 
-    Without a mapping, columns already named after fields (or ``time``/``ts``) are used.
-    Columns that no entry names are left out.
+    Columns already named after fields (or ``time``, ``ts``, ``event``, ``rating``) are used
+    for the fields that the mapping does not name. Other columns are left out.
 
     Returns
     -------
@@ -127,27 +127,27 @@ def apply_mapping(
         Columns named after fields, plus ``context.NAME`` columns.
     context_columns : tuple of str
     """
-    if not mapping:
-        mapping = {}
-        for column in map(str, frame.columns):
-            key = _FIELD_ALIASES.get(column, column)
-            if key in FIELDS:
-                mapping.setdefault(key, column)
+    defaults: dict[str, str] = {}
+    for column in map(str, frame.columns):
+        key = _FIELD_ALIASES.get(column, column)
+        if key in FIELDS and column not in mapping.values():
+            defaults.setdefault(key, column)
+    mapping = defaults | dict(mapping)
     columns = list(map(str, frame.columns))
+    hint = ""
+    if len(columns) == 1:
+        found = [d for d in _DELIMITERS if d in columns[0]]
+        if found:
+            hint = f"; the header is one column: is the delimiter {found[0]!r}?"
     for key in REQUIRED:
         if key not in mapping:
             raise InputError(
                 f"no column for the required field {key!r}; map one with --map {key}=COLUMN "
-                f"(the file's columns: {', '.join(columns)})",
+                f"(the file's columns: {', '.join(columns)}){hint}",
                 path=path,
             )
     for key, column in mapping.items():
         if column not in frame.columns:
-            hint = ""
-            if len(columns) == 1:
-                found = [d for d in _DELIMITERS if d in columns[0]]
-                if found:
-                    hint = f"; the header is one column: is the delimiter {found[0]!r}?"
             raise InputError(
                 f"required column not found (mapped to {key}); "
                 f"the file's columns: {', '.join(columns)}{hint}",
@@ -283,8 +283,16 @@ def read_csv(
     frame = table.to_pandas()
     frame.columns = [str(c) for c in frame.columns]
 
-    bad_lines = np.array([line for line, _, _ in malformed], dtype=np.int64)
-    lines = _nonempty_lines(data)[0 if column_names else 1 :]
+    # The parser numbers rows among the non-empty lines (the header is row 1): map them back
+    # to physical line numbers.
+    nonempty = _nonempty_lines(data)
+    rows = np.array([row for row, _, _ in malformed], dtype=np.int64)
+    bad_lines = (
+        np.where((rows >= 1) & (rows <= len(nonempty)), nonempty[np.clip(rows - 1, 0, None)], -1)
+        if len(rows)
+        else rows
+    )
+    lines = nonempty[0 if column_names else 1 :]
     lines = lines[~np.isin(lines, bad_lines)]
     if len(lines) != len(frame):  # quoted fields with line breaks: lines are not rows
         lines = np.full(len(frame), -1, dtype=np.int64)

@@ -32,7 +32,8 @@ class EventBatch:
     weight : array of float32, shape (n,)
         Implicit-feedback weight (see :class:`EventWeights`).
     context : mapping of str to array, shape (n,) each
-        Optional context features (numbers or strings), for example a position or user features.
+        Optional context features, for example a position or user features: float64 for
+        numbers (NaN where missing), str for text ("" where missing).
     policy, model_version : array of str, shape (n,)
         For logged decisions: which policy and model version served the item; "" otherwise.
     propensity : array of float64, shape (n,)
@@ -69,7 +70,7 @@ class EventBatch:
         context = {}
         for name, values in self.context.items():
             values = np.asarray(values)
-            dtype = values.dtype if values.dtype.kind in "biuf" else str
+            dtype = np.float64 if values.dtype.kind in "biuf" else str  # numbers or text
             context[str(name)] = _column(values, dtype, n, f"context[{name!r}]")
         fix(self, "context", MappingProxyType(context))
         if n and int(self.kind.max()) >= len(Kind):
@@ -113,7 +114,7 @@ class EventBatch:
             kinds = np.asarray(list(kind), dtype=str)
         codes = kind_codes(np.char.lower(kinds)) if len(kinds) else np.zeros(0, np.int16)
         if (codes < 0).any():
-            bad = kinds[codes < 0][0]
+            bad = str(kinds[codes < 0][0])
             raise ValueError(f"kind: {bad!r} is not one of {', '.join(k.label for k in Kind)}")
         values = np.full(n, np.nan) if value is None else np.asarray(list(value), np.float64)
         weights = weights or EventWeights()

@@ -52,7 +52,10 @@ class Catalog:
 
     @classmethod
     def from_records(cls, records: Iterable[Mapping[str, object]]) -> Catalog:
-        """Build from dicts with keys item, title, text, categories, attributes (all but item optional)."""
+        """Build from dicts with the keys item, title, text, categories and attributes.
+
+        Only ``item`` is required.
+        """
         records = list(records)
         return cls(
             item=as_ids([r["item"] for r in records], "item"),

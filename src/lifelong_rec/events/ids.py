@@ -18,14 +18,20 @@ def as_ids(values: Iterable[object] | np.ndarray, name: str = "id") -> np.ndarra
     integer 196 and the string "196" name the same user. Floats are accepted only when they are
     whole numbers (a CSV column of ids with a gap often arrives as float).
 
+    Ids may not hold NUL characters: numpy's fixed-width strings would drop trailing ones.
+
     Raises
     ------
     ValueError
-        If a value is a non-integral float or None.
+        If a value is a non-integral float, None, a boolean, or holds a NUL character.
     """
-    array = np.asarray(values if isinstance(values, np.ndarray) else list(values))
-    if array.ndim != 1:
-        array = array.reshape(-1)
+    if isinstance(values, np.ndarray):
+        array = values.reshape(-1)
+    else:  # a Python sequence: keep each value's own type (np.asarray would stringify 7.0)
+        array = np.empty(len(values := list(values)), dtype=object)
+        array[:] = values
+        if all(type(value) is str and "\x00" not in value for value in values):
+            return array.astype(str) if len(array) else np.array([], dtype=str)
     if array.dtype.kind in "US":
         return array.astype(str)
     if array.dtype.kind in "iu":
@@ -41,6 +47,8 @@ def as_ids(values: Iterable[object] | np.ndarray, name: str = "id") -> np.ndarra
     for value in array.tolist():
         if value is None or isinstance(value, bool):
             raise ValueError(f"{name}: {value!r} is not an id")
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError(f"{name}: {value!r} holds a NUL character")
         if isinstance(value, float):
             if not value.is_integer():
                 raise ValueError(f"{name}: float ids must be whole numbers, got {value!r}")

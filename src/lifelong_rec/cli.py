@@ -1,0 +1,331 @@
+"""The ``lifelong-rec`` command line: demo, ingest, stats, rejected.
+
+A user's mistake (a missing file, a malformed input, a bad option) prints one line naming the
+problem and exits with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from lifelong_rec import __version__
+from lifelong_rec.data import (
+    FORMATS,
+    CleaningConfig,
+    InputError,
+    describe,
+    load,
+    synthetic_stream,
+)
+from lifelong_rec.data.loaders import MOVIELENS_CLEANING, detect_format
+from lifelong_rec.store import EventLog
+
+EXIT_USAGE = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (InputError, ValueError) as error:
+        print(f"lifelong-rec: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lifelong-rec",
+        description="Recommender systems that never stop learning.",
+    )
+    parser.add_argument("--version", action="version", version=f"lifelong-rec {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo", help="run the main job on the built-in synthetic stream (no data needed)"
+    )
+    demo.add_argument(
+        "--db",
+        type=Path,
+        default=Path("demo-out/events.db"),
+        help="event log to create afresh (default: %(default)s)",
+    )
+    demo.add_argument("--users", type=int, default=1_000)
+    demo.add_argument("--items", type=int, default=600)
+    demo.add_argument("--events", type=int, default=40_000)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--json", action="store_true", help="print the results as JSON")
+    demo.set_defaults(run=_demo)
+
+    ingest = commands.add_parser(
+        "ingest", help="validate, clean and append a file or folder to the event log"
+    )
+    ingest.add_argument("path", type=Path)
+    ingest.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=None,
+        help="input format (default: detected from the path)",
+    )
+    ingest.add_argument("--db", type=Path, required=True, help="the event log (SQLite file)")
+    ingest.add_argument(
+        "--map",
+        dest="mapping",
+        default=None,
+        metavar="FIELD=COLUMN,...",
+        help="columns of csv/parquet/jsonl, e.g. user=userId,item=movieId,"
+        "time=timestamp,value=rating,kind=event,context.device=device",
+    )
+    ingest.add_argument("--delimiter", default=None, help="csv delimiter (default: sniffed)")
+    ingest.add_argument("--encoding", default="utf-8", help="text encoding (default: utf-8)")
+    ingest.add_argument(
+        "--kind",
+        dest="default_kind",
+        default=None,
+        help="kind of rows without one (default: view; rating for movielens)",
+    )
+    ingest.add_argument("--time-unit", default="auto", choices=("auto", "s", "ms", "us", "ns"))
+    ingest.add_argument(
+        "--max-events-per-second",
+        type=int,
+        default=None,
+        metavar="N",
+        help="reject a user's events in any second with more than N "
+        "(default 20; off for movielens; 0 turns it off)",
+    )
+    ingest.add_argument(
+        "--collapse-window",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="merge repeated (user, item, kind) events closer than this",
+    )
+    ingest.add_argument(
+        "--quarantine",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also write rejected rows to this JSON Lines file",
+    )
+    ingest.add_argument(
+        "--batch-size",
+        type=int,
+        default=50_000,
+        help="events per atomic append (default: %(default)s)",
+    )
+    ingest.add_argument(
+        "--force", action="store_true", help="append even if this exact file was ingested before"
+    )
+    ingest.add_argument("--json", action="store_true", help="print the report as JSON")
+    ingest.set_defaults(run=_ingest)
+
+    stats = commands.add_parser("stats", help="what the event log holds")
+    stats.add_argument("--db", type=Path, required=True)
+    stats.add_argument("--json", action="store_true")
+    stats.set_defaults(run=_stats)
+
+    rejected = commands.add_parser("rejected", help="rows kept aside by cleaning, with reasons")
+    rejected.add_argument("--db", type=Path, required=True)
+    rejected.add_argument("--reason", default=None)
+    rejected.add_argument("--limit", type=int, default=20)
+    rejected.set_defaults(run=_rejected)
+    return parser
+
+
+# ------------------------------------------------------------------------------ commands
+
+
+def _demo(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    data = synthetic_stream(
+        n_users=args.users,
+        n_items=args.items,
+        n_events=args.events,
+        dirty_fraction=0.01,  # so the cleaning report has something to show
+        seed=args.seed,
+    )
+    generated = time.perf_counter() - started
+    _remove_log(args.db)
+    with EventLog(args.db) as log:
+        log.append(data.events, source=data.name)
+        log.upsert_catalog(data.catalog)
+        log.quarantine(data.rejected)
+        log_stats = log.stats()
+    stats = describe(data.events)
+    seconds = time.perf_counter() - started
+    if args.json:
+        _print_json(
+            {
+                "report": data.report.to_dict(),
+                "stream": stats.to_dict(),
+                "log": log_stats,
+                "generate_seconds": generated,
+                "seconds": seconds,
+            }
+        )
+        return 0
+    print(
+        f"lifelong-rec {__version__} demo: a synthetic shop, {args.users:,} users, "
+        f"{args.items:,} items, seed {args.seed}"
+    )
+    print()
+    print(data.report.format())
+    print()
+    print(stats.format())
+    print()
+    print(
+        f"event log {args.db}: {log_stats['events']:,} events, {log_stats['users']:,} users, "
+        f"{log_stats['items']:,} items ({log_stats['items_with_metadata']:,} with titles), "
+        f"{log_stats['quarantined']:,} rows in quarantine"
+    )
+    titles = data.catalog.title[:3].tolist()
+    print(f"catalog sample: {'; '.join(titles)}")
+    print(f"done in {seconds:.2f} s")
+    return 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    if args.batch_size < 1:
+        raise InputError("--batch-size must be >= 1")
+    format = args.format or detect_format(args.path)
+    config = _cleaning_config(args, format)
+    data = load(
+        args.path,
+        format,
+        mapping=args.mapping,
+        delimiter=args.delimiter,
+        encoding=args.encoding,
+        config=config,
+    )
+    loaded = time.perf_counter() - started
+    fingerprint = None if args.force else _fingerprint(args.path)
+    appended = duplicates = 0
+    with EventLog(args.db) as log:
+        for number, first in enumerate(range(0, len(data.events), args.batch_size)):
+            chunk = data.events.take(slice(first, first + args.batch_size))
+            key = None if fingerprint is None else f"{fingerprint}:{number}"
+            result = log.append(chunk, key=key, source=str(args.path))
+            duplicates += result.count if result.duplicate else 0
+            appended += 0 if result.duplicate else result.count
+        already = duplicates > 0 and appended == 0
+        if not already:
+            log.upsert_catalog(data.catalog)
+            log.quarantine(data.rejected)
+        if args.quarantine is not None:
+            data.rejected.write_jsonl(args.quarantine)
+        log_stats = log.stats()
+    seconds = time.perf_counter() - started
+    if args.json:
+        _print_json(
+            {
+                "report": data.report.to_dict(),
+                "appended": appended,
+                "already_in_log": duplicates,
+                "catalog_items": len(data.catalog),
+                "log": log_stats,
+                "load_seconds": loaded,
+                "seconds": seconds,
+            }
+        )
+        return 0
+    print(data.report.format())
+    if already:
+        print(
+            f"already ingested: all {duplicates:,} events of this file are in the log "
+            "(use --force to append them again)"
+        )
+    else:
+        print(
+            f"appended {appended:,} events to {args.db} "
+            f"(log now {log_stats['events']:,} events, {log_stats['users']:,} users, "
+            f"{log_stats['items']:,} items); catalog: {len(data.catalog):,} items"
+        )
+    if len(data.rejected):
+        where = f" and {args.quarantine}" if args.quarantine else ""
+        print(
+            f"rejected rows kept in the log's quarantine table{where}; "
+            f"see them with: lifelong-rec rejected --db {args.db}"
+        )
+    print(f"done in {seconds:.2f} s")
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    if not args.db.is_file():
+        raise InputError("no such event log", path=args.db)
+    with EventLog(args.db) as log:
+        log_stats = log.stats()
+        stream = describe(log.read(0))
+        rejected = log.rejected_counts()
+    if args.json:
+        _print_json({"log": log_stats, "stream": stream.to_dict(), "rejected": rejected})
+        return 0
+    print(
+        f"event log {args.db}: {log_stats['batches']:,} appends, "
+        f"{log_stats['quarantined']:,} rows in quarantine {rejected or ''}"
+    )
+    print(stream.format())
+    for name, offset in log_stats["consumers"].items():
+        print(f"  consumer {name}: at offset {offset:,} of {log_stats['events']:,}")
+    return 0
+
+
+def _rejected(args: argparse.Namespace) -> int:
+    if not args.db.is_file():
+        raise InputError("no such event log", path=args.db)
+    with EventLog(args.db) as log:
+        rows = log.rejected(reason=args.reason, limit=args.limit)
+    for record in rows.records():
+        print(f"{record['source']}:{record['line']}: {record['reason']}: {record['detail']}")
+        print(f"    {record['raw']}")
+    if not len(rows):
+        print("no rejected rows")
+    return 0
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _cleaning_config(args: argparse.Namespace, format: str) -> CleaningConfig:
+    base = MOVIELENS_CLEANING if format == "movielens" else CleaningConfig()
+    burst = base.max_events_per_second
+    if args.max_events_per_second is not None:
+        burst = args.max_events_per_second or None
+    return CleaningConfig(
+        default_kind=args.default_kind or ("rating" if format == "movielens" else "view"),
+        time_unit=args.time_unit,
+        max_events_per_second=burst,
+        collapse_window=args.collapse_window,
+    )
+
+
+def _fingerprint(path: Path) -> str:
+    """Identifies the exact file(s) ingested: path, size and modification time of each."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        status = file.stat()
+        digest.update(f"{file.resolve()}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+def _remove_log(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def _print_json(payload: dict[str, object]) -> None:
+    print(json.dumps(payload, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,110 @@
+"""The command line: demo, ingest, stats, rejected, and clean errors for a user's mistakes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lifelong_rec.cli import main
+from lifelong_rec.store import EventLog
+
+T = 1_700_000_000
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lifelong_rec", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_demo_ingests_the_synthetic_stream_into_a_fresh_log(tmp_path, capsys):
+    db = tmp_path / "demo.db"
+    for _ in range(2):  # a second run starts afresh
+        assert main(["demo", "--db", str(db), "--events", "3000", "--users", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "cleaning report" in out and "bot_burst" in out and "stream statistics" in out
+    with EventLog(db) as log:
+        stats = log.stats()
+    assert stats["batches"] == 1 and stats["quarantined"] > 0 and stats["events"] > 2500
+
+
+def test_demo_json(tmp_path, capsys):
+    assert main(["demo", "--db", str(tmp_path / "d.db"), "--events", "2000", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["report"]["accepted"] == payload["stream"]["events"] == payload["log"]["events"]
+
+
+def test_ingest_csv_then_again_is_a_no_op(tmp_path, capsys):
+    data = tmp_path / "events.csv"
+    data.write_text(f"uid,iid,ts,what\n1,a,{T},view\n2,b,{T + 1},purchase\n3,,{T + 2},view\n")
+    db = tmp_path / "e.db"
+    args = ["ingest", str(data), "--format", "csv", "--db", str(db),
+            "--map", "user=uid,item=iid,time=ts,kind=what", "--json"]  # fmt: skip
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["appended"] == 2 and first["report"]["rejected"] == {"missing_id": 1}
+    assert first["log"]["quarantined"] == 1
+    assert main(args) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["appended"] == 0 and second["already_in_log"] == 2
+    assert second["log"]["events"] == 2 and second["log"]["quarantined"] == 1
+    assert main([*args, "--force"]) == 0
+    assert json.loads(capsys.readouterr().out)["log"]["events"] == 4
+
+
+def test_ingest_writes_a_quarantine_file_and_rejected_lists_rows(tmp_path, capsys):
+    data = tmp_path / "e.csv"
+    data.write_text(f"user,item,timestamp\na,x,{T}\nb,y,not-a-time\n")
+    db = tmp_path / "e.db"
+    quarantine = tmp_path / "bad.jsonl"
+    assert main(["ingest", str(data), "--db", str(db), "--quarantine", str(quarantine)]) == 0
+    assert json.loads(quarantine.read_text())["reason"] == "bad_timestamp"
+    capsys.readouterr()
+    assert main(["rejected", "--db", str(db)]) == 0
+    assert f"{data}:3: bad_timestamp: cannot read 'not-a-time'" in capsys.readouterr().out
+    assert main(["stats", "--db", str(db), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["stream"]["events"] == 1 and stats["rejected"] == {"bad_timestamp": 1}
+
+
+def test_ingest_movielens_100k(datasets, tmp_path, capsys):
+    db = tmp_path / "ml.db"
+    assert main(["ingest", str(datasets / "ml-100k"), "--format", "movielens", "--db", str(db),
+                 "--json"]) == 0  # fmt: skip
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["appended"] == 100_000 and payload["report"]["rejected_total"] == 0
+    assert payload["log"]["users"] == 943 and payload["log"]["items"] == 1_682
+    assert payload["log"]["items_with_metadata"] == 1_682
+
+
+@pytest.mark.parametrize(
+    ("content", "args", "message"),
+    [
+        (b"", [], "e.csv: the file is empty"),
+        (b"user;item;timestamp\na;b;1\n", ["--delimiter", ","], "is the delimiter ';'?"),
+        (b"user,item\na,b\n", [], "no column for the required field 'timestamp'"),
+        (b"user,item,timestamp\n\x00\xff\x00", [], "e.csv:2: binary data"),
+        (b"user,item,timestamp\nJos\xe9,b,1\n", [], "e.csv:2: byte 0xe9 is not valid utf-8"),
+        (b"user,item,timestamp\na,b,1\n", ["--map", "user=nope"], "column 'nope'"),
+        (b"user,item,timestamp\na,b,1\n", ["--batch-size", "0"], "--batch-size must be >= 1"),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_clear_line(tmp_path, content, args, message):
+    data = tmp_path / "e.csv"
+    data.write_bytes(content)
+    result = _run("ingest", str(data), "--format", "csv", "--db", str(tmp_path / "e.db"), *args)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("lifelong-rec: error: ")
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_missing_paths_exit_2(tmp_path):
+    result = _run("ingest", str(tmp_path / "nope"), "--format", "csv", "--db", str(tmp_path / "d"))
+    assert result.returncode == 2 and "no such file or folder" in result.stderr
+    result = _run("stats", "--db", str(tmp_path / "missing.db"))
+    assert result.returncode == 2 and "no such event log" in result.stderr

@@ -1,0 +1,242 @@
+"""The event schema: kinds and weights, id indexes, columnar batches, the catalog."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lifelong_rec.events import (
+    KIND_NAMES,
+    Catalog,
+    EventBatch,
+    EventWeights,
+    IdIndex,
+    Kind,
+    as_ids,
+    kind_codes,
+    kind_names,
+)
+
+# ------------------------------------------------------------------------------ kinds, weights
+
+
+def test_kind_codes_round_trip_and_unknown_is_minus_one():
+    codes = kind_codes(np.array([*KIND_NAMES, "hover", ""]))
+    assert codes[: len(KIND_NAMES)].tolist() == list(range(len(KIND_NAMES)))
+    assert codes[-2:].tolist() == [-1, -1]
+    assert kind_names(codes[: len(KIND_NAMES)]).tolist() == list(KIND_NAMES)
+
+
+@pytest.mark.parametrize(
+    ("kind", "value", "expected"),
+    [
+        (Kind.VIEW, np.nan, 1.0),
+        (Kind.CLICK, np.nan, 2.0),
+        (Kind.CART, 19.99, 3.0),
+        (Kind.PURCHASE, 19.99, 5.0),
+        (Kind.RATING, 4.0, 4.0),
+        (Kind.RATING, 0.5, 0.5),
+        (Kind.WATCH, 0.0, 0.0),
+        (Kind.WATCH, 300.0, 4.0 * (1 - np.exp(-1))),
+        (Kind.WATCH, 1e6, 4.0),  # saturates
+        (Kind.SKIP, np.nan, 0.0),
+        (Kind.IMPRESSION, 0.0, 0.0),
+    ],
+)
+def test_default_weights(kind, value, expected):
+    weight = EventWeights().weights(np.array([kind]), np.array([value]))
+    assert weight.dtype == np.float32
+    assert weight[0] == pytest.approx(expected, rel=1e-6)
+
+
+def test_weights_can_be_overridden():
+    weights = EventWeights(view=0.5, purchase=10.0, rating=2.0)
+    got = weights.weights(np.array([Kind.VIEW, Kind.PURCHASE, Kind.RATING]), np.array([0, 0, 3.0]))
+    assert got.tolist() == [0.5, 10.0, 6.0]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"view": -1.0}, "EventWeights.view must be finite and >= 0"),
+        ({"click": float("nan")}, "EventWeights.click must be finite"),
+        ({"watch_saturation_seconds": 0.0}, "watch_saturation_seconds must be > 0"),
+    ],
+)
+def test_bad_weights_are_rejected(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        EventWeights(**arguments)
+
+
+# ------------------------------------------------------------------------------ ids
+
+
+def test_as_ids_canonicalises_ints_strings_and_whole_floats():
+    assert as_ids([196, "196", 7.0]).tolist() == ["196", "196", "7"]
+    assert as_ids(np.array([1, 2], dtype=np.int32)).tolist() == ["1", "2"]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ([1.5], "whole numbers"),
+        ([None], "not an id"),
+        ([True, "a"], "not an id"),
+        (["a\x00"], "NUL"),
+        (np.array([np.nan]), "whole numbers"),
+    ],
+)
+def test_as_ids_rejects_non_ids(values, message):
+    with pytest.raises(ValueError, match=message):
+        as_ids(values)
+
+
+_ID_TEXT = st.text(st.characters(blacklist_characters="\x00"), max_size=6)
+
+
+@given(st.lists(st.lists(_ID_TEXT, max_size=20), max_size=8))
+def test_id_index_assigns_stable_dense_indexes_in_order_of_first_sight(batches):
+    index = IdIndex()
+    expected: dict[str, int] = {}
+    for batch in batches:
+        got = index.add(batch)
+        for external in batch:
+            expected.setdefault(external, len(expected))
+        assert got.tolist() == [expected[e] for e in batch]
+    assert len(index) == len(expected)
+    assert index.to_array().tolist() == list(expected)
+    assert index.lookup(list(expected)).tolist() == list(range(len(expected)))
+
+
+def test_id_index_lookup_unknown_and_ids_bounds():
+    index = IdIndex(["a", "b"])
+    assert index.lookup(["b", "nope", "a"]).tolist() == [1, -1, 0]
+    assert "a" in index and "zz" not in index
+    with pytest.raises(IndexError, match="out of range"):
+        index.ids([2])
+
+
+def test_id_index_keeps_long_ids_whole():
+    # Guards a bug: np.insert into the sorted copy truncated ids longer than the first ones.
+    index = IdIndex(["a"])
+    index.add(["a-much-longer-id"])
+    assert index.lookup(["a-much-longer-id"]).tolist() == [1]
+
+
+def test_id_index_saves_and_loads(tmp_path):
+    index = IdIndex(["x", "7", "é"])
+    index.save(tmp_path / "ids.json")
+    assert IdIndex.load(tmp_path / "ids.json") == index
+
+
+def test_id_index_load_rejects_other_format_version(tmp_path):
+    (tmp_path / "ids.json").write_text('{"format_version": 99, "ids": []}')
+    with pytest.raises(ValueError, match="format version 99"):
+        IdIndex.load(tmp_path / "ids.json")
+
+
+# ------------------------------------------------------------------------------ batches
+
+
+def _batch() -> EventBatch:
+    return EventBatch.from_columns(
+        user=[1, 2, 1],
+        item=["a", "b", "c"],
+        timestamp=[30.0, 10.0, 20.0],
+        kind=["view", "rating", "purchase"],
+        value=[np.nan, 4.0, 9.5],
+        context={"position": [1, 2, 3], "device": ["ios", "web", "ios"]},
+    )
+
+
+def test_from_columns_builds_typed_columns_with_weights():
+    batch = _batch()
+    assert batch.user.tolist() == ["1", "2", "1"]
+    assert batch.kind_names.tolist() == ["view", "rating", "purchase"]
+    assert batch.weight.tolist() == [1.0, 4.0, 5.0]
+    assert batch.context["position"].dtype == np.float64
+    assert batch.context["device"].tolist() == ["ios", "web", "ios"]
+    assert batch.policy.tolist() == ["", "", ""]
+    assert np.isnan(batch.propensity).all() and not batch.has_decisions
+
+
+def test_batches_are_immutable():
+    batch = _batch()
+    with pytest.raises(ValueError, match="read-only"):
+        batch.user[0] = "x"
+    with pytest.raises(AttributeError):
+        batch.user = batch.item  # type: ignore[misc]
+
+
+def test_batch_copies_its_input():
+    users = np.array(["u1", "u2"])
+    batch = EventBatch.from_columns(users, ["a", "b"], [1.0, 2.0])
+    users[0] = "changed"
+    assert batch.user[0] == "u1"
+
+
+def test_sorted_by_time_is_stable():
+    batch = EventBatch.from_columns(["a", "b", "c", "d"], ["i"] * 4, [2.0, 1.0, 2.0, 1.0])
+    assert batch.sorted_by_time().user.tolist() == ["b", "d", "a", "c"]
+
+
+def test_take_and_concat_fill_missing_context():
+    batch = _batch()
+    plain = EventBatch.from_columns(["9"], ["z"], [5.0], "click")
+    joined = EventBatch.concat([batch.take(np.array([2, 0])), plain])
+    assert joined.user.tolist() == ["1", "1", "9"]
+    assert np.isnan(joined.context["position"][2])
+    assert joined.context["device"].tolist() == ["ios", "ios", ""]
+    assert EventBatch.concat([]).equals(EventBatch.empty())
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"kind": "hover"}, "kind: 'hover' is not one of"),
+        ({"kind": ["view"]}, "one entry per event"),
+        ({"value": [1.0, 2.0, 3.0]}, "one entry per event"),
+        ({"timestamp": [1.0]}, r"timestamp: expected shape \(2,\)"),
+        ({"context": {"pos": [1]}}, r"context\['pos'\]: expected shape \(2,\)"),
+        ({"propensity": [0.5]}, r"propensity: expected shape \(2,\)"),
+    ],
+)
+def test_bad_batches_name_the_field(arguments, message):
+    base = {"user": ["a", "b"], "item": ["x", "y"], "timestamp": [1.0, 2.0]}
+    with pytest.raises(ValueError, match=message):
+        EventBatch.from_columns(**(base | arguments))
+
+
+def test_unknown_kind_code_is_rejected():
+    batch = _batch()
+    with pytest.raises(ValueError, match="not a known event kind"):
+        EventBatch(
+            user=batch.user,
+            item=batch.item,
+            timestamp=batch.timestamp,
+            kind=np.array([0, 1, 200]),
+            value=batch.value,
+            weight=batch.weight,
+        )
+
+
+# ------------------------------------------------------------------------------ catalog
+
+
+def test_catalog_records_round_trip_and_titles():
+    catalog = Catalog.from_records(
+        [
+            {"item": 1, "title": "Toy Story (1995)", "categories": ["Animation"]},
+            {"item": "b", "text": "no title", "attributes": {"price": 3.5}},
+        ]
+    )
+    assert len(catalog) == 2
+    assert Catalog.from_records(catalog.records()).records() == catalog.records()
+    assert catalog.titles_of(["1", "b", "zzz"]).tolist() == ["Toy Story (1995)", "", ""]
+
+
+def test_catalog_rejects_duplicate_items():
+    with pytest.raises(ValueError, match="unique"):
+        Catalog.from_records([{"item": "a"}, {"item": "a"}])
