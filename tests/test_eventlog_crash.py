@@ -20,23 +20,34 @@ WRITER = Path(__file__).with_name("log_writer.py")
 N_BATCHES = 400
 
 
-def _run_writer(db: Path, kill_after: float | None) -> set[int]:
-    """Run the writer (killing it after ``kill_after`` seconds); the batches it acknowledged."""
+def _run_writer(db: Path, kill_after_ack: int | None, rng: np.random.Generator) -> set[int]:
+    """Run the writer; the batches it acknowledged.
+
+    With ``kill_after_ack``, SIGKILL it a random few milliseconds after it acknowledged that
+    batch: the kill then lands at a random point of a later append (or between two).
+    """
     process = subprocess.Popen(
         [sys.executable, str(WRITER), str(db), str(N_BATCHES)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    if kill_after is None:
+    acked: set[int] = set()
+    if kill_after_ack is None:
         out, err = process.communicate(timeout=120)
         assert process.returncode == 0, err
+        lines = out.splitlines()
     else:
-        time.sleep(kill_after)
+        for line in process.stdout:
+            acked.add(int(line.split()[1]))
+            if kill_after_ack in acked:
+                break
+        time.sleep(float(rng.uniform(0, 0.01)))
         process.send_signal(signal.SIGKILL)
         out, _ = process.communicate(timeout=30)
-    complete_lines = out.split("\n")[:-1]  # a line cut by the kill has no newline yet
-    return {int(line.split()[1]) for line in complete_lines if line.startswith("ACK ")}
+        assert process.returncode == -signal.SIGKILL
+        lines = out.split("\n")[:-1]  # a line cut by the kill has no newline yet
+    return acked | {int(line.split()[1]) for line in lines if line.startswith("ACK ")}
 
 
 @pytest.mark.slow
@@ -44,14 +55,12 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path):
     db = tmp_path / "events.db"
     rng = np.random.default_rng(7)
     acknowledged: set[int] = set()
-    killed_mid_stream = 0
-    for _ in range(6):
-        acked = _run_writer(db, kill_after=float(rng.uniform(0.4, 1.2)))
-        killed_mid_stream += 0 < len(acked) < N_BATCHES
+    for kill_after in sorted(rng.choice(np.arange(10, N_BATCHES - 10), size=6, replace=False)):
+        acked = _run_writer(db, int(kill_after), rng)
+        assert kill_after in acked
         acknowledged |= acked
         _check_log(db, must_hold=acknowledged)
-    assert killed_mid_stream >= 2, "the kills should land while batches are being written"
-    assert _run_writer(db, kill_after=None) == set(range(N_BATCHES))
+    assert _run_writer(db, None, rng) == set(range(N_BATCHES))
     _check_log(db, must_hold=set(range(N_BATCHES)))
 
 
