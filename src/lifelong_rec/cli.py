@@ -12,6 +12,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from lifelong_rec import __version__
@@ -90,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
         "--kind",
         dest="default_kind",
         default=None,
-        help="kind of rows without one (default: view; rating for movielens)",
+        help="kind of rows without one (default: view)",
     )
     ingest.add_argument("--time-unit", default="auto", choices=("auto", "s", "ms", "us", "ns"))
     ingest.add_argument(
@@ -299,9 +300,10 @@ def _cleaning_config(args: argparse.Namespace, format: str) -> CleaningConfig:
     base = MOVIELENS_CLEANING if format == "movielens" else CleaningConfig()
     burst = base.max_events_per_second
     if args.max_events_per_second is not None:
-        burst = args.max_events_per_second or None
-    return CleaningConfig(
-        default_kind=args.default_kind or ("rating" if format == "movielens" else "view"),
+        burst = args.max_events_per_second or None  # 0 turns the check off
+    return replace(
+        base,
+        default_kind=args.default_kind or base.default_kind,
         time_unit=args.time_unit,
         max_events_per_second=burst,
         collapse_window=args.collapse_window,

@@ -232,25 +232,6 @@ class CleaningReport:
             "examples": dict(self.examples),
         }
 
-    @classmethod
-    def merge(cls, reports: Sequence[CleaningReport], source: str) -> CleaningReport:
-        """One report for several sources (counts add up; the first example per reason wins)."""
-        rejected: dict[str, int] = {}
-        examples: dict[str, str] = {}
-        for report in reports:
-            for reason, count in report.rejected.items():
-                rejected[reason] = rejected.get(reason, 0) + count
-            for reason, example in report.examples.items():
-                examples.setdefault(reason, example)
-        return cls(
-            source=source,
-            rows_read=sum(r.rows_read for r in reports),
-            accepted=sum(r.accepted for r in reports),
-            rejected={r: rejected[r] for r in REASONS if r in rejected},
-            collapsed=sum(r.collapsed for r in reports),
-            examples={r: examples[r] for r in REASONS if r in examples},
-        )
-
     def format(self) -> str:
         """The report as a few aligned lines for a terminal."""
         lines = [
@@ -289,6 +270,7 @@ def clean(
     context_columns: Sequence[str] = (),
     config: CleaningConfig | None = None,
     malformed: Rejected | None = None,
+    name: str | None = None,
 ) -> Cleaned:
     """Validate and normalise raw rows.
 
@@ -308,6 +290,8 @@ def clean(
     config : CleaningConfig, optional
     malformed : Rejected, optional
         Rows the parser already rejected as malformed; counted in this report.
+    name : str, optional
+        What the report calls the input; defaults to the source name(s).
     """
     config = config or CleaningConfig()
     frame = frame.reset_index(drop=True)
@@ -362,7 +346,7 @@ def clean(
         [malformed or Rejected.empty(), verdict.rejected(frame, lines, source)]
     )
     report = CleaningReport(
-        source=source if isinstance(source, str) else ", ".join(dict.fromkeys(source.tolist())),
+        source=name or (source if isinstance(source, str) else ", ".join(np.unique(source))),
         rows_read=n + len(malformed or ()),
         accepted=len(events),
         rejected=rejected.counts(),

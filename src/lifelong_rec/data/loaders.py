@@ -111,14 +111,12 @@ def load(
         context_columns=table.context_columns,
         config=config,
         malformed=table.malformed,
+        name=str(path),
     )
-    report = cleaned.report
-    if report.source != str(path):
-        report = type(report).merge([report], source=str(path))
     return Dataset(
         events=cleaned.events,
         catalog=catalog,
-        report=report,
+        report=cleaned.report,
         rejected=cleaned.rejected,
         name=str(path),
     )
