@@ -1,0 +1,505 @@
+"""The recommender contract shared by every model, and the types a model returns.
+
+Every model learns from :class:`EventBatch` es, incrementally (``learn``, any batch size down to
+one event) or from scratch (``fit``); ranks (``recommend``), scores (``score``) and explains
+(``explain``) without changing its state; and saves itself without pickle.
+
+What the base class keeps for every model
+-----------------------------------------
+- ``users_`` and ``items_``: growing id indexes (new ids are added on first sight).
+- ``history_``: the user x item matrix of summed positive weights the model has learned from.
+  This is where the seen-history for ``exclude_seen`` lives: a model excludes what *it* has
+  seen. Events of weight 0 (skips, impressions) make their ids known but are not history.
+- ``last_seen_``: the user x item matrix of the latest time of each interaction (recency).
+- ``popularity_``: item popularity with an exponential time decay: the explicit cold-start
+  fallback for users the model does not know or knows nothing positive about.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from lifelong_rec.events import EventBatch, IdIndex, as_ids
+from lifelong_rec.models.sparse import GrowingSparse
+
+FORMAT_VERSION = 1
+_SCORE_BLOCK = 16_000_000  # scores computed per block of users: at most 64 MB of float32
+_MODELS: dict[str, type[Recommender]] = {}
+
+
+# ------------------------------------------------------------------------------ result types
+
+
+@dataclass(frozen=True, eq=False)
+class Recommendations:
+    """Top-k lists for a batch of users.
+
+    Attributes
+    ----------
+    users : array of str, shape (n_users,)
+    items : array of str, shape (n_users, k)
+        Best first; "" where fewer than k items could be recommended.
+    scores : array of float32, shape (n_users, k)
+        The model's scores; -inf where ``items`` is "".
+    fallback : array of bool, shape (n_users,)
+        True for users who got the cold-start fallback (decayed popularity) because the model
+        does not know them or has no positive history for them.
+    """
+
+    users: np.ndarray
+    items: np.ndarray
+    scores: np.ndarray
+    fallback: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def for_user(self, row: int) -> list[tuple[str, float]]:
+        """The (item, score) pairs of one user's list, without padding."""
+        keep = self.items[row] != ""
+        return list(
+            zip(self.items[row][keep].tolist(), self.scores[row][keep].tolist(), strict=True)
+        )
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """How much one history item adds to a score."""
+
+    item: str
+    weight: float
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why a model scores ``item`` for ``user`` as it does.
+
+    Attributes
+    ----------
+    user, item : str
+    score : float
+        The model's score (NaN for an item the model does not know).
+    kind : str
+        "history" (the contributions are history items), "popularity" (the score is the item's
+        decayed popularity), or "unknown_item".
+    contributions : tuple of Contribution
+        The history items that contribute most, largest absolute weight first.
+    fallback : bool
+        True when the user got the cold-start fallback.
+    """
+
+    user: str
+    item: str
+    score: float
+    kind: str
+    contributions: tuple[Contribution, ...] = ()
+    fallback: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class IndexedEvents:
+    """A batch with dense indexes, as the model implementations see it (internal)."""
+
+    user: np.ndarray  # int64, (n,)
+    item: np.ndarray  # int64, (n,)
+    weight: np.ndarray  # float32, (n,)
+    timestamp: np.ndarray  # float64, (n,)
+    new_pair: np.ndarray  # bool, (n,): first positive event of this (user, item) pair
+
+    @property
+    def positive(self) -> np.ndarray:
+        return self.weight > 0
+
+
+# ------------------------------------------------------------------------------ decayed counts
+
+
+class DecayedCounts:
+    """Per-item counts where each event's weight halves every ``half_life_days``.
+
+    Counts are kept as of ``clock`` (the latest timestamp seen), so older events are discounted
+    as newer ones arrive; ``half_life_days=None`` keeps plain all-time counts.
+    """
+
+    def __init__(self, half_life_days: float | None) -> None:
+        self.half_life_seconds = None if half_life_days is None else half_life_days * 86_400.0
+        self.counts = np.zeros(0, dtype=np.float64)
+        self.clock = -np.inf
+
+    def grow(self, n: int) -> None:
+        if n > len(self.counts):
+            self.counts = np.concatenate([self.counts, np.zeros(n - len(self.counts))])
+
+    def add(self, items: np.ndarray, weights: np.ndarray, times: np.ndarray) -> None:
+        if len(items) == 0:
+            return
+        if self.half_life_seconds is None:
+            np.add.at(self.counts, items, weights)
+            return
+        latest = float(times.max())
+        if latest > self.clock:
+            if np.isfinite(self.clock):
+                self.counts *= 2.0 ** (-(latest - self.clock) / self.half_life_seconds)
+            self.clock = latest
+        np.add.at(
+            self.counts, items, weights * 2.0 ** (-(self.clock - times) / self.half_life_seconds)
+        )
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"counts": self.counts, "clock": np.array([self.clock])}
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        self.counts = state["counts"].astype(np.float64)
+        self.clock = float(state["clock"][0])
+
+
+# ------------------------------------------------------------------------------ the contract
+
+
+class Recommender(ABC):
+    """Base class of every recommender. Subclasses implement the ``_``-prefixed hooks."""
+
+    #: short name used by the command line and benchmarks ("mf", "itemknn", ...)
+    name: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if not inspect.isabstract(cls):
+            _MODELS[cls.__name__] = cls
+
+    # -------------------------------------------------------------- parameters
+
+    def get_params(self) -> dict[str, object]:
+        """The constructor arguments, read back from the attributes of the same name."""
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {name: getattr(self, name) for name in names}
+
+    def clone(self) -> Recommender:
+        """A new, untrained model with the same parameters."""
+        return type(self)(**self.get_params())
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({params})"
+
+    @classmethod
+    def _unit_test_params(cls) -> dict[str, object]:
+        """Small, fast parameters for the conformance suite."""
+        return {}
+
+    def _fallback_half_life_days(self) -> float | None:
+        return getattr(self, "fallback_half_life_days", None)
+
+    # -------------------------------------------------------------- learning
+
+    @property
+    def is_fitted(self) -> bool:
+        return hasattr(self, "users_")
+
+    def fit(self, events: EventBatch) -> Recommender:
+        """Train from scratch on ``events`` (forgetting everything before)."""
+        _check_batch(events)
+        self._reset()
+        self._fit(self._index(events))
+        return self
+
+    def learn(self, events: EventBatch) -> None:
+        """Update from ``events`` (any size, down to one), adding new users and items."""
+        _check_batch(events)
+        if not self.is_fitted:
+            self._reset()
+        if len(events):
+            self._learn(self._index(events))
+
+    def _reset(self) -> None:
+        self.users_ = IdIndex()
+        self.items_ = IdIndex()
+        self.history_ = GrowingSparse((0, 0), "sum", np.float32)
+        self.last_seen_ = GrowingSparse((0, 0), "max", np.float64)
+        self.history_size_ = np.zeros(0, dtype=np.int64)  # distinct positive items per user
+        self.popularity_ = DecayedCounts(self._fallback_half_life_days())
+        self._reset_model()
+
+    def _index(self, events: EventBatch) -> IndexedEvents:
+        """Dense indexes for a batch; grows the ids, the history and the popularity counts."""
+        n_users, n_items = len(self.users_), len(self.items_)
+        users = self.users_.add(events.user)
+        items = self.items_.add(events.item)
+        if len(self.users_) > n_users or len(self.items_) > n_items:
+            self._grow_all(len(self.users_), len(self.items_))
+        weight = events.weight.astype(np.float32)
+        positive = weight > 0
+        new_pair = np.zeros(len(events), dtype=bool)
+        if positive.any():
+            new_pair[positive] = self._new_pairs(users[positive], items[positive])
+            self.history_.add(users[positive], items[positive], weight[positive])
+            self.last_seen_.add(users[positive], items[positive], events.timestamp[positive])
+            np.add.at(self.history_size_, users[new_pair], 1)
+        self.popularity_.add(items, weight.astype(np.float64), events.timestamp)
+        return IndexedEvents(users, items, weight, events.timestamp, new_pair)
+
+    def _grow_all(self, n_users: int, n_items: int) -> None:
+        self.history_.grow(n_users, n_items)
+        self.last_seen_.grow(n_users, n_items)
+        self.history_size_ = np.concatenate(
+            [self.history_size_, np.zeros(n_users - len(self.history_size_), dtype=np.int64)]
+        )
+        self.popularity_.grow(n_items)
+        self._grow(n_users, n_items)
+
+    def _new_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Which (user, item) pairs are not in the history yet (first occurrence in the batch)."""
+        n_items = max(len(self.items_), 1)
+        keys = users * n_items + items
+        touched = np.unique(users)
+        known = self.history_.rows(touched).tocoo()
+        known_keys = touched[known.row] * n_items + known.col
+        first = np.zeros(len(keys), dtype=bool)
+        first[np.unique(keys, return_index=True)[1]] = True
+        return first & ~np.isin(keys, known_keys)
+
+    # -------------------------------------------------------------- ranking
+
+    def recommend(
+        self,
+        users: object,
+        k: int = 10,
+        exclude_seen: bool = True,
+        candidates: object | None = None,
+    ) -> Recommendations:
+        """Top-``k`` items for each user.
+
+        Parameters
+        ----------
+        users : sequence of ids, shape (n_users,)
+            Known or unknown; unknown users get the cold-start fallback.
+        k : int
+        exclude_seen : bool
+            Leave out items in the user's history (as this model has learned it).
+        candidates : sequence of item ids, optional
+            Rank only these (unknown ones are ignored); all known items when None.
+
+        Returns
+        -------
+        Recommendations
+        """
+        self._check_fitted()
+        if not isinstance(k, int | np.integer) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        ids = _ids(users, "users")
+        user_index = self.users_.lookup(ids)
+        cold = self._cold(user_index)
+        if candidates is None:
+            item_index = np.arange(len(self.items_))
+        else:
+            item_index = np.unique(self.items_.lookup(_ids(candidates, "candidates")))
+            item_index = item_index[item_index >= 0]
+        width = min(k, len(item_index))
+        top_items = np.full((len(ids), k), "", dtype=object)
+        top_scores = np.full((len(ids), k), -np.inf, dtype=np.float32)
+        block = max(1, _SCORE_BLOCK // max(len(item_index), 1))
+        for start in range(0, len(ids), block):
+            rows = slice(start, start + block)
+            scores = self._scores(user_index[rows], cold[rows], item_index)
+            if exclude_seen:
+                self._mask_seen(scores, user_index[rows], item_index)
+            if width == 0:
+                continue
+            best = np.argpartition(-scores, width - 1, axis=1)[:, :width]
+            best_scores = np.take_along_axis(scores, best, axis=1)
+            order = np.argsort(-best_scores, axis=1, kind="stable")
+            best = np.take_along_axis(best, order, axis=1)
+            best_scores = np.take_along_axis(best_scores, order, axis=1)
+            names = self.items_.ids(item_index[best.ravel()]).reshape(best.shape).astype(object)
+            names[~np.isfinite(best_scores)] = ""
+            top_items[rows, :width] = names
+            top_scores[rows, :width] = np.where(np.isfinite(best_scores), best_scores, -np.inf)
+        return Recommendations(
+            users=ids, items=top_items.astype(str), scores=top_scores, fallback=cold
+        )
+
+    def score(self, users: object, items: object) -> np.ndarray:
+        """Scores of every (user, item) pair.
+
+        Returns
+        -------
+        scores : array of float32, shape (n_users, n_items)
+            Cold users get the fallback's scores; items the model does not know get NaN.
+        """
+        self._check_fitted()
+        user_index = self.users_.lookup(_ids(users, "users"))
+        item_index = self.items_.lookup(_ids(items, "items"))
+        known = item_index >= 0
+        scores = np.full((len(user_index), len(item_index)), np.nan, dtype=np.float32)
+        if known.any() and len(user_index):
+            scores[:, known] = self._scores(user_index, self._cold(user_index), item_index[known])
+        return scores
+
+    def explain(self, user: object, item: object, top: int = 5) -> Explanation:
+        """Why ``item`` gets its score for ``user``: the history items that contribute most."""
+        self._check_fitted()
+        if not isinstance(top, int) or top < 1:
+            raise ValueError(f"top must be a positive integer, got {top!r}")
+        user_id, item_id = str(_ids([user], "user")[0]), str(_ids([item], "item")[0])
+        score = float(self.score([user_id], [item_id])[0, 0])
+        user_index = self.users_.lookup([user_id])
+        item_index = int(self.items_.lookup([item_id])[0])
+        if item_index < 0:
+            return Explanation(user_id, item_id, score, "unknown_item")
+        if self._cold(user_index)[0]:
+            return Explanation(user_id, item_id, score, "popularity", fallback=True)
+        kind, contributing, weights = self._explain(int(user_index[0]), item_index)
+        order = np.argsort(-np.abs(weights), kind="stable")[:top]
+        contributions = tuple(
+            Contribution(str(name), float(weight))
+            for name, weight in zip(
+                self.items_.ids(contributing[order]), weights[order], strict=True
+            )
+        )
+        return Explanation(user_id, item_id, score, kind, contributions)
+
+    def _cold(self, user_index: np.ndarray) -> np.ndarray:
+        """Users that get the fallback: unknown, or no positive history."""
+        known = user_index >= 0
+        cold = ~known
+        cold[known] = self.history_size_[user_index[known]] == 0
+        return cold
+
+    def _scores(
+        self, user_index: np.ndarray, cold: np.ndarray, item_index: np.ndarray
+    ) -> np.ndarray:
+        scores = np.empty((len(user_index), len(item_index)), dtype=np.float32)
+        if cold.any():
+            scores[cold] = self.popularity_.counts[item_index]
+        if (~cold).any():
+            scores[~cold] = self._score(user_index[~cold], item_index)
+        return scores
+
+    def _mask_seen(
+        self, scores: np.ndarray, user_index: np.ndarray, item_index: np.ndarray
+    ) -> None:
+        known = np.flatnonzero(user_index >= 0)
+        if len(known) == 0:
+            return
+        seen = self.history_.rows(user_index[known]).tocoo()
+        if len(item_index) == len(self.items_):  # all items, in index order
+            scores[known[seen.row], seen.col] = -np.inf
+            return
+        column = np.full(len(self.items_), -1)
+        column[item_index] = np.arange(len(item_index))
+        hit = column[seen.col] >= 0
+        scores[known[seen.row[hit]], column[seen.col[hit]]] = -np.inf
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise RuntimeError(
+                f"{type(self).__name__} has not learned anything yet: fit or learn first"
+            )
+
+    # -------------------------------------------------------------- persistence
+
+    def save(self, path: str | Path) -> None:
+        """Write the model to the folder ``path``: manifest.json and arrays.npz (no pickle)."""
+        self._check_fitted()
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        arrays = {f"history.{k}": v for k, v in self.history_.state().items()}
+        arrays |= {f"last_seen.{k}": v for k, v in self.last_seen_.state().items()}
+        arrays |= {f"popularity.{k}": v for k, v in self.popularity_.state().items()}
+        arrays |= {"history_size": self.history_size_}
+        arrays |= {f"model.{k}": v for k, v in self._state().items()}
+        np.savez(folder / "arrays.npz", **arrays)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "model": type(self).__name__,
+            "params": self.get_params(),
+            "users": self.users_.to_array().tolist(),
+            "items": self.items_.to_array().tolist(),
+        }
+        (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recommender:
+        """Read a model saved by :meth:`save` (of this class, or any when called on the base)."""
+        folder = Path(path)
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{folder}: model format {manifest.get('format_version')!r} "
+                f"is not the supported {FORMAT_VERSION}"
+            )
+        model_class = _MODELS.get(manifest["model"])
+        if model_class is None or not issubclass(model_class, cls):
+            raise ValueError(f"{folder}: holds a {manifest['model']}, not a {cls.__name__}")
+        model = model_class(**manifest["params"])
+        with np.load(folder / "arrays.npz", allow_pickle=False) as stored:
+            arrays = {name: stored[name] for name in stored.files}
+        model._reset()
+        model.users_ = IdIndex(np.array(manifest["users"], dtype=str))
+        model.items_ = IdIndex(np.array(manifest["items"], dtype=str))
+        part = lambda prefix: {  # noqa: E731
+            k.removeprefix(prefix): v for k, v in arrays.items() if k.startswith(prefix)
+        }
+        model.history_ = GrowingSparse.from_state(part("history."), "sum", np.float32)
+        model.last_seen_ = GrowingSparse.from_state(part("last_seen."), "max", np.float64)
+        model.popularity_.set_state(part("popularity."))
+        model.history_size_ = arrays["history_size"].astype(np.int64)
+        model._set_state(part("model."))
+        return model
+
+    # -------------------------------------------------------------- hooks
+
+    @abstractmethod
+    def _reset_model(self) -> None:
+        """Forget everything model-specific."""
+
+    @abstractmethod
+    def _grow(self, n_users: int, n_items: int) -> None:
+        """Make room for new users and items (indexes up to n_users - 1, n_items - 1)."""
+
+    def _fit(self, events: IndexedEvents) -> None:
+        """Train on everything in the history; by default, one incremental pass."""
+        self._learn(events)
+
+    @abstractmethod
+    def _learn(self, events: IndexedEvents) -> None:
+        """Update from a batch whose ids, history and popularity are already recorded."""
+
+    @abstractmethod
+    def _score(self, user_index: np.ndarray, item_index: np.ndarray) -> np.ndarray:
+        """Scores, shape (n_users, n_items), float32, for warm users."""
+
+    @abstractmethod
+    def _explain(self, user: int, item: int) -> tuple[str, np.ndarray, np.ndarray]:
+        """(kind, contributing item indexes, their weights) for a warm user."""
+
+    @abstractmethod
+    def _state(self) -> dict[str, np.ndarray]:
+        """Model-specific arrays to save."""
+
+    @abstractmethod
+    def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`_state` saved."""
+
+
+def registered_models() -> dict[str, type[Recommender]]:
+    """Every concrete recommender class, by class name."""
+    return dict(_MODELS)
+
+
+def _ids(values: object, name: str) -> np.ndarray:
+    if isinstance(values, str | bytes) or np.isscalar(values):
+        raise ValueError(f"{name} must be a sequence of ids, not a single {type(values).__name__}")
+    return as_ids(values, name)
+
+
+def _check_batch(events: object) -> None:
+    if not isinstance(events, EventBatch):
+        raise TypeError(f"events must be an EventBatch, not {type(events).__name__}")

@@ -1,0 +1,210 @@
+"""Bayesian personalised ranking: matrix factorisation trained by SGD or Adam on sampled pairs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lifelong_rec.models.base import IndexedEvents, Recommender
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+class BPR(Recommender):
+    """Matrix factorisation with item biases, trained on the BPR loss (Rendle et al., UAI 2009).
+
+    For an observed pair (u, i) and a sampled item j, the loss is ``-log sigmoid(x_ui - x_uj)``
+    with ``x_ui = p_u . q_i + b_i``, plus L2 on the rows involved. Mini-batches are vectorised:
+    the gradients of a batch are accumulated per row with ``np.add.at`` and applied by plain
+    SGD or by Adam with per-row moments, updated only for the rows the batch touched ("lazy"
+    Adam, as sparse embeddings are usually trained).
+
+    ``fit`` runs ``epochs`` passes over the distinct (user, item) pairs; ``learn`` runs
+    ``learn_passes`` passes over the batch's new events. Negatives are drawn uniformly; a
+    sampled positive is rare and tolerated. The comparison learner for the ALS model.
+
+    Parameters
+    ----------
+    factors : int
+    optimizer : {"adam", "sgd"}
+    learning_rate : float
+    regularization : float
+    epochs : int
+    learn_passes : int
+    batch_size : int
+    init_scale : float
+    seed : int
+    fallback_half_life_days : float or None
+    """
+
+    name = "bpr"
+
+    def __init__(
+        self,
+        factors: int = 64,
+        optimizer: str = "sgd",
+        learning_rate: float = 0.05,
+        regularization: float = 1e-4,
+        epochs: int = 30,
+        learn_passes: int = 2,
+        batch_size: int = 1024,
+        init_scale: float = 0.1,
+        seed: int = 0,
+        fallback_half_life_days: float | None = 7.0,
+    ) -> None:
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        for name, value in (
+            ("factors", factors),
+            ("epochs", epochs),
+            ("learn_passes", learn_passes),
+            ("batch_size", batch_size),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
+        if not regularization >= 0:
+            raise ValueError(f"regularization must be >= 0, got {regularization!r}")
+        if not init_scale > 0:
+            raise ValueError(f"init_scale must be > 0, got {init_scale!r}")
+        self.factors = factors
+        self.optimizer = optimizer
+        self.learning_rate = learning_rate
+        self.regularization = regularization
+        self.epochs = epochs
+        self.learn_passes = learn_passes
+        self.batch_size = batch_size
+        self.init_scale = init_scale
+        self.seed = seed
+        self.fallback_half_life_days = fallback_half_life_days
+
+    @classmethod
+    def _unit_test_params(cls) -> dict[str, object]:
+        return {"factors": 8, "epochs": 2}
+
+    # -------------------------------------------------------------- state
+
+    _TABLES = ("user_factors", "item_factors", "item_bias")
+
+    def _reset_model(self) -> None:
+        self.user_factors_ = np.zeros((0, self.factors), dtype=np.float32)
+        self.item_factors_ = np.zeros((0, self.factors), dtype=np.float32)
+        self.item_bias_ = np.zeros((0, 1), dtype=np.float32)
+        self.moments_ = {f"{t}.{m}": getattr(self, f"{t}_").copy() for t in self._TABLES
+                         for m in ("first", "second")}  # fmt: skip
+        self.steps_ = np.zeros(1, dtype=np.int64)  # optimiser steps taken (also seeds batches)
+
+    def _grow(self, n_users: int, n_items: int) -> None:
+        for table, n in (
+            ("user_factors", n_users),
+            ("item_factors", n_items),
+            ("item_bias", n_items),
+        ):
+            current = getattr(self, f"{table}_")
+            extra = n - len(current)
+            if extra <= 0:
+                continue
+            # Seeded by table and first new row, so growth does not depend on call history.
+            rng = np.random.default_rng([self.seed, self._TABLES.index(table), len(current)])
+            fresh = rng.normal(0, self.init_scale, (extra, current.shape[1]))
+            if table == "item_bias":
+                fresh[:] = 0.0
+            setattr(self, f"{table}_", np.vstack([current, fresh.astype(np.float32)]))
+            for moment in ("first", "second"):
+                key = f"{table}.{moment}"
+                self.moments_[key] = np.vstack(
+                    [self.moments_[key], np.zeros((extra, current.shape[1]), dtype=np.float32)]
+                )
+
+    # -------------------------------------------------------------- training
+
+    def _fit(self, events: IndexedEvents) -> None:
+        pairs = self.history_.tocsr().tocoo()
+        users, items = pairs.row.astype(np.int64), pairs.col.astype(np.int64)
+        for _ in range(self.epochs):
+            self._passes(users, items)
+
+    def _learn(self, events: IndexedEvents) -> None:
+        positive = events.positive
+        for _ in range(self.learn_passes):
+            self._passes(events.user[positive], events.item[positive])
+
+    def _passes(self, users: np.ndarray, items: np.ndarray) -> None:
+        """One pass over (users, items) in shuffled mini-batches."""
+        if len(users) == 0:
+            return
+        rng = np.random.default_rng([self.seed, int(self.steps_[0])])
+        order = rng.permutation(len(users))
+        for start in range(0, len(order), self.batch_size):
+            chosen = order[start : start + self.batch_size]
+            negatives = rng.integers(len(self.items_), size=len(chosen))
+            self._step(users[chosen], items[chosen], negatives)
+
+    def _step(self, users: np.ndarray, positives: np.ndarray, negatives: np.ndarray) -> None:
+        p, q_pos, q_neg = (self.user_factors_[users], self.item_factors_[positives],
+                           self.item_factors_[negatives])  # fmt: skip
+        margin = (
+            np.einsum("ij,ij->i", p, q_pos - q_neg)
+            + self.item_bias_[positives, 0]
+            - self.item_bias_[negatives, 0]
+        )
+        pull = (1.0 / (1.0 + np.exp(np.clip(margin, -30, 30))))[:, None]  # sigmoid(-margin)
+        reg = self.regularization
+        gradients = {
+            "user_factors": [(users, -pull * (q_pos - q_neg) + reg * p)],
+            "item_factors": [
+                (positives, -pull * p + reg * q_pos),
+                (negatives, pull * p + reg * q_neg),
+            ],
+            "item_bias": [(positives, -pull), (negatives, pull)],
+        }
+        self.steps_[0] += 1
+        for table, parts in gradients.items():
+            rows = np.concatenate([r for r, _ in parts])
+            order = np.argsort(rows, kind="stable")
+            rows = rows[order]
+            starts = np.flatnonzero(np.concatenate([[True], rows[1:] != rows[:-1]]))
+            summed = np.add.reduceat(np.concatenate([g for _, g in parts])[order], starts, axis=0)
+            self._apply(table, rows[starts], summed)  # one summed gradient per touched row
+
+    def _apply(self, table: str, rows: np.ndarray, gradient: np.ndarray) -> None:
+        values = getattr(self, f"{table}_")
+        if self.optimizer == "sgd":
+            values[rows] -= (self.learning_rate * gradient).astype(np.float32)
+            return
+        beta1, beta2, epsilon = 0.9, 0.999, 1e-8
+        first, second = self.moments_[f"{table}.first"], self.moments_[f"{table}.second"]
+        first[rows] = beta1 * first[rows] + (1 - beta1) * gradient
+        second[rows] = beta2 * second[rows] + (1 - beta2) * gradient**2
+        step = int(self.steps_[0])
+        corrected = first[rows] / (1 - beta1**step)
+        scale = np.sqrt(second[rows] / (1 - beta2**step)) + epsilon
+        values[rows] -= (self.learning_rate * corrected / scale).astype(np.float32)
+
+    # -------------------------------------------------------------- scoring
+
+    def _score(self, user_index: np.ndarray, item_index: np.ndarray) -> np.ndarray:
+        scores = self.user_factors_[user_index] @ self.item_factors_[item_index].T
+        return scores + self.item_bias_[item_index, 0]
+
+    def _explain(self, user: int, item: int) -> tuple[str, np.ndarray, np.ndarray]:
+        """History items by the similarity of their factors to the item's (not a split of the
+        score: a BPR score has no exact decomposition over the history)."""
+        items = self.history_.rows(np.array([user])).indices.astype(np.int64)
+        return "similar_items", items, self.item_factors_[items] @ self.item_factors_[item]
+
+    def _state(self) -> dict[str, np.ndarray]:
+        state = {table: getattr(self, f"{table}_") for table in self._TABLES}
+        return (
+            state | {f"moments.{k}": v for k, v in self.moments_.items()} | {"steps": self.steps_}
+        )
+
+    def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
+        for table in self._TABLES:
+            setattr(self, f"{table}_", arrays[table].astype(np.float32))
+        self.moments_ = {
+            k.removeprefix("moments."): v.astype(np.float32)
+            for k, v in arrays.items()
+            if k.startswith("moments.")
+        }
+        self.steps_ = arrays["steps"].astype(np.int64)

@@ -1,0 +1,181 @@
+"""Item-kNN: items similar to what the user interacted with recently, kept current per event."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from lifelong_rec.models.base import IndexedEvents, Recommender
+from lifelong_rec.models.sparse import GrowingSparse
+
+
+class ItemKNN(Recommender):
+    """Item-item cosine similarity from co-occurrence counts, updated incrementally.
+
+    ``cooccurrence_[i, j]`` counts the users who interacted with both items i and j, and
+    ``item_users_[i]`` the users of item i. When a user interacts with an item for the first
+    time, only the counts of that item with the user's other items change: ``learn`` adds
+    exactly those increments, so after any sequence of ``learn`` calls the counts equal those
+    that ``fit`` computes from scratch (a sparse ``X.T @ X``).
+
+    The similarity of item j to item i is ``c_ij / (sqrt(n_i n_j) + shrink)``, kept only for
+    the ``neighbours`` most similar items of j. A user's score for item i is the sum of the
+    similarities to i of the user's ``history_length`` most recent items, so ``explain``
+    decomposes a score exactly into its history items.
+
+    Parameters
+    ----------
+    neighbours : int
+        Similar items kept per history item.
+    history_length : int or None
+        How many of the user's most recent distinct items score (None: all).
+    shrink : float
+        Added to the cosine denominator: damps similarities resting on few users.
+    fallback_half_life_days : float or None
+        Half-life of the popularity fallback for cold users.
+    """
+
+    name = "itemknn"
+
+    def __init__(
+        self,
+        neighbours: int = 50,
+        history_length: int | None = 20,
+        shrink: float = 10.0,
+        fallback_half_life_days: float | None = 7.0,
+    ) -> None:
+        if not isinstance(neighbours, int) or neighbours < 1:
+            raise ValueError(f"neighbours must be a positive integer, got {neighbours!r}")
+        if history_length is not None and (
+            not isinstance(history_length, int) or history_length < 1
+        ):
+            raise ValueError(
+                f"history_length must be a positive integer or None, got {history_length!r}"
+            )
+        if not shrink >= 0:
+            raise ValueError(f"shrink must be >= 0, got {shrink!r}")
+        self.neighbours = neighbours
+        self.history_length = history_length
+        self.shrink = shrink
+        self.fallback_half_life_days = fallback_half_life_days
+
+    @classmethod
+    def _unit_test_params(cls) -> dict[str, object]:
+        return {"neighbours": 20, "history_length": 10}
+
+    def _reset_model(self) -> None:
+        self.cooccurrence_ = GrowingSparse((0, 0), "sum", np.float32)
+        self.item_users_ = np.zeros(0, dtype=np.float64)
+
+    def _grow(self, n_users: int, n_items: int) -> None:
+        self.cooccurrence_.grow(n_items, n_items)
+        self.item_users_ = np.concatenate(
+            [self.item_users_, np.zeros(n_items - len(self.item_users_))]
+        )
+
+    def _fit(self, events: IndexedEvents) -> None:
+        seen = self.history_.tocsr().copy()
+        seen.data[:] = 1.0
+        counts = (seen.T @ seen).tocsr()
+        self.item_users_ = counts.diagonal().astype(np.float64)
+        counts.setdiag(0)
+        counts.eliminate_zeros()
+        self.cooccurrence_ = GrowingSparse(counts.shape, "sum", np.float32)
+        self.cooccurrence_.add(*_coo(counts))
+
+    def _learn(self, events: IndexedEvents) -> None:
+        users, items = events.user[events.new_pair], events.item[events.new_pair]
+        if len(users) == 0:
+            return
+        np.add.at(self.item_users_, items, 1.0)
+        touched, position = np.unique(users, return_inverse=True)
+        history = self.history_.rows(touched)  # already holds this batch's items
+        lengths = np.diff(history.indptr)[position]
+        item = np.repeat(items, lengths)
+        owner = np.repeat(users, lengths)
+        partner = history.indices[_segments(history.indptr[position], lengths)]
+        other = partner != item
+        item, owner, partner = item[other], owner[other], partner[other]
+        # Each new item gains all the user's other items; each *old* item gains the new one
+        # (pairs of two new items get their other direction from the other item's turn).
+        n_items = len(self.items_)
+        partner_is_new = np.isin(owner * n_items + partner, users * n_items + items)
+        old = ~partner_is_new
+        self.cooccurrence_.add(
+            np.concatenate([item, partner[old]]),
+            np.concatenate([partner, item[old]]),
+            np.ones(len(item) + int(old.sum()), dtype=np.float32),
+        )
+
+    def _recent(self, user_index: np.ndarray) -> sp.csr_matrix:
+        """Each user's most recent items, shape (n_users, n_items), 1 where counted."""
+        recent = self.last_seen_.rows(user_index)
+        if self.history_length is not None:
+            recent = _top_per_row(recent, self.history_length)
+        recent.data[:] = 1.0
+        return recent
+
+    def _similar(self, item_index: np.ndarray) -> sp.csr_matrix:
+        """Pruned similarity rows of ``item_index``, shape (len, n_items)."""
+        counts = self.cooccurrence_.rows(item_index).tocoo()
+        norms = np.sqrt(self.item_users_)
+        data = counts.data / (norms[item_index[counts.row]] * norms[counts.col] + self.shrink)
+        similar = sp.csr_matrix(
+            (data.astype(np.float32), (counts.row, counts.col)),
+            shape=(len(item_index), len(self.items_)),
+        )
+        return _top_per_row(similar, self.neighbours)
+
+    def _score(self, user_index: np.ndarray, item_index: np.ndarray) -> np.ndarray:
+        recent = self._recent(user_index)
+        history_items = np.unique(recent.indices)
+        if len(history_items) == 0:
+            return np.zeros((len(user_index), len(item_index)), dtype=np.float32)
+        compact = sp.csr_matrix(
+            (recent.data, np.searchsorted(history_items, recent.indices), recent.indptr),
+            shape=(len(user_index), len(history_items)),
+        )
+        scores = compact @ self._similar(history_items)
+        return scores[:, item_index].toarray().astype(np.float32)
+
+    def _explain(self, user: int, item: int) -> tuple[str, np.ndarray, np.ndarray]:
+        history_items = self._recent(np.array([user])).indices
+        weights = self._similar(history_items)[:, [item]].toarray().ravel()
+        keep = weights != 0
+        return "history", history_items[keep], weights[keep]
+
+    def _state(self) -> dict[str, np.ndarray]:
+        state = {f"cooccurrence.{k}": v for k, v in self.cooccurrence_.state().items()}
+        return state | {"item_users": self.item_users_}
+
+    def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
+        counts = {k.removeprefix("cooccurrence."): v for k, v in arrays.items() if "." in k}
+        self.cooccurrence_ = GrowingSparse.from_state(counts, "sum", np.float32)
+        self.item_users_ = arrays["item_users"].astype(np.float64)
+
+
+def _segments(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenated ranges starts[k] .. starts[k] + lengths[k] - 1, vectorised."""
+    total = int(lengths.sum())
+    offsets = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.repeat(starts, lengths) + offsets
+
+
+def _top_per_row(matrix: sp.csr_matrix, n: int) -> sp.csr_matrix:
+    """Keep the ``n`` largest entries of each row of a CSR matrix (ties: lowest column)."""
+    matrix = matrix.tocsr()
+    counts = np.diff(matrix.indptr)
+    if counts.max(initial=0) <= n:
+        return matrix.copy()
+    rows = np.repeat(np.arange(matrix.shape[0]), counts)
+    order = np.lexsort((matrix.indices, -matrix.data, rows))
+    rank = np.arange(matrix.nnz) - np.repeat(matrix.indptr[:-1], counts)
+    keep = order[rank < n]
+    return sp.csr_matrix(
+        (matrix.data[keep], (rows[keep], matrix.indices[keep])), shape=matrix.shape
+    )
+
+
+def _coo(matrix: sp.spmatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    coo = matrix.tocoo()
+    return coo.row.astype(np.int64), coo.col.astype(np.int64), coo.data

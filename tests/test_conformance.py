@@ -1,0 +1,211 @@
+"""The contract every recommender keeps, run for every registered model automatically.
+
+A new model class joins this suite by subclassing Recommender (and may give small, fast
+parameters through ``_unit_test_params``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lifelong_rec.data import synthetic_stream
+from lifelong_rec.events import EventBatch
+from lifelong_rec.models import Recommender, registered_models
+
+MODELS = sorted(registered_models().items())
+
+
+@pytest.fixture(scope="module")
+def stream() -> EventBatch:
+    return synthetic_stream(n_users=60, n_items=50, n_events=1_500, seed=5).events
+
+
+@pytest.fixture(params=[cls for _, cls in MODELS], ids=[name for name, _ in MODELS])
+def model_class(request) -> type[Recommender]:
+    return request.param
+
+
+def _new(model_class: type[Recommender]) -> Recommender:
+    return model_class(**model_class._unit_test_params())
+
+
+def _fitted(model_class, stream) -> Recommender:
+    return _new(model_class).fit(stream.take(slice(0, 1_000)))
+
+
+def _snapshot(model: Recommender, tmp_path, name: str) -> dict[str, np.ndarray]:
+    model.save(tmp_path / name)
+    with np.load(tmp_path / name / "arrays.npz", allow_pickle=False) as stored:
+        arrays = {key: stored[key] for key in stored.files}
+    arrays["manifest"] = np.array((tmp_path / name / "manifest.json").read_text())
+    return arrays
+
+
+def _same_state(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_learn_does_not_mutate_its_input(model_class, stream):
+    batch = stream.take(slice(0, 300))
+    before = {name: getattr(batch, name).copy() for name in ("user", "item", "weight", "timestamp")}
+    model = _new(model_class)
+    model.learn(batch)
+    model.fit(batch)
+    for name, values in before.items():
+        assert np.array_equal(getattr(batch, name), values)
+    assert not batch.user.flags.writeable
+
+
+def test_ranking_scoring_and_explaining_are_pure(model_class, stream, tmp_path):
+    model = _fitted(model_class, stream)
+    model.learn(stream.take(slice(1_000, 1_010)))  # leave pending increments in place
+    before = _snapshot(model, tmp_path, "before")
+    users, items = np.unique(stream.user)[:20], np.unique(stream.item)[:30]
+    first = model.recommend(users, k=5)
+    scores = model.score(users, items)
+    explanation = model.explain(users[0], items[0])
+    assert np.array_equal(model.recommend(users, k=5).items, first.items)
+    assert np.array_equal(model.score(users, items), scores, equal_nan=True)
+    assert model.explain(users[0], items[0]) == explanation
+    assert _same_state(before, _snapshot(model, tmp_path, "after"))
+
+
+def test_save_then_load_gives_identical_results(model_class, stream, tmp_path):
+    model = _fitted(model_class, stream)
+    model.learn(stream.take(slice(1_000, 1_100)))
+    model.save(tmp_path / "model")
+    loaded = Recommender.load(tmp_path / "model")
+    assert type(loaded) is model_class and loaded.get_params() == model.get_params()
+    users = np.append(np.unique(stream.user), "never-seen")
+    items = np.unique(stream.item)
+    assert np.array_equal(loaded.score(users, items), model.score(users, items), equal_nan=True)
+    assert np.array_equal(loaded.recommend(users, k=7).items, model.recommend(users, k=7).items)
+    assert loaded.explain(users[0], items[1]) == model.explain(users[0], items[1])
+    # and both keep learning alike
+    more = stream.take(slice(1_100, 1_300))
+    model.learn(more)
+    loaded.learn(more)
+    np.testing.assert_allclose(
+        loaded.score(users, items), model.score(users, items), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_load_refuses_another_model_class(model_class, stream, tmp_path):
+    _fitted(model_class, stream).save(tmp_path / "model")
+    other = next(cls for _, cls in MODELS if cls is not model_class)
+    with pytest.raises(ValueError, match=f"holds a {model_class.__name__}"):
+        other.load(tmp_path / "model")
+
+
+def test_same_seed_same_model(model_class, stream):
+    first, second = _fitted(model_class, stream), _fitted(model_class, stream).clone()
+    second.fit(stream.take(slice(0, 1_000)))
+    for model in (first, second):
+        for start in range(1_000, 1_200, 50):
+            model.learn(stream.take(slice(start, start + 50)))
+    users, items = np.unique(stream.user), np.unique(stream.item)
+    assert np.array_equal(first.score(users, items), second.score(users, items), equal_nan=True)
+
+
+def test_new_users_and_items_are_learned_on_the_fly(model_class, stream):
+    model = _fitted(model_class, stream)
+    old_item = stream.item[0]
+    t = float(stream.timestamp.max()) + 60
+    model.learn(
+        EventBatch.from_columns(
+            ["brand-new-user", "brand-new-user", stream.user[0]],
+            ["brand-new-item", old_item, "brand-new-item"],
+            [t, t + 1, t + 2],
+            "purchase",
+        )
+    )
+    recs = model.recommend(["brand-new-user"], k=10)
+    assert not recs.fallback[0]
+    assert {"brand-new-item", old_item}.isdisjoint(recs.items[0])  # seen items excluded
+    someone = np.setdiff1d(np.unique(stream.user), [stream.user[0]])[0]
+    only_new = model.recommend([someone], k=1, candidates=["brand-new-item"])
+    assert only_new.items.tolist() == [["brand-new-item"]]
+    assert np.isfinite(model.score([someone], ["brand-new-item"])).all()
+
+
+def test_learning_one_event_at_a_time_and_before_any_fit(model_class, stream):
+    model = _new(model_class)
+    for row in range(5):
+        model.learn(stream.take(slice(row, row + 1)))
+    assert len(model.items_) >= 1
+    assert model.recommend([stream.user[0]], k=3).items.shape == (1, 3)
+
+
+def test_recommend_never_returns_seen_items_and_is_sorted(model_class, stream):
+    train = stream.take(slice(0, 1_000))
+    model = _fitted(model_class, stream)
+    users = np.unique(train.user)
+    recs = model.recommend(users, k=10)
+    positive = train.weight > 0
+    seen = {(u, i) for u, i in zip(train.user[positive], train.item[positive], strict=True)}
+    for row, user in enumerate(recs.users):
+        listed = [item for item in recs.items[row] if item]
+        assert not any((user, item) in seen for item in listed)
+        assert len(set(listed)) == len(listed)
+        kept = recs.scores[row][: len(listed)]
+        assert np.all(np.diff(kept) <= 0)
+
+
+def test_unknown_users_get_the_fallback_and_unknown_items_nan(model_class, stream):
+    model = _fitted(model_class, stream)
+    recs = model.recommend(["nobody", stream.user[0]], k=5)
+    assert recs.fallback.tolist() == [True, False]
+    popularity_order = np.argsort(-model.popularity_.counts, kind="stable")[:5]
+    assert set(recs.items[0]) == set(model.items_.ids(popularity_order))
+    scores = model.score(["nobody"], [stream.item[0], "no-such-item"])
+    assert np.isfinite(scores[0, 0]) and np.isnan(scores[0, 1])
+    assert model.explain("nobody", stream.item[0]).kind == "popularity"
+    assert model.explain(stream.user[0], "no-such-item").kind == "unknown_item"
+
+
+def test_candidates_and_short_lists(model_class, stream):
+    model = _fitted(model_class, stream)
+    candidates = [*np.unique(stream.item)[:3].tolist(), "not-an-item"]
+    recs = model.recommend([stream.user[0], "nobody"], k=10, candidates=candidates)
+    assert recs.items.shape == (2, 10)
+    for row in range(2):
+        listed = [item for item in recs.items[row] if item]
+        assert set(listed) <= set(candidates[:3])
+        assert (recs.scores[row][len(listed) :] == -np.inf).all()
+    assert model.recommend(["nobody"], k=3, candidates=[]).items.tolist() == [["", "", ""]]
+
+
+def test_explanations_name_history_items(model_class, stream):
+    model = _fitted(model_class, stream)
+    user = stream.user[0]
+    recs = model.recommend([user], k=1)
+    explanation = model.explain(user, recs.items[0][0])
+    assert explanation.user == user and np.isfinite(explanation.score)
+    history = set(stream.item[:1_000][(stream.user[:1_000] == user) & (stream.weight[:1_000] > 0)])
+    assert {c.item for c in explanation.contributions} <= history
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda m: m.recommend(["u"], k=0), ValueError, "k must be a positive integer"),
+        (lambda m: m.recommend(["u"], k=2.5), ValueError, "k must be a positive integer"),
+        (lambda m: m.recommend(["u"], k=True), ValueError, "k must be a positive integer"),
+        (lambda m: m.recommend("u00001"), ValueError, "users must be a sequence of ids"),
+        (lambda m: m.recommend([None]), ValueError, "users: None is not an id"),
+        (lambda m: m.score(["u"], "i"), ValueError, "items must be a sequence of ids"),
+        (lambda m: m.explain("u", "i", top=0), ValueError, "top must be a positive integer"),
+        (lambda m: m.fit([("u", "i")]), TypeError, "events must be an EventBatch"),
+        (lambda m: m.learn(None), TypeError, "events must be an EventBatch"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(model_class, stream, call, error, message):
+    model = _fitted(model_class, stream)
+    with pytest.raises(error, match=message):
+        call(model)
+
+
+def test_an_untrained_model_says_so(model_class):
+    with pytest.raises(RuntimeError, match="has not learned anything yet"):
+        _new(model_class).recommend(["u"])

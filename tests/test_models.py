@@ -1,0 +1,214 @@
+"""Model-specific behaviour: decay, exact incremental co-occurrence, ALS solves, BPR, sparse."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lifelong_rec.data import synthetic_stream
+from lifelong_rec.events import EventBatch
+from lifelong_rec.models import BPR, GrowingSparse, ItemKNN, MatrixFactorization, Popularity
+
+DAY = 86_400.0
+
+
+@pytest.fixture(scope="module")
+def stream() -> EventBatch:
+    return synthetic_stream(n_users=80, n_items=60, n_events=2_500, seed=11).events
+
+
+# ------------------------------------------------------------------------------ popularity
+
+
+def test_popularity_halves_every_half_life():
+    model = Popularity(half_life_days=1.0)
+    model.learn(EventBatch.from_columns(["u1", "u2"], ["old", "new"], [0.0 + 1e9, DAY + 1e9]))
+    scores = model.score(["anyone"], ["old", "new"])[0]
+    assert scores[1] == pytest.approx(2 * scores[0])
+    model.learn(EventBatch.from_columns(["u3"], ["old"], [DAY + 1e9]))
+    assert model.recommend(["anyone"], k=1).items.tolist() == [["old"]]  # 1.5 > 1
+
+
+def test_all_time_popularity_counts_weights():
+    model = Popularity(half_life_days=None)
+    model.learn(EventBatch.from_columns(["a", "b", "c"], ["x", "x", "y"], [1e9, 2e9, 3e9],
+                                        ["view", "view", "purchase"]))  # fmt: skip
+    assert model.score(["z"], ["x", "y"]).tolist() == [[2.0, 5.0]]
+
+
+def test_zero_weight_events_make_items_known_but_not_seen():
+    model = Popularity(half_life_days=None)
+    model.learn(EventBatch.from_columns(["u", "u"], ["shown", "bought"], [1e9, 1e9],
+                                        ["impression", "purchase"]))  # fmt: skip
+    assert "shown" in model.items_
+    assert model.recommend(["u"], k=5).items[0].tolist() == ["shown", "", "", "", ""]
+
+
+# ------------------------------------------------------------------------------ item-kNN
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 250])
+def test_itemknn_incremental_counts_equal_a_fit_from_scratch(stream, chunk):
+    data = stream.take(slice(0, 600 if chunk == 1 else None))
+    batch_model = ItemKNN().fit(data)
+    online = ItemKNN()
+    for start in range(0, len(data), chunk):
+        online.learn(data.take(slice(start, start + chunk)))
+    order = online.items_.lookup(batch_model.items_.to_array())
+    online_counts = online.cooccurrence_.tocsr()[order][:, order]
+    assert (online_counts != batch_model.cooccurrence_.tocsr()).nnz == 0
+    np.testing.assert_array_equal(online.item_users_[order], batch_model.item_users_)
+    users, items = np.unique(data.user), np.unique(data.item)
+    np.testing.assert_allclose(online.score(users, items), batch_model.score(users, items),
+                               rtol=1e-6)  # fmt: skip
+
+
+def test_itemknn_explanation_adds_up_to_the_score(stream):
+    model = ItemKNN(history_length=5).fit(stream)
+    user = stream.user[-1]
+    item = model.recommend([user], k=1).items[0][0]
+    explanation = model.explain(user, item, top=100)
+    assert len(explanation.contributions) <= 5
+    assert sum(c.weight for c in explanation.contributions) == pytest.approx(explanation.score,
+                                                                             rel=1e-5)  # fmt: skip
+
+
+def test_itemknn_scores_from_the_most_recent_items_only():
+    t = 1e9
+    events = EventBatch.from_columns(
+        ["a", "a", "b", "b", "u", "u"], ["x", "p", "y", "q", "x", "y"], [t, t, t, t, t, t + 60]
+    )
+    model = ItemKNN(history_length=1, shrink=0.0).fit(events)
+    scores = model.score(["u"], ["p", "q"])[0]
+    assert scores[0] == 0 and scores[1] > 0  # only y, the latest, counts
+
+
+# ------------------------------------------------------------------------------ ALS
+
+
+def test_cg_solve_reaches_the_exact_least_squares_solution():
+    rng = np.random.default_rng(0)
+    model = MatrixFactorization(factors=6, regularization=0.3, alpha=4.0)
+    model._reset_model()
+    import scipy.sparse as sp
+
+    interactions = sp.random(20, 40, density=0.2, random_state=1, format="csr", dtype=np.float32)
+    other = rng.normal(size=(40, 6)).astype(np.float32)
+    confidence = model._confidence(interactions)
+    gram = model._gram(other)
+    solved = model._solve(confidence, other, gram, np.zeros((20, 6), np.float32), steps=30)
+    for row in range(20):
+        start, end = confidence.indptr[row], confidence.indptr[row + 1]
+        columns, extra = confidence.indices[start:end], confidence.data[start:end]
+        chosen = other[columns].astype(np.float64)
+        system = gram + chosen.T @ (extra[:, None] * chosen) + 0.3 * np.eye(6)
+        exact = np.linalg.solve(system, chosen.T @ (1.0 + extra))
+        np.testing.assert_allclose(solved[row], exact, rtol=1e-3, atol=1e-4)
+
+
+def test_mf_fold_in_follows_the_new_events(stream):
+    model = MatrixFactorization(factors=16).fit(stream)
+    liked = model.recommend([stream.user[0]], k=1).items[0][0]
+    target = model.items_.ids(
+        [int(np.argmin(model.score([stream.user[0]], model.items_.to_array())[0]))]
+    )[0]
+    before = model.score([stream.user[0]], [target])[0, 0]
+    t = float(stream.timestamp.max())
+    model.learn(EventBatch.from_columns([stream.user[0]] * 3, [target] * 3, [t, t + 1, t + 2],
+                                        "purchase"))  # fmt: skip
+    assert model.score([stream.user[0]], [target])[0, 0] > before + 0.3
+    assert liked  # the user still has recommendations
+
+
+def test_mf_explanation_is_the_exact_fold_in_split(stream):
+    model = MatrixFactorization(factors=16, iterations=10, cg_steps=8, learn_cg_steps=8)
+    model.fit(stream)
+    user = stream.user[3]
+    item = model.recommend([user], k=1).items[0][0]
+    explanation = model.explain(user, item, top=10_000)
+    total = sum(c.weight for c in explanation.contributions)
+    assert total == pytest.approx(explanation.score, rel=0.05)  # CG solve vs exact fold-in
+
+
+# ------------------------------------------------------------------------------ BPR
+
+
+def _auc(model: BPR) -> float:
+    """Share of (observed, unobserved) item pairs, per user, ranked the right way round."""
+    observed = model.history_.tocsr().toarray() > 0
+    scores = model._score(np.arange(len(model.users_)), np.arange(len(model.items_)))
+    right = [
+        (scores[u][observed[u]][:, None] > scores[u][~observed[u]][None, :]).mean()
+        for u in range(len(observed))
+        if observed[u].any() and not observed[u].all()
+    ]
+    return float(np.mean(right))
+
+
+@pytest.mark.parametrize(("optimizer", "rate"), [("adam", 0.01), ("sgd", 0.05)])
+def test_bpr_learns_to_rank_observed_items_first(stream, optimizer, rate):
+    untrained = BPR(factors=16, optimizer=optimizer, epochs=1, learning_rate=1e-6).fit(stream)
+    model = BPR(factors=16, optimizer=optimizer, epochs=15, learning_rate=rate).fit(stream)
+    assert _auc(untrained) < 0.6
+    assert _auc(model) > 0.8
+
+
+# ------------------------------------------------------------------------------ parameters
+
+
+@pytest.mark.parametrize(
+    ("model_class", "arguments", "message"),
+    [
+        (Popularity, {"half_life_days": 0.0}, "half_life_days must be > 0"),
+        (ItemKNN, {"neighbours": 0}, "neighbours must be a positive integer"),
+        (ItemKNN, {"history_length": 0}, "history_length must be a positive integer"),
+        (ItemKNN, {"shrink": -1.0}, "shrink must be >= 0"),
+        (MatrixFactorization, {"factors": 0}, "factors must be a positive integer"),
+        (MatrixFactorization, {"iterations": 1.5}, "iterations must be a positive integer"),
+        (MatrixFactorization, {"alpha": float("nan")}, "alpha must be finite"),
+        (MatrixFactorization, {"regularization": -0.1}, "regularization must be finite and >= 0"),
+        (BPR, {"optimizer": "rmsprop"}, "optimizer must be one of"),
+        (BPR, {"learning_rate": 0.0}, "learning_rate must be > 0"),
+        (BPR, {"batch_size": 0}, "batch_size must be a positive integer"),
+    ],
+)
+def test_bad_hyperparameters(model_class, arguments, message):
+    with pytest.raises(ValueError, match=message):
+        model_class(**arguments)
+
+
+# ------------------------------------------------------------------------------ sparse
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 9), st.integers(0, 9), st.floats(0.5, 5.0)),
+        min_size=1,
+        max_size=60,
+    ),
+    st.sampled_from(["sum", "max"]),
+    st.integers(1, 10),
+)
+def test_growing_sparse_matches_a_dense_reference(entries, aggregate, every):
+    matrix = GrowingSparse((0, 0), aggregate, np.float64)
+    dense = np.zeros((10, 10))
+    present = np.zeros((10, 10), dtype=bool)
+    for start in range(0, len(entries), every):
+        chunk = entries[start : start + every]
+        rows = np.array([r for r, _, _ in chunk])
+        cols = np.array([c for _, c, _ in chunk])
+        values = np.array([v for _, _, v in chunk])
+        matrix.grow(int(rows.max()) + 1, int(cols.max()) + 1)
+        matrix.add(rows, cols, values)
+        for r, c, v in chunk:
+            dense[r, c] = dense[r, c] + v if aggregate == "sum" else max(dense[r, c], v)
+            present[r, c] = True
+        asked = np.unique(rows)[::-1]
+        got = matrix.rows(asked).toarray()
+        np.testing.assert_allclose(got, dense[asked][:, : matrix.shape[1]])
+    n_rows, n_cols = matrix.shape
+    np.testing.assert_allclose(matrix.tocsr().toarray(), dense[:n_rows, :n_cols])
+    assert matrix.nnz == present.sum()
