@@ -24,8 +24,10 @@ def test_demo_ingests_the_synthetic_stream_into_a_fresh_log(tmp_path, capsys):
     db = tmp_path / "demo.db"
     for _ in range(2):  # a second run starts afresh
         assert main(["demo", "--db", str(db), "--events", "3000", "--users", "100"]) == 0
-    out = capsys.readouterr().out
+        out = capsys.readouterr().out
     assert "cleaning report" in out and "bot_burst" in out and "stream statistics" in out
+    assert "matrix factorisation (ALS)" in out
+    assert out.count("top-10 for ") == 3 and "because of: " in out
     with EventLog(db) as log:
         stats = log.stats()
     assert stats["batches"] == 1 and stats["quarantined"] > 0 and stats["events"] > 2500
@@ -35,6 +37,11 @@ def test_demo_json(tmp_path, capsys):
     assert main(["demo", "--db", str(tmp_path / "d.db"), "--events", "2000", "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["report"]["accepted"] == payload["stream"]["events"] == payload["log"]["events"]
+    model = payload["model"]
+    assert model["fit_events"] + model["learned_events"] == payload["log"]["events"]
+    for entry in payload["recommendations"]:
+        assert len(entry["top10"]) == 10
+        assert all(item["because"] for item in entry["top10"])
 
 
 def test_ingest_csv_then_again_is_a_no_op(tmp_path, capsys):

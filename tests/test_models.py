@@ -209,6 +209,11 @@ def test_growing_sparse_matches_a_dense_reference(entries, aggregate, every):
         asked = np.unique(rows)[::-1]
         got = matrix.rows(asked).toarray()
         np.testing.assert_allclose(got, dense[asked][:, : matrix.shape[1]])
+        every_cell = np.indices(matrix.shape).reshape(2, -1)
+        assert np.array_equal(
+            matrix.contains(every_cell[0], every_cell[1]),
+            present[: matrix.shape[0], : matrix.shape[1]].ravel(),
+        )
     n_rows, n_cols = matrix.shape
     np.testing.assert_allclose(matrix.tocsr().toarray(), dense[:n_rows, :n_cols])
     assert matrix.nnz == present.sum()

@@ -17,10 +17,10 @@ months are dominated by new releases, which is what continual learning (issue #4
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from lifelong_rec.data import load
+from lifelong_rec.evaluate import random_precision, temporal_hit_rate
 from lifelong_rec.events import EventBatch
 from lifelong_rec.models import BPR, ItemKNN, MatrixFactorization, Popularity
 
@@ -31,37 +31,6 @@ RANDOM_MARGIN = 1.25
 @pytest.fixture(scope="module")
 def ratings(datasets) -> EventBatch:
     return load(datasets / "ml-100k", "movielens").events
-
-
-def temporal_hit_rate(model, events: EventBatch, next_events: int = 20) -> float:
-    cut = int(0.8 * len(events))
-    train, test = events.take(slice(0, cut)), events.take(slice(cut, None))
-    test = test.take(np.isin(test.user, train.user))
-    order = np.lexsort((test.timestamp, test.user))
-    users_sorted = test.user[order]
-    starts = np.flatnonzero(np.r_[True, users_sorted[1:] != users_sorted[:-1]])
-    position = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
-    upcoming = test.take(np.sort(order[position < next_events]))
-    model.fit(train)
-    return _hit_rate(model, upcoming)
-
-
-def random_precision(model, events: EventBatch) -> float:
-    held_out = np.random.default_rng(0).random(len(events)) < 0.2
-    model.fit(events.take(~held_out))
-    test = events.take(held_out)
-    users = np.unique(test.user)
-    recs = model.recommend(users, k=10)
-    rows = np.searchsorted(recs.users, test.user)
-    hits = (recs.items[rows] == test.item[:, None]).any(axis=1)
-    return float(hits.sum() / (10 * len(users)))
-
-
-def _hit_rate(model, test: EventBatch) -> float:
-    users = np.unique(test.user)
-    recs = model.recommend(users, k=10)
-    rows = np.searchsorted(recs.users, test.user)
-    return float((recs.items[rows] == test.item[:, None]).any(axis=1).mean())
 
 
 @pytest.mark.slow

@@ -22,9 +22,9 @@ from lifelong_rec.data import (
     InputError,
     describe,
     load,
-    synthetic_stream,
 )
 from lifelong_rec.data.loaders import MOVIELENS_CLEANING, detect_format
+from lifelong_rec.demo import render, run_demo
 from lifelong_rec.store import EventLog
 
 EXIT_USAGE = 2
@@ -145,51 +145,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    started = time.perf_counter()
-    data = synthetic_stream(
-        n_users=args.users,
-        n_items=args.items,
-        n_events=args.events,
-        dirty_fraction=0.01,  # so the cleaning report has something to show
-        seed=args.seed,
-    )
-    generated = time.perf_counter() - started
-    _remove_log(args.db)
-    with EventLog(args.db) as log:
-        log.append(data.events, source=data.name)
-        log.upsert_catalog(data.catalog)
-        log.quarantine(data.rejected)
-        log_stats = log.stats()
-    stats = describe(data.events)
-    seconds = time.perf_counter() - started
+    result = run_demo(args.db, args.users, args.items, args.events, args.seed)
     if args.json:
-        _print_json(
-            {
-                "report": data.report.to_dict(),
-                "stream": stats.to_dict(),
-                "log": log_stats,
-                "generate_seconds": generated,
-                "seconds": seconds,
-            }
-        )
-        return 0
-    print(
-        f"lifelong-rec {__version__} demo: a synthetic shop, {args.users:,} users, "
-        f"{args.items:,} items, seed {args.seed}"
-    )
-    print()
-    print(data.report.format())
-    print()
-    print(stats.format())
-    print()
-    print(
-        f"event log {args.db}: {log_stats['events']:,} events, {log_stats['users']:,} users, "
-        f"{log_stats['items']:,} items ({log_stats['items_with_metadata']:,} with titles), "
-        f"{log_stats['quarantined']:,} rows in quarantine"
-    )
-    titles = data.catalog.title[:3].tolist()
-    print(f"catalog sample: {'; '.join(titles)}")
-    print(f"done in {seconds:.2f} s")
+        _print_json({k: v for k, v in result.items() if not k.endswith("_text")})
+    else:
+        print(render(result))
     return 0
 
 

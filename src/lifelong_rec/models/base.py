@@ -256,14 +256,10 @@ class Recommender(ABC):
 
     def _new_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Which (user, item) pairs are not in the history yet (first occurrence in the batch)."""
-        n_items = max(len(self.items_), 1)
-        keys = users * n_items + items
-        touched = np.unique(users)
-        known = self.history_.rows(touched).tocoo()
-        known_keys = touched[known.row] * n_items + known.col
+        keys = users * max(len(self.items_), 1) + items
         first = np.zeros(len(keys), dtype=bool)
         first[np.unique(keys, return_index=True)[1]] = True
-        return first & ~np.isin(keys, known_keys)
+        return first & ~self.history_.contains(users, items)
 
     # -------------------------------------------------------------- ranking
 
@@ -296,18 +292,21 @@ class Recommender(ABC):
         ids = _ids(users, "users")
         user_index = self.users_.lookup(ids)
         cold = self._cold(user_index)
-        if candidates is None:
-            item_index = np.arange(len(self.items_))
-        else:
+        # All items as a slice, not an index array: the models then score views of their
+        # tables instead of copying them (on 100,000 items the copy costs more than the score).
+        item_index: np.ndarray | slice = slice(None)
+        n_candidates = len(self.items_)
+        if candidates is not None:
             item_index = np.unique(self.items_.lookup(_ids(candidates, "candidates")))
             item_index = item_index[item_index >= 0]
-        width = min(k, len(item_index))
+            n_candidates = len(item_index)
+        width = min(k, n_candidates)
         top_items = np.full((len(ids), k), "", dtype=object)
         top_scores = np.full((len(ids), k), -np.inf, dtype=np.float32)
-        block = max(1, _SCORE_BLOCK // max(len(item_index), 1))
+        block = max(1, _SCORE_BLOCK // max(n_candidates, 1))
         for start in range(0, len(ids), block):
             rows = slice(start, start + block)
-            scores = self._scores(user_index[rows], cold[rows], item_index)
+            scores = self._scores(user_index[rows], cold[rows], item_index, n_candidates)
             if exclude_seen:
                 self._mask_seen(scores, user_index[rows], item_index)
             if width == 0:
@@ -317,7 +316,8 @@ class Recommender(ABC):
             order = np.argsort(-best_scores, axis=1, kind="stable")
             best = np.take_along_axis(best, order, axis=1)
             best_scores = np.take_along_axis(best_scores, order, axis=1)
-            names = self.items_.ids(item_index[best.ravel()]).reshape(best.shape).astype(object)
+            chosen = best.ravel() if candidates is None else item_index[best.ravel()]
+            names = self.items_.ids(chosen).reshape(best.shape).astype(object)
             names[~np.isfinite(best_scores)] = ""
             top_items[rows, :width] = names
             top_scores[rows, :width] = np.where(np.isfinite(best_scores), best_scores, -np.inf)
@@ -339,7 +339,9 @@ class Recommender(ABC):
         known = item_index >= 0
         scores = np.full((len(user_index), len(item_index)), np.nan, dtype=np.float32)
         if known.any() and len(user_index):
-            scores[:, known] = self._scores(user_index, self._cold(user_index), item_index[known])
+            scores[:, known] = self._scores(
+                user_index, self._cold(user_index), item_index[known], int(known.sum())
+            )
         return scores
 
     def explain(self, user: object, item: object, top: int = 5) -> Explanation:
@@ -373,9 +375,13 @@ class Recommender(ABC):
         return cold
 
     def _scores(
-        self, user_index: np.ndarray, cold: np.ndarray, item_index: np.ndarray
+        self,
+        user_index: np.ndarray,
+        cold: np.ndarray,
+        item_index: np.ndarray | slice,
+        n_candidates: int,
     ) -> np.ndarray:
-        scores = np.empty((len(user_index), len(item_index)), dtype=np.float32)
+        scores = np.empty((len(user_index), n_candidates), dtype=np.float32)
         if cold.any():
             scores[cold] = self.popularity_.counts[item_index]
         if (~cold).any():
@@ -383,13 +389,13 @@ class Recommender(ABC):
         return scores
 
     def _mask_seen(
-        self, scores: np.ndarray, user_index: np.ndarray, item_index: np.ndarray
+        self, scores: np.ndarray, user_index: np.ndarray, item_index: np.ndarray | slice
     ) -> None:
         known = np.flatnonzero(user_index >= 0)
         if len(known) == 0:
             return
         seen = self.history_.rows(user_index[known]).tocoo()
-        if len(item_index) == len(self.items_):  # all items, in index order
+        if isinstance(item_index, slice):  # all items, in index order
             scores[known[seen.row], seen.col] = -np.inf
             return
         column = np.full(len(self.items_), -1)
@@ -473,8 +479,11 @@ class Recommender(ABC):
         """Update from a batch whose ids, history and popularity are already recorded."""
 
     @abstractmethod
-    def _score(self, user_index: np.ndarray, item_index: np.ndarray) -> np.ndarray:
-        """Scores, shape (n_users, n_items), float32, for warm users."""
+    def _score(self, user_index: np.ndarray, item_index: np.ndarray | slice) -> np.ndarray:
+        """Scores, shape (n_users, n_items), float32, for warm users.
+
+        ``item_index`` is an index array, or ``slice(None)`` for all items in index order.
+        """
 
     @abstractmethod
     def _explain(self, user: int, item: int) -> tuple[str, np.ndarray, np.ndarray]:

@@ -183,7 +183,7 @@ class BPR(Recommender):
 
     # -------------------------------------------------------------- scoring
 
-    def _score(self, user_index: np.ndarray, item_index: np.ndarray) -> np.ndarray:
+    def _score(self, user_index: np.ndarray, item_index: np.ndarray | slice) -> np.ndarray:
         scores = self.user_factors_[user_index] @ self.item_factors_[item_index].T
         return scores + self.item_bias_[item_index, 0]
 

@@ -66,9 +66,11 @@ class ItemKNN(Recommender):
     def _reset_model(self) -> None:
         self.cooccurrence_ = GrowingSparse((0, 0), "sum", np.float32)
         self.item_users_ = np.zeros(0, dtype=np.float64)
+        self._similarity = None  # pruned similarities of every item; None when stale
 
     def _grow(self, n_users: int, n_items: int) -> None:
         self.cooccurrence_.grow(n_items, n_items)
+        self._similarity = None  # new items: new rows and columns
         self.item_users_ = np.concatenate(
             [self.item_users_, np.zeros(n_items - len(self.item_users_))]
         )
@@ -82,12 +84,14 @@ class ItemKNN(Recommender):
         counts.eliminate_zeros()
         self.cooccurrence_ = GrowingSparse(counts.shape, "sum", np.float32)
         self.cooccurrence_.add(*_coo(counts))
+        self._similarity = None  # counts replaced
 
     def _learn(self, events: IndexedEvents) -> None:
         users, items = events.user[events.new_pair], events.item[events.new_pair]
         if len(users) == 0:
             return
         np.add.at(self.item_users_, items, 1.0)
+        self._similarity = None  # counts and norms change below
         touched, position = np.unique(users, return_inverse=True)
         history = self.history_.rows(touched)  # already holds this batch's items
         lengths = np.diff(history.indptr)[position]
@@ -116,7 +120,18 @@ class ItemKNN(Recommender):
         return recent
 
     def _similar(self, item_index: np.ndarray) -> sp.csr_matrix:
-        """Pruned similarity rows of ``item_index``, shape (len, n_items)."""
+        """Pruned similarity rows of ``item_index``, shape (len, n_items).
+
+        A request for a few rows (one user's history, right after an update) computes just
+        those; a request for many computes and keeps every row until the next update.
+        """
+        if self._similarity is None and len(item_index) > 0.2 * len(self.items_):
+            self._similarity = self._compute_similar(np.arange(len(self.items_)))
+        if self._similarity is not None:
+            return self._similarity[item_index]
+        return self._compute_similar(item_index)
+
+    def _compute_similar(self, item_index: np.ndarray) -> sp.csr_matrix:
         counts = self.cooccurrence_.rows(item_index).tocoo()
         norms = np.sqrt(self.item_users_)
         data = counts.data / (norms[item_index[counts.row]] * norms[counts.col] + self.shrink)
@@ -126,11 +141,12 @@ class ItemKNN(Recommender):
         )
         return _top_per_row(similar, self.neighbours)
 
-    def _score(self, user_index: np.ndarray, item_index: np.ndarray) -> np.ndarray:
+    def _score(self, user_index: np.ndarray, item_index: np.ndarray | slice) -> np.ndarray:
         recent = self._recent(user_index)
         history_items = np.unique(recent.indices)
         if len(history_items) == 0:
-            return np.zeros((len(user_index), len(item_index)), dtype=np.float32)
+            n_items = np.arange(len(self.items_))[item_index].size
+            return np.zeros((len(user_index), n_items), dtype=np.float32)
         compact = sp.csr_matrix(
             (recent.data, np.searchsorted(history_items, recent.indices), recent.indptr),
             shape=(len(user_index), len(history_items)),
@@ -152,6 +168,7 @@ class ItemKNN(Recommender):
         counts = {k.removeprefix("cooccurrence."): v for k, v in arrays.items() if "." in k}
         self.cooccurrence_ = GrowingSparse.from_state(counts, "sum", np.float32)
         self.item_users_ = arrays["item_users"].astype(np.float64)
+        self._similarity = None
 
 
 def _segments(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -162,11 +179,16 @@ def _segments(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 def _top_per_row(matrix: sp.csr_matrix, n: int) -> sp.csr_matrix:
-    """Keep the ``n`` largest entries of each row of a CSR matrix (ties: lowest column)."""
+    """Keep the ``n`` largest entries of each row of a CSR matrix (entries are positive)."""
     matrix = matrix.tocsr()
     counts = np.diff(matrix.indptr)
     if counts.max(initial=0) <= n:
         return matrix.copy()
+    if matrix.shape[0] * matrix.shape[1] <= 4_000_000:  # small: a dense partition is fastest
+        dense = matrix.toarray()
+        drop = np.argpartition(-dense, n - 1, axis=1)[:, n:]
+        np.put_along_axis(dense, drop, 0.0, axis=1)
+        return sp.csr_matrix(dense)
     rows = np.repeat(np.arange(matrix.shape[0]), counts)
     order = np.lexsort((matrix.indices, -matrix.data, rows))
     rank = np.arange(matrix.nnz) - np.repeat(matrix.indptr[:-1], counts)

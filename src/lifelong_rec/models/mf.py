@@ -8,7 +8,7 @@ import scipy.sparse as sp
 from lifelong_rec.models.base import IndexedEvents, Recommender
 from lifelong_rec.models.sparse import GrowingSparse
 
-_TINY = 1e-12
+_TINY = 1e-20
 
 
 class MatrixFactorization(Recommender):
@@ -41,6 +41,13 @@ class MatrixFactorization(Recommender):
         Conjugate-gradient steps per solve in ``learn``.
     update_items : bool
         Whether ``learn`` also updates the touched items (else only users are folded in).
+    refresh_share : float
+        ``learn`` re-solves a touched user or item once its summed interaction weight has
+        grown by this share since its last solve. New and light rows (a user in their first
+        sessions, a new item) are re-solved at every event; a row with thousands of
+        interactions every few dozen, since one more event moves its factor by about that
+        share while solving it costs as much as all its interactions. 0 re-solves every
+        touched row at every event.
     init_scale : float
         Standard deviation of the initial item factors.
     seed : int
@@ -58,6 +65,7 @@ class MatrixFactorization(Recommender):
         cg_steps: int = 3,
         learn_cg_steps: int = 3,
         update_items: bool = True,
+        refresh_share: float = 0.05,
         init_scale: float = 0.01,
         seed: int = 0,
         fallback_half_life_days: float | None = 7.0,
@@ -75,6 +83,8 @@ class MatrixFactorization(Recommender):
                 raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
         if not init_scale > 0:
             raise ValueError(f"init_scale must be > 0, got {init_scale!r}")
+        if not refresh_share >= 0:
+            raise ValueError(f"refresh_share must be >= 0, got {refresh_share!r}")
         self.factors = factors
         self.regularization = regularization
         self.alpha = alpha
@@ -82,6 +92,7 @@ class MatrixFactorization(Recommender):
         self.cg_steps = cg_steps
         self.learn_cg_steps = learn_cg_steps
         self.update_items = update_items
+        self.refresh_share = refresh_share
         self.init_scale = init_scale
         self.seed = seed
         self.fallback_half_life_days = fallback_half_life_days
@@ -96,6 +107,9 @@ class MatrixFactorization(Recommender):
         self.user_factors_ = np.zeros((0, self.factors), dtype=np.float32)
         self.item_factors_ = np.zeros((0, self.factors), dtype=np.float32)
         self.item_history_ = GrowingSparse((0, 0), "sum", np.float32)  # history_ transposed
+        # Summed interaction weight of each row now, and when it was last solved.
+        self.weights_ = {side: np.zeros(0) for side in ("users", "items", "users_solved",
+                                                         "items_solved")}  # fmt: skip
         self._user_gram = np.zeros((self.factors, self.factors))  # U^T U, kept in step
         self._item_gram = np.zeros((self.factors, self.factors))  # Y^T Y, kept in step
 
@@ -114,6 +128,11 @@ class MatrixFactorization(Recommender):
             self.item_factors_ = np.vstack([self.item_factors_, fresh.astype(np.float32)])
             self._item_gram += fresh.T @ fresh
         self.item_history_.grow(n_items, n_users)
+        for side, n in (("users", n_users), ("items", n_items)):
+            for key in (side, f"{side}_solved"):
+                grown = np.zeros(n)
+                grown[: len(self.weights_[key])] = self.weights_[key]
+                self.weights_[key] = grown
 
     # -------------------------------------------------------------- training
 
@@ -135,24 +154,38 @@ class MatrixFactorization(Recommender):
             )  # fmt: skip
         self._user_gram = self._gram(self.user_factors_)
         self._item_gram = self._gram(self.item_factors_)
+        for side, matrix in (("users", self.history_), ("items", self.item_history_)):
+            self.weights_[side] = np.asarray(matrix.tocsr().sum(axis=1), dtype=np.float64).ravel()
+            self.weights_[f"{side}_solved"] = self.weights_[side].copy()
 
     def _learn(self, events: IndexedEvents) -> None:
         positive = events.positive
         if not positive.any():
             return
         users, items = events.user[positive], events.item[positive]
+        weights = events.weight[positive].astype(np.float64)
         self.item_history_.add(items, users, events.weight[positive])
-        touched_users = np.unique(users)
+        np.add.at(self.weights_["users"], users, weights)
+        np.add.at(self.weights_["items"], items, weights)
+        due = self._due("users", users)
         self._update_rows(
-            self.user_factors_, touched_users, self.history_.rows(touched_users),
+            self.user_factors_, due, self.history_.rows(due),
             self.item_factors_, self._item_gram, self._user_gram,
         )  # fmt: skip
         if self.update_items:
-            touched_items = np.unique(items)
+            due = self._due("items", items)
             self._update_rows(
-                self.item_factors_, touched_items, self.item_history_.rows(touched_items),
+                self.item_factors_, due, self.item_history_.rows(due),
                 self.user_factors_, self._user_gram, self._item_gram,
             )  # fmt: skip
+
+    def _due(self, side: str, touched: np.ndarray) -> np.ndarray:
+        """Touched rows whose weight grew by ``refresh_share`` since their last solve."""
+        touched = np.unique(touched)
+        now, solved = self.weights_[side], self.weights_[f"{side}_solved"]
+        due = touched[now[touched] > (1.0 + self.refresh_share) * solved[touched]]
+        solved[due] = now[due]
+        return due
 
     def _update_rows(
         self,
@@ -164,6 +197,8 @@ class MatrixFactorization(Recommender):
         own_gram: np.ndarray,
     ) -> None:
         """Re-solve ``factors[rows]`` given the other side; keep ``own_gram`` in step."""
+        if len(rows) == 0:
+            return
         old = factors[rows].astype(np.float64)
         new = self._solve(
             self._confidence(interactions), other, other_gram, factors[rows], self.learn_cg_steps
@@ -203,22 +238,24 @@ class MatrixFactorization(Recommender):
         -------
         factors : array of float32, shape (n_rows, factors)
         """
+        # float32 throughout, as the factors are: converting the other side's whole factor
+        # table per solve would cost more than the solve itself on a large catalogue.
         n_rows = confidence.shape[0]
         lengths = np.diff(confidence.indptr)
         owner = np.repeat(np.arange(n_rows), lengths)
-        gathered = other[confidence.indices].astype(np.float64)  # (nnz, k)
-        extra = confidence.data.astype(np.float64)  # c - 1
-        gram = other_gram + self.regularization * np.eye(self.factors)
+        gathered = other[confidence.indices]  # (nnz, k)
+        extra = confidence.data  # c - 1
+        gram = (other_gram + self.regularization * np.eye(self.factors)).astype(np.float32)
 
         def apply(x: np.ndarray) -> np.ndarray:
             along = np.einsum("ij,ij->i", gathered, x[owner])
             weighted = sp.csr_matrix((extra * along, confidence.indices, confidence.indptr),
                                      shape=confidence.shape)  # fmt: skip
-            return x @ gram + weighted @ other.astype(np.float64)
+            return x @ gram + weighted @ other
 
         target = sp.csr_matrix((1.0 + extra, confidence.indices, confidence.indptr),
-                               shape=confidence.shape) @ other.astype(np.float64)  # fmt: skip
-        x = start.astype(np.float64)
+                               shape=confidence.shape) @ other  # fmt: skip
+        x = start.astype(np.float32)
         residual = target - apply(x)
         direction = residual.copy()
         norm = np.einsum("ij,ij->i", residual, residual)
@@ -236,7 +273,7 @@ class MatrixFactorization(Recommender):
 
     # -------------------------------------------------------------- scoring
 
-    def _score(self, user_index: np.ndarray, item_index: np.ndarray) -> np.ndarray:
+    def _score(self, user_index: np.ndarray, item_index: np.ndarray | slice) -> np.ndarray:
         return self.user_factors_[user_index] @ self.item_factors_[item_index].T
 
     def _explain(self, user: int, item: int) -> tuple[str, np.ndarray, np.ndarray]:
@@ -262,11 +299,17 @@ class MatrixFactorization(Recommender):
     # -------------------------------------------------------------- persistence
 
     def _state(self) -> dict[str, np.ndarray]:
-        return {"user_factors": self.user_factors_, "item_factors": self.item_factors_}
+        weights = {f"weights.{key}": value for key, value in self.weights_.items()}
+        return {"user_factors": self.user_factors_, "item_factors": self.item_factors_} | weights
 
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
         self.user_factors_ = arrays["user_factors"].astype(np.float32)
         self.item_factors_ = arrays["item_factors"].astype(np.float32)
+        self.weights_ = {
+            key.removeprefix("weights."): value.astype(np.float64)
+            for key, value in arrays.items()
+            if key.startswith("weights.")
+        }
         matrix = self.history_.tocsr().T.tocsr()
         self.item_history_ = GrowingSparse(matrix.shape, "sum", np.float32)
         coo = matrix.tocoo()

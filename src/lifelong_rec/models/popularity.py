@@ -46,9 +46,9 @@ class Popularity(Recommender):
     def _learn(self, events: IndexedEvents) -> None:
         pass  # counted in the base class's popularity_
 
-    def _score(self, user_index: np.ndarray, item_index: np.ndarray) -> np.ndarray:
+    def _score(self, user_index: np.ndarray, item_index: np.ndarray | slice) -> np.ndarray:
         row = self.popularity_.counts[item_index].astype(np.float32)
-        return np.broadcast_to(row, (len(user_index), len(item_index))).copy()
+        return np.broadcast_to(row, (len(user_index), len(row))).copy()
 
     def _explain(self, user: int, item: int) -> tuple[str, np.ndarray, np.ndarray]:
         return "popularity", np.zeros(0, dtype=np.int64), np.zeros(0)

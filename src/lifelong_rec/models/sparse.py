@@ -3,8 +3,8 @@
 A CSR matrix is cheap to read by rows but expensive to change: inserting one entry moves every
 entry after it. :class:`GrowingSparse` keeps a consolidated CSR *base* plus a *pending* list of
 (row, column, value) increments. Reads merge the two for the rows asked for; the pending list
-is folded into the base once it holds more than a quarter of the base's entries, so a stream
-of single-event updates costs amortised O(1) per event plus vectorised consolidations.
+is folded into the base once it holds more than 1/32 of the base's entries, so a stream of
+single-event updates costs amortised O(1) per event plus vectorised consolidations.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ class GrowingSparse:
         self._pending_cols: list[np.ndarray] = []
         self._pending_values: list[np.ndarray] = []
         self._pending_count = 0
+        self._base_keys: np.ndarray | None = None  # row * n_cols + col of the base, sorted
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -66,6 +67,7 @@ class GrowingSparse:
         self._base = sp.csr_matrix(
             (self._base.data, self._base.indices, indptr), shape=(rows, cols)
         )
+        self._base_keys = None  # keys depend on the number of columns
 
     def add(self, rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> None:
         """Record increments (sum) or candidate maxima (max) at (rows[k], cols[k])."""
@@ -77,7 +79,8 @@ class GrowingSparse:
         self._pending_cols.append(np.asarray(cols, dtype=np.int64))
         self._pending_values.append(np.asarray(values, dtype=self.dtype))
         self._pending_count += len(rows)
-        if self._pending_count > max(4096, self._base.nnz // 4):
+        # Reads scan the pending list, so keep it short relative to the base.
+        if self._pending_count > max(4096, self._base.nnz // 32):
             self.consolidate()
 
     def consolidate(self) -> None:
@@ -93,6 +96,26 @@ class GrowingSparse:
             self.shape,
             self.aggregate,
         )
+        self._base_keys = None
+
+    def contains(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Whether each (rows[k], cols[k]) has an entry, shape (n,), without reading rows."""
+        n_cols = max(self.shape[1], 1)
+        keys = np.asarray(rows, dtype=np.int64) * n_cols + np.asarray(cols, dtype=np.int64)
+        if self._base_keys is None:
+            lengths = np.diff(self._base.indptr)
+            self._base_keys = (
+                np.repeat(np.arange(self.shape[0], dtype=np.int64), lengths) * n_cols
+                + self._base.indices
+            )
+        found = np.zeros(len(keys), dtype=bool)
+        if len(self._base_keys):
+            position = np.minimum(np.searchsorted(self._base_keys, keys), len(self._base_keys) - 1)
+            found = self._base_keys[position] == keys
+        if self._pending_count:
+            pending_rows, pending_cols, _ = self._pending()
+            found |= np.isin(keys, pending_rows * n_cols + pending_cols)
+        return found
 
     def tocsr(self) -> sp.csr_matrix:
         """The whole matrix, consolidated (shared: do not modify)."""
@@ -107,7 +130,7 @@ class GrowingSparse:
         """Rows ``index`` (unique), shape (len(index), n_cols), pending increments included."""
         index = np.asarray(index, dtype=np.int64)
         block = self._base[index]
-        if not self._pending_count:
+        if not self._pending_count or len(index) == 0:
             return block
         rows, cols, values = self._pending()
         order = np.argsort(index, kind="stable")
