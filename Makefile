@@ -36,6 +36,7 @@ format: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/eventlog.py
+	$(BIN)/python bench/models.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache build *.egg-info src/*.egg-info
