@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from lifelong_rec import __version__
@@ -22,12 +23,18 @@ from lifelong_rec.data import (
     InputError,
     describe,
     load,
+    synthetic_stream,
 )
 from lifelong_rec.data.loaders import MOVIELENS_CLEANING, detect_format
 from lifelong_rec.demo import render, run_demo
+from lifelong_rec.evaluate import markdown_table, prequential, write_report
+from lifelong_rec.events import EventBatch
+from lifelong_rec.lifelong import parse_strategy
+from lifelong_rec.models import registered_models
 from lifelong_rec.store import EventLog
 
 EXIT_USAGE = 2
+MODEL_NAMES = {cls.name: cls for cls in registered_models().values()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -128,6 +135,42 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--json", action="store_true", help="print the report as JSON")
     ingest.set_defaults(run=_ingest)
 
+    evaluate = commands.add_parser(
+        "evaluate", help="run an evaluation protocol (P1: prequential) and write its report"
+    )
+    evaluate.add_argument("--protocol", choices=("p1",), default="p1")
+    evaluate.add_argument(
+        "--data",
+        required=True,
+        metavar="FORMAT:PATH",
+        help="e.g. movielens:../shared/datasets/ml-100k, csv:events.csv (with --map), "
+        "or synthetic for the built-in stream",
+    )
+    evaluate.add_argument("--map", dest="mapping", default=None, metavar="FIELD=COLUMN,...")
+    evaluate.add_argument(
+        "--models", default="pop,itemknn,mf", help="comma-separated: " + ", ".join(MODEL_NAMES)
+    )
+    evaluate.add_argument(
+        "--strategies",
+        default="frozen,retrain@10,incremental@block,incremental@row",
+        help="comma-separated: frozen, retrain@N, incremental@block, incremental@row, "
+        "naive@block, naive@row",
+    )
+    evaluate.add_argument("--warmup", type=float, default=0.5, help="warm-up share of rows")
+    evaluate.add_argument("--blocks", type=int, default=500)
+    evaluate.add_argument("--k", type=int, default=10)
+    evaluate.add_argument(
+        "--workers", type=int, default=1, help="strategies run at once (0: in this process)"
+    )
+    evaluate.add_argument("--out", type=Path, required=True, help="folder for p1.json/md/png")
+    evaluate.add_argument(
+        "--tensorboard", type=Path, default=None, metavar="DIR",
+        help="also write per-block metrics for TensorBoard (needs the tensorboard extra)",
+    )  # fmt: skip
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
+    evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
+    evaluate.set_defaults(run=_evaluate)
+
     stats = commands.add_parser("stats", help="what the event log holds")
     stats.add_argument("--db", type=Path, required=True)
     stats.add_argument("--json", action="store_true")
@@ -218,6 +261,55 @@ def _ingest(args: argparse.Namespace) -> int:
         )
     print(f"done in {seconds:.2f} s")
     return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    events, name = _evaluation_data(args.data, args.mapping)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in models if m not in MODEL_NAMES]
+    if unknown or not models:
+        raise InputError(
+            f"--models: unknown {unknown or 'none given'}; use {', '.join(MODEL_NAMES)}"
+        )
+    specs = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    for spec in specs:
+        parse_strategy(spec, MODEL_NAMES[models[0]])  # validates the spec early
+    strategies = {
+        (model, spec): partial(parse_strategy, spec, MODEL_NAMES[model])
+        for model in models
+        for spec in specs
+    }
+    started = time.perf_counter()
+    report = prequential(
+        events,
+        strategies,
+        warmup=args.warmup,
+        blocks=args.blocks,
+        k=args.k,
+        workers=args.workers,
+        progress=not args.no_progress,
+        tensorboard=args.tensorboard,
+    )
+    paths = write_report(report, args.out, title=f"P1 on {name}")
+    if args.json:
+        print(paths["json"].read_text(), end="")
+        return 0
+    print(markdown_table(report))
+    print(f"\nwrote {paths['json']}, {paths['markdown']}, {paths['plot']} "
+          f"in {time.perf_counter() - started:.0f} s")  # fmt: skip
+    return 0
+
+
+def _evaluation_data(spec: str, mapping: str | None) -> tuple[EventBatch, str]:
+    """Events from ``FORMAT:PATH`` (or ``synthetic``)."""
+    if spec == "synthetic":
+        return synthetic_stream().events, "the synthetic shop"
+    format, separator, path = spec.partition(":")
+    if not separator or format not in FORMATS or not path:
+        raise InputError(
+            f"--data {spec!r}: use FORMAT:PATH with FORMAT one of {', '.join(FORMATS)}"
+        )
+    return load(path, format, mapping=mapping).events, f"{Path(path).name} ({format})"
 
 
 def _stats(args: argparse.Namespace) -> int:

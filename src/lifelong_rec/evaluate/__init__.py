@@ -1,5 +1,25 @@
-"""Evaluation: hold-out checks of single models (the streaming protocols build on them)."""
+"""Evaluation: ranking metrics, hold-out checks, and protocol P1 (prequential)."""
 
 from lifelong_rec.evaluate.holdout import random_precision, temporal_hit_rate
+from lifelong_rec.evaluate.metrics import coverage, hits, ndcg, novelty, recall, reciprocal_rank
+from lifelong_rec.evaluate.prequential import P1Report, StrategyResult, Stream, prepare, prequential
+from lifelong_rec.evaluate.report import markdown_table, plot, write_report
 
-__all__ = ["random_precision", "temporal_hit_rate"]
+__all__ = [
+    "P1Report",
+    "StrategyResult",
+    "Stream",
+    "coverage",
+    "hits",
+    "markdown_table",
+    "ndcg",
+    "novelty",
+    "plot",
+    "prepare",
+    "prequential",
+    "random_precision",
+    "recall",
+    "reciprocal_rank",
+    "temporal_hit_rate",
+    "write_report",
+]

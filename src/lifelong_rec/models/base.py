@@ -218,6 +218,39 @@ class Recommender(ABC):
         if len(events):
             self._learn(self._index(events))
 
+    def replay(self, events: EventBatch) -> None:
+        """Learn again from events learned before (experience replay), without counting them
+        as new: their weights are not added to the history or the popularity a second time.
+
+        Models whose state is exact counts (popularity, co-occurrence) have nothing to
+        refresh; factor models re-fit the rows the events touch. Unknown ids are ignored.
+        """
+        _check_batch(events)
+        if not self.is_fitted or not len(events):
+            return
+        users, items = self.users_.lookup(events.user), self.items_.lookup(events.item)
+        known = (users >= 0) & (items >= 0) & (events.weight > 0)
+        if known.any():
+            self._replay(users[known], items[known])
+
+    def anchor(self, strength: float) -> None:
+        """Pull later updates toward the parameters as they are now (an L2 penalty of
+        ``strength`` on the distance; 0 releases the pull).
+
+        The pull keeps what the model knew when a burst of new events would drag its
+        parameters far; strategies re-anchor after every update. Not saved with the model.
+        """
+        if not np.isfinite(strength) or strength < 0:
+            raise ValueError(f"strength must be finite and >= 0, got {strength!r}")
+        self._check_fitted()
+        self._anchor(float(strength))
+
+    def _replay(self, users: np.ndarray, items: np.ndarray) -> None:  # noqa: B027 (an optional hook: the default does nothing)
+        """Refresh what (users, items) pairs already learned touch. Default: nothing."""
+
+    def _anchor(self, strength: float) -> None:  # noqa: B027 (an optional hook: the default does nothing)
+        """Remember the current parameters as the anchor. Default: no parameters to pull."""
+
     def _reset(self) -> None:
         self.users_ = IdIndex()
         self.items_ = IdIndex()
@@ -324,6 +357,18 @@ class Recommender(ABC):
         return Recommendations(
             users=ids, items=top_items.astype(str), scores=top_scores, fallback=cold
         )
+
+    def score_all(self, users: object) -> np.ndarray:
+        """Scores of every item the model knows, in the order of ``items_``.
+
+        Returns
+        -------
+        scores : array of float32, shape (n_users, len(items_))
+            Cold users get the fallback's scores. Seen items are not masked.
+        """
+        self._check_fitted()
+        user_index = self.users_.lookup(_ids(users, "users"))
+        return self._scores(user_index, self._cold(user_index), slice(None), len(self.items_))
 
     def score(self, users: object, items: object) -> np.ndarray:
         """Scores of every (user, item) pair.

@@ -93,6 +93,8 @@ class BPR(Recommender):
         self.moments_ = {f"{t}.{m}": getattr(self, f"{t}_").copy() for t in self._TABLES
                          for m in ("first", "second")}  # fmt: skip
         self.steps_ = np.zeros(1, dtype=np.int64)  # optimiser steps taken (also seeds batches)
+        self._anchors: dict[str, np.ndarray] = {}  # parameters to pull toward, by table
+        self._pull = 0.0
 
     def _grow(self, n_users: int, n_items: int) -> None:
         for table, n in (
@@ -128,6 +130,13 @@ class BPR(Recommender):
         positive = events.positive
         for _ in range(self.learn_passes):
             self._passes(events.user[positive], events.item[positive])
+
+    def _replay(self, users: np.ndarray, items: np.ndarray) -> None:
+        self._passes(users, items)
+
+    def _anchor(self, strength: float) -> None:
+        self._pull = strength
+        self._anchors = {table: getattr(self, f"{table}_").copy() for table in self._TABLES}
 
     def _passes(self, users: np.ndarray, items: np.ndarray) -> None:
         """One pass over (users, items) in shuffled mini-batches."""
@@ -169,6 +178,18 @@ class BPR(Recommender):
 
     def _apply(self, table: str, rows: np.ndarray, gradient: np.ndarray) -> None:
         values = getattr(self, f"{table}_")
+        self._step_rows(table, values, rows, gradient)
+        if self._pull > 0 and table in self._anchors:
+            # The L2 pull as a proximal step (exact for the penalty, stable for any strength,
+            # unlike adding it to the gradient, which diverges once rate x strength > 2).
+            anchored = self._anchors[table]
+            rows = rows[rows < len(anchored)]  # rows added since the anchor are not pulled
+            shrink = 1.0 / (1.0 + self.learning_rate * self._pull)
+            values[rows] = anchored[rows] + shrink * (values[rows] - anchored[rows])
+
+    def _step_rows(
+        self, table: str, values: np.ndarray, rows: np.ndarray, gradient: np.ndarray
+    ) -> None:
         if self.optimizer == "sgd":
             values[rows] -= (self.learning_rate * gradient).astype(np.float32)
             return

@@ -110,6 +110,8 @@ class MatrixFactorization(Recommender):
         # Summed interaction weight of each row now, and when it was last solved.
         self.weights_ = {side: np.zeros(0) for side in ("users", "items", "users_solved",
                                                          "items_solved")}  # fmt: skip
+        self._anchors: dict[str, np.ndarray] = {}  # factors to pull toward, by side
+        self._pull = 0.0
         self._user_gram = np.zeros((self.factors, self.factors))  # U^T U, kept in step
         self._item_gram = np.zeros((self.factors, self.factors))  # Y^T Y, kept in step
 
@@ -167,15 +169,27 @@ class MatrixFactorization(Recommender):
         self.item_history_.add(items, users, events.weight[positive])
         np.add.at(self.weights_["users"], users, weights)
         np.add.at(self.weights_["items"], items, weights)
-        due = self._due("users", users)
+        self._refresh(self._due("users", users), self._due("items", items))
+
+    def _replay(self, users: np.ndarray, items: np.ndarray) -> None:
+        users, items = np.unique(users), np.unique(items)
+        self.weights_["users_solved"][users] = self.weights_["users"][users]
+        self.weights_["items_solved"][items] = self.weights_["items"][items]
+        self._refresh(users, items)
+
+    def _anchor(self, strength: float) -> None:
+        self._pull = strength
+        self._anchors = {"users": self.user_factors_.copy(), "items": self.item_factors_.copy()}
+
+    def _refresh(self, users: np.ndarray, items: np.ndarray) -> None:
+        """Re-solve the given users given the items, then the given items given the users."""
         self._update_rows(
-            self.user_factors_, due, self.history_.rows(due),
+            "users", users, self.history_.rows(users),
             self.item_factors_, self._item_gram, self._user_gram,
         )  # fmt: skip
         if self.update_items:
-            due = self._due("items", items)
             self._update_rows(
-                self.item_factors_, due, self.item_history_.rows(due),
+                "items", items, self.item_history_.rows(items),
                 self.user_factors_, self._user_gram, self._item_gram,
             )  # fmt: skip
 
@@ -189,20 +203,29 @@ class MatrixFactorization(Recommender):
 
     def _update_rows(
         self,
-        factors: np.ndarray,
+        side: str,
         rows: np.ndarray,
         interactions: sp.csr_matrix,
         other: np.ndarray,
         other_gram: np.ndarray,
         own_gram: np.ndarray,
     ) -> None:
-        """Re-solve ``factors[rows]`` given the other side; keep ``own_gram`` in step."""
+        """Re-solve ``side``'s ``rows`` given the other side; keep ``own_gram`` in step."""
         if len(rows) == 0:
             return
+        factors = self.user_factors_ if side == "users" else self.item_factors_
         old = factors[rows].astype(np.float64)
+        anchor = None
+        if self._pull > 0 and side in self._anchors:
+            anchored = self._anchors[side]
+            inside = rows < len(anchored)  # rows added since the anchor are not pulled
+            anchor = np.zeros((len(rows), self.factors), dtype=np.float32)
+            anchor[inside] = anchored[rows[inside]]
+            anchor = (anchor, np.where(inside, self._pull, 0.0).astype(np.float32))
         new = self._solve(
-            self._confidence(interactions), other, other_gram, factors[rows], self.learn_cg_steps
-        )
+            self._confidence(interactions), other, other_gram, factors[rows], self.learn_cg_steps,
+            anchor,
+        )  # fmt: skip
         factors[rows] = new
         new = new.astype(np.float64)
         own_gram += new.T @ new - old.T @ old
@@ -227,12 +250,14 @@ class MatrixFactorization(Recommender):
         other_gram: np.ndarray,
         start: np.ndarray,
         steps: int,
+        anchor: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> np.ndarray:
         """Conjugate-gradient steps on every row's normal equations at once.
 
         Row r solves ``(G + O_r^T (C_r - I) O_r + reg I) x_r = O_r^T C_r 1`` where ``G`` is
         ``other_gram``, ``O_r`` the other side's factors of r's interactions and ``C_r`` their
-        confidences.
+        confidences. With an ``anchor`` (vectors a_r, strengths m_r), the penalty
+        ``m_r |x_r - a_r|^2`` adds ``m_r I`` to the matrix and ``m_r a_r`` to the target.
 
         Returns
         -------
@@ -247,14 +272,18 @@ class MatrixFactorization(Recommender):
         extra = confidence.data  # c - 1
         gram = (other_gram + self.regularization * np.eye(self.factors)).astype(np.float32)
 
+        pull = np.zeros((n_rows, 1), dtype=np.float32) if anchor is None else anchor[1][:, None]
+
         def apply(x: np.ndarray) -> np.ndarray:
             along = np.einsum("ij,ij->i", gathered, x[owner])
             weighted = sp.csr_matrix((extra * along, confidence.indices, confidence.indptr),
                                      shape=confidence.shape)  # fmt: skip
-            return x @ gram + weighted @ other
+            return x @ gram + weighted @ other + pull * x
 
         target = sp.csr_matrix((1.0 + extra, confidence.indices, confidence.indptr),
                                shape=confidence.shape) @ other  # fmt: skip
+        if anchor is not None:
+            target += pull * anchor[0]
         x = start.astype(np.float32)
         residual = target - apply(x)
         direction = residual.copy()
