@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--items", type=int, default=600)
     demo.add_argument("--events", type=int, default=40_000)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--blocks", type=int, default=100, help="P1 blocks (default: %(default)s)")
+    demo.add_argument("--workers", type=int, default=2, help="P1 strategies run at once")
     demo.add_argument("--json", action="store_true", help="print the results as JSON")
     demo.set_defaults(run=_demo)
 
@@ -188,7 +190,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    result = run_demo(args.db, args.users, args.items, args.events, args.seed)
+    result = run_demo(
+        args.db, args.users, args.items, args.events, args.seed, blocks=args.blocks,
+        workers=args.workers, progress=not args.json,
+    )  # fmt: skip
     if args.json:
         _print_json({k: v for k, v in result.items() if not k.endswith("_text")})
     else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -48,6 +50,11 @@ class MatrixFactorization(Recommender):
         interactions every few dozen, since one more event moves its factor by about that
         share while solving it costs as much as all its interactions. 0 re-solves every
         touched row at every event.
+    recency_half_life_days : float or None
+        If set, a user's interactions weigh less the older they are than the user's latest
+        one, halving every this many days, when the user's vector is solved: the vector leans
+        to the current session and interests. Item vectors use the plain weights. None: all
+        interactions weigh their full weight.
     init_scale : float
         Standard deviation of the initial item factors.
     seed : int
@@ -66,6 +73,7 @@ class MatrixFactorization(Recommender):
         learn_cg_steps: int = 3,
         update_items: bool = True,
         refresh_share: float = 0.05,
+        recency_half_life_days: float | None = None,
         init_scale: float = 0.01,
         seed: int = 0,
         fallback_half_life_days: float | None = 7.0,
@@ -85,6 +93,10 @@ class MatrixFactorization(Recommender):
             raise ValueError(f"init_scale must be > 0, got {init_scale!r}")
         if not refresh_share >= 0:
             raise ValueError(f"refresh_share must be >= 0, got {refresh_share!r}")
+        if recency_half_life_days is not None and not recency_half_life_days > 0:
+            raise ValueError(
+                f"recency_half_life_days must be > 0 or None, got {recency_half_life_days!r}"
+            )
         self.factors = factors
         self.regularization = regularization
         self.alpha = alpha
@@ -93,6 +105,7 @@ class MatrixFactorization(Recommender):
         self.learn_cg_steps = learn_cg_steps
         self.update_items = update_items
         self.refresh_share = refresh_share
+        self.recency_half_life_days = recency_half_life_days
         self.init_scale = init_scale
         self.seed = seed
         self.fallback_half_life_days = fallback_half_life_days
@@ -143,7 +156,7 @@ class MatrixFactorization(Recommender):
         self.item_history_.add(
             events.item[positive], events.user[positive], events.weight[positive]
         )
-        by_user = self._confidence(self.history_.tocsr())
+        by_user = self._confidence(self._user_rows(None))
         by_item = self._confidence(self.item_history_.tocsr())
         for _ in range(self.iterations):
             self.user_factors_ = self._solve(
@@ -184,7 +197,7 @@ class MatrixFactorization(Recommender):
     def _refresh(self, users: np.ndarray, items: np.ndarray) -> None:
         """Re-solve the given users given the items, then the given items given the users."""
         self._update_rows(
-            "users", users, self.history_.rows(users),
+            "users", users, self._user_rows(users),
             self.item_factors_, self._item_gram, self._user_gram,
         )  # fmt: skip
         if self.update_items:
@@ -192,6 +205,25 @@ class MatrixFactorization(Recommender):
                 "items", items, self.item_history_.rows(items),
                 self.user_factors_, self._user_gram, self._item_gram,
             )  # fmt: skip
+
+    def _user_rows(self, users: np.ndarray | None) -> sp.csr_matrix:
+        """The users' history rows (all users when None), recency-weighted if configured."""
+        rows = self.history_.tocsr() if users is None else self.history_.rows(users)
+        if self.recency_half_life_days is None or rows.nnz == 0:
+            return rows
+        times = self.last_seen_.tocsr() if users is None else self.last_seen_.rows(users)
+        # Both matrices get the same (user, item) entries and keep them sorted: aligned data.
+        if not np.array_equal(times.indices, rows.indices):
+            raise RuntimeError("history and last-seen times are out of step")
+        lengths = np.diff(times.indptr)
+        filled = lengths > 0
+        latest = np.maximum.reduceat(times.data, times.indptr[:-1][filled])  # per user
+        age_days = (np.repeat(latest, lengths[filled]) - times.data) / 86_400.0
+        weighted = rows.copy()
+        weighted.data = (rows.data * 0.5 ** (age_days / self.recency_half_life_days)).astype(
+            np.float32
+        )
+        return weighted
 
     def _due(self, side: str, touched: np.ndarray) -> np.ndarray:
         """Touched rows whose weight grew by ``refresh_share`` since their last solve."""
@@ -273,15 +305,13 @@ class MatrixFactorization(Recommender):
         gram = (other_gram + self.regularization * np.eye(self.factors)).astype(np.float32)
 
         pull = np.zeros((n_rows, 1), dtype=np.float32) if anchor is None else anchor[1][:, None]
+        row_sums = _row_sums(confidence, gathered, other)
 
         def apply(x: np.ndarray) -> np.ndarray:
             along = np.einsum("ij,ij->i", gathered, x[owner])
-            weighted = sp.csr_matrix((extra * along, confidence.indices, confidence.indptr),
-                                     shape=confidence.shape)  # fmt: skip
-            return x @ gram + weighted @ other + pull * x
+            return x @ gram + row_sums(extra * along) + pull * x
 
-        target = sp.csr_matrix((1.0 + extra, confidence.indices, confidence.indptr),
-                               shape=confidence.shape) @ other  # fmt: skip
+        target = row_sums(1.0 + extra)
         if anchor is not None:
             target += pull * anchor[0]
         x = start.astype(np.float32)
@@ -313,7 +343,7 @@ class MatrixFactorization(Recommender):
         history item j contributes ``c_uj (A^-1 y_i) . y_j``. The contributions add up to
         the exact fold-in score, which the CG solve of ``learn`` approaches.
         """
-        history = self.history_.rows(np.array([user]))
+        history = self._user_rows(np.array([user]))
         items = history.indices
         confidence = 1.0 + self.alpha * history.data.astype(np.float64)
         chosen = self.item_factors_[items].astype(np.float64)
@@ -345,3 +375,34 @@ class MatrixFactorization(Recommender):
         self.item_history_.add(coo.row.astype(np.int64), coo.col.astype(np.int64), coo.data)
         self._user_gram = self._gram(self.user_factors_)
         self._item_gram = self._gram(self.item_factors_)
+
+
+def _row_sums(
+    pattern: sp.csr_matrix, gathered: np.ndarray, other: np.ndarray
+) -> Callable[[np.ndarray], np.ndarray]:
+    """``values -> sum_j values_rj * other_j`` for each row r of ``pattern``.
+
+    Small problems (the rows of one batch) sum the already gathered ``other`` rows with
+    ``np.add.reduceat``: no sparse matrix is built, which on a single event costs more than the
+    arithmetic. Large ones (a full fit) use a sparse product, which needs no (nnz, k)
+    temporary.
+    """
+    n_rows, k = pattern.shape[0], other.shape[1]
+    if pattern.nnz * k > 4_000_000:
+
+        def by_sparse_product(values: np.ndarray) -> np.ndarray:
+            weights = sp.csr_matrix((values, pattern.indices, pattern.indptr), shape=pattern.shape)
+            return weights @ other
+
+        return by_sparse_product
+    lengths = np.diff(pattern.indptr)
+    nonempty = lengths > 0
+    starts = pattern.indptr[:-1][nonempty]
+
+    def by_segments(values: np.ndarray) -> np.ndarray:
+        out = np.zeros((n_rows, k), dtype=np.float32)
+        if len(starts):
+            out[nonempty] = np.add.reduceat(values[:, None] * gathered, starts, axis=0)
+        return out
+
+    return by_segments

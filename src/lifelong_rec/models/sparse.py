@@ -114,7 +114,11 @@ class GrowingSparse:
             found = self._base_keys[position] == keys
         if self._pending_count:
             pending_rows, pending_cols, _ = self._pending()
-            found |= np.isin(keys, pending_rows * n_cols + pending_cols)
+            pending = pending_rows * n_cols + pending_cols
+            if len(keys) * len(pending) <= 1_000_000:  # a few keys (one event): compare all
+                found |= (keys[:, None] == pending[None, :]).any(axis=1)
+            else:
+                found |= np.isin(keys, pending)
         return found
 
     def tocsr(self) -> sp.csr_matrix:
@@ -127,26 +131,32 @@ class GrowingSparse:
         return self.tocsr().nnz
 
     def rows(self, index: np.ndarray) -> sp.csr_matrix:
-        """Rows ``index`` (unique), shape (len(index), n_cols), pending increments included."""
+        """Rows ``index`` (unique), shape (len(index), n_cols), pending increments included.
+
+        Gathered with numpy rather than scipy's fancy indexing: on the few rows one event
+        touches, scipy's per-call checks cost more than the data.
+        """
         index = np.asarray(index, dtype=np.int64)
-        block = self._base[index]
-        if not self._pending_count or len(index) == 0:
-            return block
-        rows, cols, values = self._pending()
-        order = np.argsort(index, kind="stable")
-        position = np.searchsorted(index[order], rows)
-        position = np.minimum(position, len(index) - 1)
-        wanted = index[order][position] == rows
-        if not wanted.any():
-            return block
-        block = block.tocoo()
-        return _coalesce(
-            np.concatenate([block.row, order[position[wanted]]]),
-            np.concatenate([block.col, cols[wanted]]),
-            np.concatenate([block.data, values[wanted]]),
-            (len(index), self.shape[1]),
-            self.aggregate,
-        )
+        base = self._base
+        lengths = base.indptr[index + 1] - base.indptr[index]
+        taken = _segments(base.indptr[index], lengths)
+        rows = np.repeat(np.arange(len(index)), lengths)
+        cols, values = base.indices[taken], base.data[taken]
+        if self._pending_count and len(index):
+            pending_rows, pending_cols, pending_values = self._pending()
+            order = np.argsort(index, kind="stable")
+            position = np.minimum(np.searchsorted(index[order], pending_rows), len(index) - 1)
+            wanted = index[order][position] == pending_rows
+            if wanted.any():
+                return _coalesce(
+                    np.concatenate([rows, order[position[wanted]]]),
+                    np.concatenate([cols, pending_cols[wanted]]),
+                    np.concatenate([values, pending_values[wanted]]),
+                    (len(index), self.shape[1]),
+                    self.aggregate,
+                )
+        indptr = np.concatenate([[0], np.cumsum(lengths)])
+        return sp.csr_matrix((values, cols, indptr), shape=(len(index), self.shape[1]))
 
     def state(self) -> dict[str, np.ndarray]:
         """Arrays that rebuild this matrix with :meth:`from_state`."""
@@ -188,20 +198,29 @@ class GrowingSparse:
         return pending
 
 
+def _segments(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenated ranges starts[k] .. starts[k] + lengths[k] - 1, vectorised."""
+    total = int(lengths.sum())
+    return np.repeat(starts, lengths) + (
+        np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    )
+
+
 def _coalesce(
     rows: np.ndarray, cols: np.ndarray, values: np.ndarray, shape: tuple[int, int], aggregate: str
 ) -> sp.csr_matrix:
-    """A CSR matrix with repeated (row, col) entries combined by ``aggregate``."""
-    if aggregate == "sum":
-        matrix = sp.csr_matrix((values, (rows, cols)), shape=shape)  # sums duplicates
+    """A CSR matrix (sorted indices) with repeated (row, col) entries combined."""
+    if aggregate == "sum" and len(rows) > 20_000:  # large: scipy's compiled path is faster
+        matrix = sp.csr_matrix((values, (rows, cols)), shape=shape)
         matrix.sum_duplicates()
         return matrix
     order = np.lexsort((cols, rows))
     rows, cols, values = rows[order], cols[order], values[order]
-    starts = (
-        np.flatnonzero(np.concatenate([[True], (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1])]))
-        if len(rows)
-        else np.zeros(0, dtype=np.int64)
-    )
-    values = np.maximum.reduceat(values, starts) if len(rows) else values
-    return sp.csr_matrix((values, (rows[starts], cols[starts])), shape=shape)
+    if len(rows):
+        starts = np.flatnonzero(
+            np.concatenate([[True], (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1])])
+        )
+        combine = np.add if aggregate == "sum" else np.maximum
+        values, rows, cols = combine.reduceat(values, starts), rows[starts], cols[starts]
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=shape[0]))])
+    return sp.csr_matrix((values, cols, indptr), shape=shape)
