@@ -137,7 +137,7 @@ def test_mf_recency_weighting_halves_per_half_life():
     events = EventBatch.from_columns(
         ["u"] * 3 + ["v"], ["old", "mid", "new", "old"], [t, t + 86_400, t + 2 * 86_400, t]
     )
-    model = MatrixFactorization(factors=4, recency_half_life_days=1.0).fit(events)
+    model = MatrixFactorization(factors=4, recency_half_life_seconds=86_400.0).fit(events)
     rows = model._user_rows(model.users_.lookup(["u"]))
     weights = dict(zip(model.items_.ids(rows.indices), rows.data, strict=True))
     assert weights == pytest.approx({"old": 0.25, "mid": 0.5, "new": 1.0})
@@ -182,7 +182,7 @@ def test_bpr_learns_to_rank_observed_items_first(stream, optimizer, rate):
         (MatrixFactorization, {"iterations": 1.5}, "iterations must be a positive integer"),
         (MatrixFactorization, {"alpha": float("nan")}, "alpha must be finite"),
         (MatrixFactorization, {"regularization": -0.1}, "regularization must be finite and >= 0"),
-        (MatrixFactorization, {"recency_half_life_days": 0.0}, "recency_half_life_days must be"),
+        (MatrixFactorization, {"recency_half_life_seconds": 0.0}, "recency_half_life_seconds"),
         (MatrixFactorization, {"refresh_share": -1.0}, "refresh_share must be >= 0"),
         (BPR, {"optimizer": "rmsprop"}, "optimizer must be one of"),
         (BPR, {"learning_rate": 0.0}, "learning_rate must be > 0"),

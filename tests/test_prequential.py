@@ -184,7 +184,9 @@ def test_cli_evaluate_with_tensorboard(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--models", "svd"], "--models: unknown ['svd']"),
+        (["--models", "svd"], "unknown model 'svd'"),
+        (["--models", "mf(factor=3)"], "'factor=3' is not one of"),
+        (["--models", "mf(factors=0)"], "factors must be a positive integer"),
         (["--strategies", "sometimes"], "unknown strategy 'sometimes'"),
         (["--data", "netflix:/x"], "use FORMAT:PATH"),
         (["--blocks", "0"], "blocks must be a positive integer"),

@@ -30,7 +30,7 @@ from lifelong_rec.demo import render, run_demo
 from lifelong_rec.evaluate import markdown_table, prequential, write_report
 from lifelong_rec.events import EventBatch
 from lifelong_rec.lifelong import parse_strategy
-from lifelong_rec.models import registered_models
+from lifelong_rec.models import parse_model, registered_models, split_specs
 from lifelong_rec.store import EventLog
 
 EXIT_USAGE = 2
@@ -150,7 +150,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--map", dest="mapping", default=None, metavar="FIELD=COLUMN,...")
     evaluate.add_argument(
-        "--models", default="pop,itemknn,mf", help="comma-separated: " + ", ".join(MODEL_NAMES)
+        "--models",
+        default="pop,itemknn,mf",
+        help="comma-separated: " + ", ".join(MODEL_NAMES) + "; with parameters as "
+        "mf(factors=32,recency_half_life_seconds=60)",
     )
     evaluate.add_argument(
         "--strategies",
@@ -270,18 +273,15 @@ def _ingest(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     events, name = _evaluation_data(args.data, args.mapping)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in models if m not in MODEL_NAMES]
-    if unknown or not models:
-        raise InputError(
-            f"--models: unknown {unknown or 'none given'}; use {', '.join(MODEL_NAMES)}"
-        )
+    models = [parse_model(spec) for spec in split_specs(args.models)]
+    if not models:
+        raise InputError("--models: none given")
     specs = [s.strip() for s in args.strategies.split(",") if s.strip()]
     for spec in specs:
-        parse_strategy(spec, MODEL_NAMES[models[0]])  # validates the spec early
+        parse_strategy(spec, models[0][1])  # validates the spec early
     strategies = {
-        (model, spec): partial(parse_strategy, spec, MODEL_NAMES[model])
-        for model in models
+        (label, spec): partial(parse_strategy, spec, factory)
+        for label, factory in models
         for spec in specs
     }
     started = time.perf_counter()

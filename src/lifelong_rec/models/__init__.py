@@ -5,7 +5,9 @@ from lifelong_rec.models.base import (
     Explanation,
     Recommendations,
     Recommender,
+    parse_model,
     registered_models,
+    split_specs,
 )
 from lifelong_rec.models.bpr import BPR
 from lifelong_rec.models.itemknn import ItemKNN
@@ -23,5 +25,7 @@ __all__ = [
     "Popularity",
     "Recommendations",
     "Recommender",
+    "parse_model",
     "registered_models",
+    "split_specs",
 ]
