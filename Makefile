@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format bench bench-p1 clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,10 +33,19 @@ format: $(VENV)/.installed-dev
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
-bench: $(VENV)/.installed-dev
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	touch $@ $(VENV)/.installed-dev $(VENV)/.installed
+
+bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/eventlog.py
 	$(BIN)/python bench/models.py
+	$(BIN)/python bench/p1.py --workers 2
+
+# The headline benchmark alone (P1 on ML-100K and ML latest-small, about 25 minutes).
+bench-p1: $(VENV)/.installed-bench
+	$(BIN)/python bench/p1.py --workers 2
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache build *.egg-info src/*.egg-info

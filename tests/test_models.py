@@ -232,3 +232,20 @@ def test_growing_sparse_matches_a_dense_reference(entries, aggregate, every):
     n_rows, n_cols = matrix.shape
     np.testing.assert_allclose(matrix.tocsr().toarray(), dense[:n_rows, :n_cols])
     assert matrix.nnz == present.sum()
+
+
+def test_models_from_specs():
+    from lifelong_rec.models import parse_model, split_specs
+
+    assert split_specs("pop, mf(factors=8,alpha=2.5) ,bpr(optimizer=adam)") == [
+        "pop", "mf(factors=8,alpha=2.5)", "bpr(optimizer=adam)",
+    ]  # fmt: skip
+    label, factory = parse_model("mf(factors=8, alpha=2.5)")
+    model = factory()
+    assert label == "mf(factors=8, alpha=2.5)"
+    assert (model.factors, model.alpha, model.regularization) == (8, 2.5, 1.0)
+    assert parse_model("bpr(optimizer=adam)")[1]().optimizer == "adam"
+    with pytest.raises(ValueError, match="unknown model 'svd'"):
+        parse_model("svd")
+    with pytest.raises(ValueError, match="parameters go in parentheses"):
+        parse_model("mf(factors=8")

@@ -36,6 +36,7 @@ from lifelong_rec.evaluate.metrics import hits, ndcg, reciprocal_rank
 from lifelong_rec.events import EventBatch, IdIndex
 from lifelong_rec.lifelong import Strategy
 from lifelong_rec.models import GrowingSparse, Recommender
+from lifelong_rec.models.sparse import segments
 
 StrategyFactory = Callable[[], Strategy]
 FORGETTING_SHARE = 0.1  # backward transfer is measured on the first tenth of the blocks
@@ -323,7 +324,7 @@ def _exclusions(
     seen = history.rows(unique)
     lengths = np.diff(seen.indptr)[inverse]
     owner = np.repeat(np.arange(len(rows)), lengths)
-    before = seen.indices[_segments(seen.indptr[inverse], lengths)]
+    before = seen.indices[segments(seen.indptr[inverse], lengths)]
     # earlier rows of the same user inside this block
     span = np.arange(lo, int(rows.max()) + 1)
     order = np.lexsort((span, stream.user[span]))
@@ -335,18 +336,9 @@ def _exclusions(
     where[order] = np.arange(len(order))
     at = where[rows - lo]
     counts = earlier_count[at]
-    earlier = span[order[_segments(starts[at], counts)]]
+    earlier = span[order[segments(starts[at], counts)]]
     owner = np.concatenate([owner, np.repeat(np.arange(len(rows)), counts)])
     return owner, np.concatenate([before, stream.item[earlier]])
-
-
-def _segments(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    total = int(lengths.sum())
-    return (
-        np.repeat(starts, lengths)
-        + np.arange(total)
-        - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    )
 
 
 def _backward_transfer(

@@ -6,7 +6,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from lifelong_rec.models.base import IndexedEvents, Recommender
-from lifelong_rec.models.sparse import GrowingSparse
+from lifelong_rec.models.sparse import GrowingSparse, segments
 
 
 class ItemKNN(Recommender):
@@ -97,7 +97,7 @@ class ItemKNN(Recommender):
         lengths = np.diff(history.indptr)[position]
         item = np.repeat(items, lengths)
         owner = np.repeat(users, lengths)
-        partner = history.indices[_segments(history.indptr[position], lengths)]
+        partner = history.indices[segments(history.indptr[position], lengths)]
         other = partner != item
         item, owner, partner = item[other], owner[other], partner[other]
         # Each new item gains all the user's other items; each *old* item gains the new one
@@ -169,13 +169,6 @@ class ItemKNN(Recommender):
         self.cooccurrence_ = GrowingSparse.from_state(counts, "sum", np.float32)
         self.item_users_ = arrays["item_users"].astype(np.float64)
         self._similarity = None
-
-
-def _segments(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Concatenated ranges starts[k] .. starts[k] + lengths[k] - 1, vectorised."""
-    total = int(lengths.sum())
-    offsets = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return np.repeat(starts, lengths) + offsets
 
 
 def _top_per_row(matrix: sp.csr_matrix, n: int) -> sp.csr_matrix:

@@ -139,7 +139,7 @@ class GrowingSparse:
         index = np.asarray(index, dtype=np.int64)
         base = self._base
         lengths = base.indptr[index + 1] - base.indptr[index]
-        taken = _segments(base.indptr[index], lengths)
+        taken = segments(base.indptr[index], lengths)
         rows = np.repeat(np.arange(len(index)), lengths)
         cols, values = base.indices[taken], base.data[taken]
         if self._pending_count and len(index):
@@ -198,8 +198,13 @@ class GrowingSparse:
         return pending
 
 
-def _segments(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Concatenated ranges starts[k] .. starts[k] + lengths[k] - 1, vectorised."""
+def segments(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenated ranges starts[k] .. starts[k] + lengths[k] - 1, vectorised: the positions
+    of CSR row segments, without a Python loop.
+
+    >>> segments(np.array([5, 0]), np.array([2, 3])).tolist()
+    [5, 6, 0, 1, 2]
+    """
     total = int(lengths.sum())
     return np.repeat(starts, lengths) + (
         np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
