@@ -394,7 +394,7 @@ def _row_sums(
     temporary.
     """
     n_rows, k = pattern.shape[0], other.shape[1]
-    if pattern.nnz * k > 4_000_000:
+    if pattern.nnz * k > 200_000:
 
         def by_sparse_product(values: np.ndarray) -> np.ndarray:
             weights = sp.csr_matrix((values, pattern.indices, pattern.indptr), shape=pattern.shape)
