@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -213,7 +214,7 @@ class MatrixFactorization(Recommender):
                 self.user_factors_, self._user_gram, self._item_gram,
             )  # fmt: skip
 
-    def _user_rows(self, users: np.ndarray | None) -> sp.csr_matrix:
+    def _user_rows(self, users: np.ndarray | None) -> sp.csr_matrix | _Rows:
         """The users' history rows (all users when None), recency-weighted if configured."""
         rows = self.history_.tocsr() if users is None else self.history_.rows(users)
         if self.recency_half_life_seconds is None or rows.nnz == 0:
@@ -226,10 +227,8 @@ class MatrixFactorization(Recommender):
         filled = lengths > 0
         latest = np.maximum.reduceat(times.data, times.indptr[:-1][filled])  # per user
         age = np.repeat(latest, lengths[filled]) - times.data
-        weighted = rows.copy()
         decay = 0.5 ** (age / self.recency_half_life_seconds)
-        weighted.data = (rows.data * decay).astype(np.float32)
-        return weighted
+        return _Rows(rows.indptr, rows.indices, (rows.data * decay).astype(np.float32), rows.shape)
 
     def _due(self, side: str, touched: np.ndarray) -> np.ndarray:
         """Touched rows whose weight grew by ``refresh_share`` since their last solve."""
@@ -243,7 +242,7 @@ class MatrixFactorization(Recommender):
         self,
         side: str,
         rows: np.ndarray,
-        interactions: sp.csr_matrix,
+        interactions: sp.csr_matrix | _Rows,
         other: np.ndarray,
         other_gram: np.ndarray,
         own_gram: np.ndarray,
@@ -268,13 +267,14 @@ class MatrixFactorization(Recommender):
         new = new.astype(np.float64)
         own_gram += new.T @ new - old.T @ old
 
-    def _confidence(self, interactions: sp.csr_matrix) -> sp.csr_matrix:
+    def _confidence(self, interactions: sp.csr_matrix | _Rows) -> _Rows:
         """The same pattern with ``c - 1 = alpha * w`` as values."""
-        return sp.csr_matrix(
-            (self.alpha * interactions.data.astype(np.float32), interactions.indices,
-             interactions.indptr),
-            shape=interactions.shape,
-        )  # fmt: skip
+        return _Rows(
+            interactions.indptr,
+            interactions.indices,
+            self.alpha * interactions.data.astype(np.float32),
+            interactions.shape,
+        )
 
     @staticmethod
     def _gram(factors: np.ndarray) -> np.ndarray:
@@ -283,7 +283,7 @@ class MatrixFactorization(Recommender):
 
     def _solve(
         self,
-        confidence: sp.csr_matrix,
+        confidence: _Rows,
         other: np.ndarray,
         other_gram: np.ndarray,
         start: np.ndarray,
@@ -383,8 +383,22 @@ class MatrixFactorization(Recommender):
         self._item_gram = self._gram(self.item_factors_)
 
 
+@dataclass(frozen=True, slots=True)
+class _Rows:
+    """CSR rows as plain arrays: the solves of one event need no scipy object."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+    shape: tuple[int, int]
+
+    @property
+    def nnz(self) -> int:
+        return len(self.indices)
+
+
 def _row_sums(
-    pattern: sp.csr_matrix, gathered: np.ndarray, other: np.ndarray
+    pattern: _Rows, gathered: np.ndarray, other: np.ndarray
 ) -> Callable[[np.ndarray], np.ndarray]:
     """``values -> sum_j values_rj * other_j`` for each row r of ``pattern``.
 
