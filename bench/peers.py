@@ -19,7 +19,20 @@ from lifelong_rec.models import Recommender
 from lifelong_rec.models.base import IndexedEvents
 
 
-class ImplicitALS(Recommender):
+class _Adapter(Recommender):
+    """What a benchmark adapter does not do: explain, save, load."""
+
+    def _explain(self, user: int, item: int):
+        return "history", np.zeros(0, dtype=np.int64), np.zeros(0)
+
+    def _state(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError("a benchmark adapter: not saved")
+
+    def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
+        raise NotImplementedError("a benchmark adapter: not loaded")
+
+
+class ImplicitALS(_Adapter):
     """``implicit.cpu.als.AlternatingLeastSquares`` with lifelong-rec's MF settings."""
 
     name = "implicit-als"
@@ -89,17 +102,8 @@ class ImplicitALS(Recommender):
             return factors
         return np.vstack([factors, np.zeros((n - len(factors), factors.shape[1]), factors.dtype)])
 
-    def _explain(self, user: int, item: int):
-        return "history", np.zeros(0, dtype=np.int64), np.zeros(0)
 
-    def _state(self) -> dict[str, np.ndarray]:
-        raise NotImplementedError("a benchmark adapter: not saved")
-
-    def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
-        raise NotImplementedError("a benchmark adapter: not loaded")
-
-
-class RiverBiasedMF(Recommender):
+class RiverBiasedMF(_Adapter):
     """river's ``reco.BiasedMF``: SGD on squared error, one event at a time."""
 
     name = "river-biasedmf"
@@ -156,12 +160,3 @@ class RiverBiasedMF(Recommender):
         scores = self.user_vectors_[user_index] @ self.item_vectors_[item_index].T
         scores += self.user_bias_[user_index][:, None] + self.item_bias_[item_index][None, :]
         return scores.astype(np.float32)
-
-    def _explain(self, user: int, item: int):
-        return "history", np.zeros(0, dtype=np.int64), np.zeros(0)
-
-    def _state(self) -> dict[str, np.ndarray]:
-        raise NotImplementedError("a benchmark adapter: not saved")
-
-    def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
-        raise NotImplementedError("a benchmark adapter: not loaded")

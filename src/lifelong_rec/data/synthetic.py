@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from lifelong_rec.checks import check_positive_ints
 from lifelong_rec.data.cleaning import CleaningConfig, clean
 from lifelong_rec.data.dataset import Dataset
 from lifelong_rec.events import Catalog
@@ -253,9 +254,7 @@ def _add_dirt(frame: pd.DataFrame, fraction: float, rng) -> pd.DataFrame:
 
 
 def _check(n_users, n_items, n_events, n_topics, days, drift, initial_items, funnel, dirty):
-    for name, value in (("n_users", n_users), ("n_items", n_items), ("n_events", n_events)):
-        if int(value) != value or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    check_positive_ints(n_users=n_users, n_items=n_items, n_events=n_events)
     if not 1 <= n_topics <= len(_TOPICS):
         raise ValueError(f"n_topics must be between 1 and {len(_TOPICS)}, got {n_topics!r}")
     if not days > 0:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from lifelong_rec.checks import check_positive_ints
+
 
 def hits(ranks: np.ndarray, k: int = 10) -> np.ndarray:
     """1.0 where the rank is within the top ``k``, shape as ``ranks``.
@@ -70,6 +72,5 @@ def novelty(recommended: np.ndarray, items: np.ndarray, counts: np.ndarray) -> f
 
 
 def _check_k(k: int) -> int:
-    if not isinstance(k, int | np.integer) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+    check_positive_ints(k=k)
     return int(k)

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lifelong_rec.checks import check_positive_ints
 from lifelong_rec.evaluate.metrics import hits, ndcg, reciprocal_rank
 from lifelong_rec.events import EventBatch, IdIndex
 from lifelong_rec.lifelong import Strategy
@@ -69,8 +70,7 @@ def prepare(events: EventBatch, warmup: float = 0.5, blocks: int = 500) -> Strea
     """Sort, deduplicate, index and cut a data set as P1 says."""
     if not 0 < warmup < 1:
         raise ValueError(f"warmup must be between 0 and 1, got {warmup!r}")
-    if not isinstance(blocks, int) or blocks < 1:
-        raise ValueError(f"blocks must be a positive integer, got {blocks!r}")
+    check_positive_ints(blocks=blocks)
     events = events.sorted_by_time()
     keys = np.rec.fromarrays([events.user, events.item, events.timestamp, events.kind,
                               np.nan_to_num(events.value, nan=-1e300)])  # fmt: skip
@@ -180,8 +180,7 @@ def prequential(
     tensorboard : path, optional
         Write each strategy's per-block metrics there, live, for TensorBoard.
     """
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+    check_positive_ints(k=k)
     if not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers must be an integer >= 0, got {workers!r}")
     stream = prepare(events, warmup, blocks)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from lifelong_rec.checks import check_positive_ints
 from lifelong_rec.events import EventBatch
 
 _COLUMNS = ("user", "item", "timestamp", "kind", "value", "weight")
@@ -36,8 +37,7 @@ class ReplayBuffer:
     """
 
     def __init__(self, size: int = 10_000, recent_share: float = 0.5, seed: int = 0) -> None:
-        if not isinstance(size, int) or size < 1:
-            raise ValueError(f"size must be a positive integer, got {size!r}")
+        check_positive_ints(size=size)
         if not 0 <= recent_share <= 1:
             raise ValueError(f"recent_share must be between 0 and 1, got {recent_share!r}")
         self.size = size

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from lifelong_rec.checks import check_positive_ints
 from lifelong_rec.events import EventBatch
 from lifelong_rec.lifelong.drift import DriftDetector
 from lifelong_rec.lifelong.replay import ReplayBuffer
@@ -70,8 +71,7 @@ class Retrain(Strategy):
 
     def __init__(self, factory: ModelFactory, every: int = 1) -> None:
         super().__init__(factory)
-        if not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be a positive integer, got {every!r}")
+        check_positive_ints(every=every)
         self.every = every
         self._seen: list[EventBatch] = []
         self._blocks = 0

@@ -29,6 +29,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from lifelong_rec.checks import check_positive_ints
 from lifelong_rec.events import EventBatch, IdIndex, as_ids
 from lifelong_rec.models.sparse import GrowingSparse
 
@@ -323,8 +324,7 @@ class Recommender(ABC):
         Recommendations
         """
         self._check_fitted()
-        if not isinstance(k, int | np.integer) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+        check_positive_ints(k=k)
         ids = _ids(users, "users")
         user_index = self.users_.lookup(ids)
         cold = self._cold(user_index)
@@ -395,8 +395,7 @@ class Recommender(ABC):
     def explain(self, user: object, item: object, top: int = 5) -> Explanation:
         """Why ``item`` gets its score for ``user``: the history items that contribute most."""
         self._check_fitted()
-        if not isinstance(top, int) or top < 1:
-            raise ValueError(f"top must be a positive integer, got {top!r}")
+        check_positive_ints(top=top)
         user_id, item_id = str(_ids([user], "user")[0]), str(_ids([item], "item")[0])
         score = float(self.score([user_id], [item_id])[0, 0])
         user_index = self.users_.lookup([user_id])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from lifelong_rec.checks import check_positive_ints
 from lifelong_rec.models.base import IndexedEvents, Recommender
 
 OPTIMIZERS = ("adam", "sgd")
@@ -53,14 +54,9 @@ class BPR(Recommender):
     ) -> None:
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-        for name, value in (
-            ("factors", factors),
-            ("epochs", epochs),
-            ("learn_passes", learn_passes),
-            ("batch_size", batch_size),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_ints(
+            factors=factors, epochs=epochs, learn_passes=learn_passes, batch_size=batch_size
+        )
         if not learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
         if not regularization >= 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from lifelong_rec.checks import check_positive_ints
 from lifelong_rec.models.base import IndexedEvents, Recommender
 from lifelong_rec.models.sparse import GrowingSparse, segments
 
@@ -44,8 +45,7 @@ class ItemKNN(Recommender):
         shrink: float = 10.0,
         fallback_half_life_days: float | None = 7.0,
     ) -> None:
-        if not isinstance(neighbours, int) or neighbours < 1:
-            raise ValueError(f"neighbours must be a positive integer, got {neighbours!r}")
+        check_positive_ints(neighbours=neighbours)
         if history_length is not None and (
             not isinstance(history_length, int) or history_length < 1
         ):

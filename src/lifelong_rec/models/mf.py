@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from lifelong_rec.checks import check_positive_ints
 from lifelong_rec.models.base import IndexedEvents, Recommender
 from lifelong_rec.models.sparse import GrowingSparse
 
@@ -81,14 +82,9 @@ class MatrixFactorization(Recommender):
         seed: int = 0,
         fallback_half_life_days: float | None = 7.0,
     ) -> None:
-        for name, value in (
-            ("factors", factors),
-            ("iterations", iterations),
-            ("cg_steps", cg_steps),
-            ("learn_cg_steps", learn_cg_steps),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_ints(
+            factors=factors, iterations=iterations, cg_steps=cg_steps, learn_cg_steps=learn_cg_steps
+        )
         for name, value in (("regularization", regularization), ("alpha", alpha)):
             if not np.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be finite and >= 0, got {value!r}")

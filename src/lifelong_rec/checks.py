@@ -1,0 +1,21 @@
+"""Argument checks shared by every package: one message for one mistake."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def check_positive_ints(**values: object) -> None:
+    """Raise ValueError naming the first argument that is not an integer >= 1.
+
+    Booleans are not integers here (``True`` as a block count is a mistake).
+
+    >>> check_positive_ints(k=10, blocks=500)
+    >>> check_positive_ints(k=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: k must be a positive integer, got 0
+    """
+    for name, value in values.items():
+        if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
