@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 
 from lifelong_rec.checks import check_positive_ints
 from lifelong_rec.models.base import IndexedEvents, Recommender
-from lifelong_rec.models.sparse import GrowingSparse
+from lifelong_rec.models.sparse import GrowingSparse, RowBlock
 
 _TINY = 1e-20
 
@@ -206,16 +205,16 @@ class MatrixFactorization(Recommender):
         )  # fmt: skip
         if self.update_items:
             self._update_rows(
-                "items", items, self.item_history_.rows(items),
+                "items", items, self.item_history_.row_block(items),
                 self.user_factors_, self._user_gram, self._item_gram,
             )  # fmt: skip
 
-    def _user_rows(self, users: np.ndarray | None) -> sp.csr_matrix | _Rows:
+    def _user_rows(self, users: np.ndarray | None) -> sp.csr_matrix | RowBlock:
         """The users' history rows (all users when None), recency-weighted if configured."""
-        rows = self.history_.tocsr() if users is None else self.history_.rows(users)
+        rows = self.history_.tocsr() if users is None else self.history_.row_block(users)
         if self.recency_half_life_seconds is None or rows.nnz == 0:
             return rows
-        times = self.last_seen_.tocsr() if users is None else self.last_seen_.rows(users)
+        times = self.last_seen_.tocsr() if users is None else self.last_seen_.row_block(users)
         # Both matrices get the same (user, item) entries and keep them sorted: aligned data.
         if not np.array_equal(times.indices, rows.indices):
             raise RuntimeError("history and last-seen times are out of step")
@@ -224,7 +223,9 @@ class MatrixFactorization(Recommender):
         latest = np.maximum.reduceat(times.data, times.indptr[:-1][filled])  # per user
         age = np.repeat(latest, lengths[filled]) - times.data
         decay = 0.5 ** (age / self.recency_half_life_seconds)
-        return _Rows(rows.indptr, rows.indices, (rows.data * decay).astype(np.float32), rows.shape)
+        return RowBlock(
+            rows.indptr, rows.indices, (rows.data * decay).astype(np.float32), rows.shape
+        )
 
     def _due(self, side: str, touched: np.ndarray) -> np.ndarray:
         """Touched rows whose weight grew by ``refresh_share`` since their last solve."""
@@ -238,7 +239,7 @@ class MatrixFactorization(Recommender):
         self,
         side: str,
         rows: np.ndarray,
-        interactions: sp.csr_matrix | _Rows,
+        interactions: sp.csr_matrix | RowBlock,
         other: np.ndarray,
         other_gram: np.ndarray,
         own_gram: np.ndarray,
@@ -263,9 +264,9 @@ class MatrixFactorization(Recommender):
         new = new.astype(np.float64)
         own_gram += new.T @ new - old.T @ old
 
-    def _confidence(self, interactions: sp.csr_matrix | _Rows) -> _Rows:
+    def _confidence(self, interactions: sp.csr_matrix | RowBlock) -> RowBlock:
         """The same pattern with ``c - 1 = alpha * w`` as values."""
-        return _Rows(
+        return RowBlock(
             interactions.indptr,
             interactions.indices,
             self.alpha * interactions.data.astype(np.float32),
@@ -279,7 +280,7 @@ class MatrixFactorization(Recommender):
 
     def _solve(
         self,
-        confidence: _Rows,
+        confidence: RowBlock,
         other: np.ndarray,
         other_gram: np.ndarray,
         start: np.ndarray,
@@ -379,22 +380,8 @@ class MatrixFactorization(Recommender):
         self._item_gram = self._gram(self.item_factors_)
 
 
-@dataclass(frozen=True, slots=True)
-class _Rows:
-    """CSR rows as plain arrays: the solves of one event need no scipy object."""
-
-    indptr: np.ndarray
-    indices: np.ndarray
-    data: np.ndarray
-    shape: tuple[int, int]
-
-    @property
-    def nnz(self) -> int:
-        return len(self.indices)
-
-
 def _row_sums(
-    pattern: _Rows, gathered: np.ndarray, other: np.ndarray
+    pattern: RowBlock, gathered: np.ndarray, other: np.ndarray
 ) -> Callable[[np.ndarray], np.ndarray]:
     """``values -> sum_j values_rj * other_j`` for each row r of ``pattern``.
 

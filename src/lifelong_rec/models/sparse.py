@@ -9,10 +9,29 @@ single-event updates costs amortised O(1) per event plus vectorised consolidatio
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import scipy.sparse as sp
 
 AGGREGATES = ("sum", "max")
+
+
+@dataclass(frozen=True, slots=True)
+class RowBlock:
+    """Rows of a sparse matrix as plain CSR arrays (``tocsr`` makes the scipy matrix)."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+    shape: tuple[int, int]
+
+    @property
+    def nnz(self) -> int:
+        return len(self.indices)
+
+    def tocsr(self) -> sp.csr_matrix:
+        return sp.csr_matrix((self.data, self.indices, self.indptr), shape=self.shape)
 
 
 class GrowingSparse:
@@ -95,7 +114,7 @@ class GrowingSparse:
             np.concatenate([base.data, values]),
             self.shape,
             self.aggregate,
-        )
+        ).tocsr()
         self._base_keys = None
 
     def contains(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -131,16 +150,21 @@ class GrowingSparse:
         return self.tocsr().nnz
 
     def rows(self, index: np.ndarray) -> sp.csr_matrix:
-        """Rows ``index`` (unique), shape (len(index), n_cols), pending increments included.
+        """Rows ``index`` (unique), shape (len(index), n_cols), pending increments included."""
+        return self.row_block(index).tocsr()
 
-        Gathered with numpy rather than scipy's fancy indexing: on the few rows one event
-        touches, scipy's per-call checks cost more than the data.
+    def row_block(self, index: np.ndarray) -> RowBlock:
+        """:meth:`rows` as plain CSR arrays, for the hot path of a single event.
+
+        Gathered with numpy rather than scipy's fancy indexing, and with no scipy object at
+        all: on the few rows one event touches, scipy's per-call checks cost more than the
+        data.
         """
         index = np.asarray(index, dtype=np.int64)
         base = self._base
         lengths = base.indptr[index + 1] - base.indptr[index]
         taken = segments(base.indptr[index], lengths)
-        rows = np.repeat(np.arange(len(index)), lengths)
+        shape = (len(index), self.shape[1])
         cols, values = base.indices[taken], base.data[taken]
         if self._pending_count and len(index):
             pending_rows, pending_cols, pending_values = self._pending()
@@ -148,15 +172,15 @@ class GrowingSparse:
             position = np.minimum(np.searchsorted(index[order], pending_rows), len(index) - 1)
             wanted = index[order][position] == pending_rows
             if wanted.any():
+                rows = np.repeat(np.arange(len(index)), lengths)
                 return _coalesce(
                     np.concatenate([rows, order[position[wanted]]]),
                     np.concatenate([cols, pending_cols[wanted]]),
                     np.concatenate([values, pending_values[wanted]]),
-                    (len(index), self.shape[1]),
+                    shape,
                     self.aggregate,
                 )
-        indptr = np.concatenate([[0], np.cumsum(lengths)])
-        return sp.csr_matrix((values, cols, indptr), shape=(len(index), self.shape[1]))
+        return RowBlock(np.concatenate([[0], np.cumsum(lengths)]), cols, values, shape)
 
     def state(self) -> dict[str, np.ndarray]:
         """Arrays that rebuild this matrix with :meth:`from_state`."""
@@ -213,12 +237,12 @@ def segments(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 def _coalesce(
     rows: np.ndarray, cols: np.ndarray, values: np.ndarray, shape: tuple[int, int], aggregate: str
-) -> sp.csr_matrix:
-    """A CSR matrix (sorted indices) with repeated (row, col) entries combined."""
+) -> RowBlock:
+    """CSR rows (sorted indices) with repeated (row, col) entries combined."""
     if aggregate == "sum" and len(rows) > 20_000:  # large: scipy's compiled path is faster
         matrix = sp.csr_matrix((values, (rows, cols)), shape=shape)
         matrix.sum_duplicates()
-        return matrix
+        return RowBlock(matrix.indptr, matrix.indices, matrix.data, shape)
     order = np.lexsort((cols, rows))
     rows, cols, values = rows[order], cols[order], values[order]
     if len(rows):
@@ -228,4 +252,4 @@ def _coalesce(
         combine = np.add if aggregate == "sum" else np.maximum
         values, rows, cols = combine.reduceat(values, starts), rows[starts], cols[starts]
     indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=shape[0]))])
-    return sp.csr_matrix((values, cols, indptr), shape=shape)
+    return RowBlock(indptr, cols, values, shape)
