@@ -1,11 +1,8 @@
 """Loaders, cleaning with a report, and the synthetic drifting stream."""
 
 from lifelong_rec.data.cleaning import (
-    REASONS,
     Cleaned,
     CleaningConfig,
-    CleaningReport,
-    Rejected,
     clean,
     collapse_repeats,
     parse_timestamps,
@@ -13,6 +10,7 @@ from lifelong_rec.data.cleaning import (
 from lifelong_rec.data.dataset import Dataset
 from lifelong_rec.data.errors import InputError
 from lifelong_rec.data.loaders import FORMATS, detect_format, load, read_raw
+from lifelong_rec.data.report import REASONS, CleaningReport, Rejected
 from lifelong_rec.data.stats import StreamStats, describe
 from lifelong_rec.data.synthetic import synthetic_stream
 from lifelong_rec.data.tables import RawTable, parse_mapping

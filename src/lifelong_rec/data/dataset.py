@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lifelong_rec.data.cleaning import CleaningReport, Rejected
+from lifelong_rec.data.report import CleaningReport, Rejected
 from lifelong_rec.events import Catalog, EventBatch
 
 

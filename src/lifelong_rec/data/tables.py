@@ -19,8 +19,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from lifelong_rec.data.cleaning import Rejected
 from lifelong_rec.data.errors import InputError
+from lifelong_rec.data.report import Rejected
 
 FIELDS: tuple[str, ...] = (
     "user",

@@ -5,15 +5,14 @@ from lifelong_rec.models.base import (
     Explanation,
     Recommendations,
     Recommender,
-    parse_model,
     registered_models,
-    split_specs,
 )
 from lifelong_rec.models.bpr import BPR
 from lifelong_rec.models.itemknn import ItemKNN
 from lifelong_rec.models.mf import MatrixFactorization
 from lifelong_rec.models.popularity import Popularity
 from lifelong_rec.models.sparse import GrowingSparse
+from lifelong_rec.models.specs import parse_model, split_specs
 
 __all__ = [
     "BPR",

@@ -17,13 +17,10 @@ What the base class keeps for every model
 
 from __future__ import annotations
 
-import ast
 import inspect
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
@@ -559,51 +556,3 @@ def _ids(values: object, name: str) -> np.ndarray:
 def _check_batch(events: object) -> None:
     if not isinstance(events, EventBatch):
         raise TypeError(f"events must be an EventBatch, not {type(events).__name__}")
-
-
-def parse_model(spec: str) -> tuple[str, Callable[[], Recommender]]:
-    """A model factory from ``name`` or ``name(param=value, ...)``, e.g.
-    ``mf(factors=32, recency_half_life_seconds=60)``; returns (the spec as label, factory).
-
-    Raises
-    ------
-    ValueError
-        Naming the model or parameter, if either is unknown or a value is not a literal.
-    """
-    spec = spec.strip()
-    name, _, rest = spec.partition("(")
-    by_name = {cls.name: cls for cls in _MODELS.values() if cls.name}
-    if name not in by_name:
-        raise ValueError(f"unknown model {name!r}; use {', '.join(sorted(by_name))}")
-    model_class = by_name[name]
-    params: dict[str, object] = {}
-    if rest:
-        if not rest.endswith(")"):
-            raise ValueError(f"model {spec!r}: parameters go in parentheses, name(a=1, b=2)")
-        allowed = set(inspect.signature(model_class.__init__).parameters) - {"self"}
-        for entry in filter(None, (part.strip() for part in rest[:-1].split(","))):
-            key, equals, text = (part.strip() for part in entry.partition("="))
-            if not equals or key not in allowed:
-                raise ValueError(
-                    f"model {spec!r}: {entry!r} is not one of {', '.join(sorted(allowed))}=VALUE"
-                )
-            try:
-                params[key] = ast.literal_eval(text)
-            except (ValueError, SyntaxError):
-                params[key] = text  # a bare word: a string such as an optimiser's name
-    model_class(**params)  # check the values now, not in a worker process later
-    return spec, partial(model_class, **params)
-
-
-def split_specs(text: str) -> list[str]:
-    """Split ``a,b(x=1,y=2),c`` at the commas outside parentheses."""
-    parts, depth, current = [], 0, []
-    for char in text:
-        depth += (char == "(") - (char == ")")
-        if char == "," and depth == 0:
-            parts.append("".join(current).strip())
-            current = []
-        else:
-            current.append(char)
-    parts.append("".join(current).strip())
-    return [part for part in parts if part]

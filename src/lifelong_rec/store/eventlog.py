@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lifelong_rec.data.cleaning import Rejected
+from lifelong_rec.data.report import Rejected
 from lifelong_rec.events import KIND_NAMES, Catalog, EventBatch, IdIndex
 
 FORMAT_VERSION = 1
