@@ -225,6 +225,7 @@ def _run_strategy(
     warmup_seconds = time.perf_counter() - started
 
     history = _true_history(stream, stream.warmup_rows)
+    columns = _ItemColumns(stream)
     ranks = np.full(n, np.inf)
     unknown = np.zeros(n, dtype=bool)
     block_update = np.zeros(stream.blocks)
@@ -236,7 +237,7 @@ def _run_strategy(
         if strategy.cadence == "row":
             for row in range(lo, hi):
                 if not stream.repeat[row]:
-                    ranked = _rank_rows(strategy.model, stream, history, row, row + 1)
+                    ranked = _rank_rows(strategy.model, stream, history, row, row + 1, columns)
                     ranks[row], unknown[row] = ranked[0][0], ranked[1][0]
                 history.add(stream.user[row : row + 1], stream.item[row : row + 1], np.ones(1))
                 event = block.take(slice(row - lo, row - lo + 1))  # the harness's work, untimed
@@ -244,7 +245,9 @@ def _run_strategy(
                 strategy.observe(event)
                 update += time.perf_counter() - tick
         else:
-            ranks[lo:hi], unknown[lo:hi] = _rank_rows(strategy.model, stream, history, lo, hi)
+            ranks[lo:hi], unknown[lo:hi] = _rank_rows(
+                strategy.model, stream, history, lo, hi, columns
+            )
             history.add(stream.user[lo:hi], stream.item[lo:hi], np.ones(hi - lo))
         served = ~stream.repeat[lo:hi]
         tick = time.perf_counter()
@@ -272,7 +275,7 @@ def _run_strategy(
         update_seconds=float(block_update.sum()),
         warmup_seconds=warmup_seconds,
         peak_memory_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        backward_transfer=_backward_transfer(strategy.model, stream, ranks, k),
+        backward_transfer=_backward_transfer(strategy.model, stream, ranks, k, columns),
         drift_detections=drift.detections if drift is not None else 0,
         per_block=_per_block(stream, ranks, k) | {"update_seconds": block_update.tolist()},
     )
@@ -285,8 +288,30 @@ def _true_history(stream: Stream, until: int) -> GrowingSparse:
     return history
 
 
+class _ItemColumns:
+    """Each data item's column in a model's scores (-1 if unknown to it), recomputed only when
+    the model or its number of items changes, not for every scored row."""
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self._model: Recommender | None = None  # held, so a new model is never mistaken for it
+        self._n_items = -1
+        self._position = np.zeros(0, dtype=np.int64)
+
+    def __call__(self, model: Recommender) -> np.ndarray:
+        if model is not self._model or len(model.items_) != self._n_items:
+            self._position = model.items_.lookup(self.stream.items.to_array())
+            self._model, self._n_items = model, len(model.items_)
+        return self._position
+
+
 def _rank_rows(
-    model: Recommender, stream: Stream, history: GrowingSparse, lo: int, hi: int
+    model: Recommender,
+    stream: Stream,
+    history: GrowingSparse,
+    lo: int,
+    hi: int,
+    columns: _ItemColumns,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Ranks of rows lo..hi-1 under a model that does not change in between.
 
@@ -302,7 +327,7 @@ def _rank_rows(
     user_ids = stream.events.user[rows]
     unknown[rows - lo] = model.users_.lookup(user_ids) < 0
     scores = model.score_all(user_ids)
-    position = model.items_.lookup(stream.items.to_array())  # data item -> model column
+    position = columns(model)  # data item -> model column
     owner, excluded = _exclusions(stream, history, rows, lo)
     column = position[excluded]
     inside = column >= 0
@@ -341,7 +366,7 @@ def _exclusions(
 
 
 def _backward_transfer(
-    model: Recommender, stream: Stream, ranks: np.ndarray, k: int
+    model: Recommender, stream: Stream, ranks: np.ndarray, k: int, columns: _ItemColumns
 ) -> dict[str, float]:
     """NDCG@k of the final model on the first tenth of the blocks, against the NDCG@k those
     rows got at the time (negative: the model forgot)."""
@@ -350,7 +375,7 @@ def _backward_transfer(
     now = np.full(len(stream.events), np.inf)
     for b in range(last):
         lo, hi = int(stream.bounds[b]), int(stream.bounds[b + 1])
-        now[lo:hi] = _rank_rows(model, stream, history, lo, hi)[0]
+        now[lo:hi] = _rank_rows(model, stream, history, lo, hi, columns)[0]
         history.add(stream.user[lo:hi], stream.item[lo:hi], np.ones(hi - lo))
     rows = np.arange(stream.warmup_rows, int(stream.bounds[last]))
     rows = rows[~stream.repeat[rows]]
