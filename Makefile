@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# PyTorch pinned and installed first: this release has a CPU wheel on the build machines, and an
+# unpinned torch would pull a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
 
 .PHONY: demo test lint format bench bench-p1 clean
 
@@ -10,12 +13,16 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Stamps record which install ran, so a changed pyproject.toml reinstalls.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+$(VENV)/.torch: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+$(VENV)/.installed: pyproject.toml | $(VENV)/.torch
+	$(BIN)/python -m pip install --quiet -e ".[deep]"
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(VENV)/.torch
+	$(BIN)/python -m pip install --quiet -e ".[dev,deep,text]"
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -33,8 +40,8 @@ format: $(VENV)/.installed-dev
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
-$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+$(VENV)/.installed-bench: pyproject.toml | $(VENV)/.torch
+	$(BIN)/python -m pip install --quiet -e ".[dev,deep,text,bench]"
 	touch $@ $(VENV)/.installed-dev $(VENV)/.installed
 
 bench: $(VENV)/.installed-bench

@@ -1,4 +1,5 @@
-"""Recommenders that learn from every event: popularity, item-kNN, matrix factorisation."""
+"""Recommenders that learn from every event: popularity, item-kNN, matrix factorisation, and
+the sequential transformer (imported on first use: it needs PyTorch, the ``deep`` extra)."""
 
 from lifelong_rec.models.base import (
     Contribution,
@@ -13,18 +14,42 @@ from lifelong_rec.models.mf import MatrixFactorization
 from lifelong_rec.models.popularity import Popularity
 from lifelong_rec.models.sparse import GrowingSparse
 from lifelong_rec.models.specs import parse_model, split_specs
+from lifelong_rec.models.text import (
+    HashingTextEncoder,
+    ItemTexts,
+    SentenceTransformerEncoder,
+    TextEncoder,
+    item_texts,
+    text_encoder,
+)
+
+
+def __getattr__(name: str) -> object:
+    if name == "SequentialTransformer":  # imports torch: only when asked for
+        from lifelong_rec.models.sequential import SequentialTransformer
+
+        return SequentialTransformer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BPR",
     "Contribution",
     "Explanation",
     "GrowingSparse",
+    "HashingTextEncoder",
     "ItemKNN",
+    "ItemTexts",
     "MatrixFactorization",
     "Popularity",
     "Recommendations",
     "Recommender",
+    "SentenceTransformerEncoder",
+    "SequentialTransformer",
+    "TextEncoder",
+    "item_texts",
     "parse_model",
     "registered_models",
     "split_specs",
+    "text_encoder",
 ]

@@ -17,6 +17,8 @@ What the base class keeps for every model
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import inspect
 import json
 from abc import ABC, abstractmethod
@@ -33,6 +35,10 @@ from lifelong_rec.models.sparse import GrowingSparse
 FORMAT_VERSION = 1
 _SCORE_BLOCK = 16_000_000  # scores computed per block of users: at most 64 MB of float32
 _MODELS: dict[str, type[Recommender]] = {}
+# Models whose module needs an optional extra: short name -> (module, package it needs, extra).
+# They register themselves when imported, which happens on first need, so that importing
+# lifelong_rec does not import PyTorch.
+OPTIONAL_MODELS = {"transformer": ("lifelong_rec.models.sequential", "torch", "deep")}
 
 
 # ------------------------------------------------------------------------------ result types
@@ -485,7 +491,7 @@ class Recommender(ABC):
                 f"{folder}: model format {manifest.get('format_version')!r} "
                 f"is not the supported {FORMAT_VERSION}"
             )
-        model_class = _MODELS.get(manifest["model"])
+        model_class = registered_models().get(manifest["model"])
         if model_class is None or not issubclass(model_class, cls):
             raise ValueError(f"{folder}: holds a {manifest['model']}, not a {cls.__name__}")
         model = model_class(**manifest["params"])
@@ -543,7 +549,11 @@ class Recommender(ABC):
 
 
 def registered_models() -> dict[str, type[Recommender]]:
-    """Every concrete recommender class, by class name."""
+    """Every concrete recommender class, by class name (optional models whose extra is
+    installed included)."""
+    for module, package, _ in OPTIONAL_MODELS.values():
+        if importlib.util.find_spec(package) is not None:
+            importlib.import_module(module)
     return dict(_MODELS)
 
 

@@ -8,7 +8,7 @@ import inspect
 from collections.abc import Callable
 from functools import partial
 
-from lifelong_rec.models.base import Recommender, registered_models
+from lifelong_rec.models.base import OPTIONAL_MODELS, Recommender, registered_models
 
 
 def parse_model(spec: str) -> tuple[str, Callable[[], Recommender]]:
@@ -23,6 +23,12 @@ def parse_model(spec: str) -> tuple[str, Callable[[], Recommender]]:
     spec = spec.strip()
     name, _, rest = spec.partition("(")
     by_name = {cls.name: cls for cls in registered_models().values() if cls.name}
+    if name not in by_name and name in OPTIONAL_MODELS:
+        _, package, extra = OPTIONAL_MODELS[name]
+        raise ValueError(
+            f"model {name!r} needs {package}: pip install 'lifelong-rec[{extra}]' "
+            "(install torch==2.13.0 first for the CPU build)"
+        )
     if name not in by_name:
         raise ValueError(f"unknown model {name!r}; use {', '.join(sorted(by_name))}")
     model_class = by_name[name]

@@ -1,0 +1,573 @@
+"""The deep model: a SASRec-style sequential transformer whose items can start from their text.
+
+A user is their recent items: the model reads the sequence with causal self-attention and scores
+every item by the dot product of the last hidden state with the item's representation. An item's
+representation is a learned id embedding plus a learned projection of its text embedding (from a
+:class:`~lifelong_rec.models.text.TextEncoder`), so an item that nobody has touched yet is
+represented by its text alone and is recommendable the moment the catalogue names it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lifelong_rec.checks import check_positive_ints
+from lifelong_rec.events import Catalog, IdIndex
+from lifelong_rec.models.base import IndexedEvents, Recommender
+from lifelong_rec.models.sequential_net import SequenceNet, init_weights
+from lifelong_rec.models.text import ItemTexts, TextEncoder
+from lifelong_rec.models.text import text_encoder as make_text_encoder
+
+LOSSES = ("softmax", "sampled")
+OPTIMIZERS = ("adam", "adamw")
+_SCORE_USERS = 512  # users encoded per forward pass when scoring
+_GROWTH = 1.5  # item capacity grows by this factor, so growing is rare and amortised
+
+
+class SequentialTransformer(Recommender):
+    """Causal self-attention over each user's recent items (Kang & McAuley, ICDM 2018), with
+    item representations that can start from a pretrained language model's text embeddings.
+
+    Training. Each user's positive events, in time order, are cut into windows of
+    ``max_len + 1`` items; every position predicts the next item. The loss is the softmax
+    cross-entropy over the whole catalogue (``loss="softmax"``) or over the target and
+    ``negatives`` uniformly sampled items shared by the batch (``loss="sampled"``, for large
+    catalogues). Adam or AdamW, dropout, layer norm, learned positions. With a text encoder,
+    ``id_dropout`` of the items lose their id embedding at each step, so the text projection
+    learns to stand for an item alone, as it must for a new one.
+
+    Learning as it goes. ``learn`` appends the batch's positive events to the users'
+    sequences: that alone changes the next recommendation (the user state *is* the
+    sequence). Then it takes ``update_steps`` optimiser steps on the touched users' latest
+    windows (0: sequence updates only). ``replay`` takes steps on the windows of the replayed
+    users. ``anchor(strength)`` snapshots the network; later steps add ``strength`` times the
+    KL divergence from the snapshot's next-item distribution to the model's (knowledge
+    distillation from the previous snapshot) to their loss: the pull is on outputs, not on
+    parameters.
+
+    New items get an id row on first sight (and their text row when the catalogue has
+    them); ``add_items`` makes catalogue items known before any interaction. New users need
+    only their sequence.
+
+    Explanations are integrated gradients (Sundararajan et al., ICML 2017) of the score with
+    respect to the history items' input vectors, from a zero baseline (positions kept),
+    ``explain_steps`` midpoint steps: the weights add up to the score minus the score of the
+    emptied sequence, up to the integration error.
+
+    Parameters
+    ----------
+    max_len : int
+        Items of a user's history the model reads.
+    dim, layers, heads : int
+        Width (a multiple of ``heads``), depth and attention heads.
+    dropout : float
+    loss : {"softmax", "sampled"}
+    negatives : int
+        Sampled negatives per batch when ``loss="sampled"``.
+    optimizer : {"adam", "adamw"}
+    learning_rate, weight_decay : float
+    epochs : int
+        Passes over the windows in ``fit``.
+    batch_size : int
+    update_steps : int
+        Optimiser steps per ``learn`` call (per chunk of ``batch_size`` users); 0 keeps the
+        network as it is and only extends the sequences.
+    text_encoder : str or None
+        A :func:`~lifelong_rec.models.text.text_encoder` spec ("hashing", "minilm", ...);
+        None for an id-only model.
+    id_dropout : float
+        Share of items with text whose id embedding is dropped at each training step.
+    init_std : float
+    explain_steps : int
+    device : str
+        "auto" (CUDA when present, else CPU), "cpu", "cuda", "cuda:1", ...; on CUDA the
+        forward passes run in bfloat16 mixed precision.
+    seed : int
+        Runs on the CPU are deterministic for a seed.
+    fallback_half_life_days : float or None
+    """
+
+    name = "transformer"
+
+    def __init__(
+        self,
+        max_len: int = 50,
+        dim: int = 64,
+        layers: int = 2,
+        heads: int = 2,
+        dropout: float = 0.2,
+        loss: str = "softmax",
+        negatives: int = 256,
+        optimizer: str = "adam",
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.0,
+        epochs: int = 30,
+        batch_size: int = 128,
+        update_steps: int = 1,
+        text_encoder: str | TextEncoder | None = "hashing",
+        id_dropout: float = 0.1,
+        init_std: float = 0.1,
+        explain_steps: int = 32,
+        device: str = "auto",
+        seed: int = 0,
+        fallback_half_life_days: float | None = 7.0,
+    ) -> None:
+        check_positive_ints(
+            max_len=max_len, dim=dim, layers=layers, heads=heads, negatives=negatives,
+            epochs=epochs, batch_size=batch_size, explain_steps=explain_steps,
+        )  # fmt: skip
+        if dim % heads:
+            raise ValueError(f"dim must be a multiple of heads, got dim={dim}, heads={heads}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        for name, value in (("dropout", dropout), ("id_dropout", id_dropout)):
+            if not 0 <= value < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+        if not learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
+        if not weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+        if not init_std > 0:
+            raise ValueError(f"init_std must be > 0, got {init_std!r}")
+        if not isinstance(update_steps, int) or isinstance(update_steps, bool) or update_steps < 0:
+            raise ValueError(f"update_steps must be an integer >= 0, got {update_steps!r}")
+        self._encoder = None if text_encoder is None else make_text_encoder(text_encoder)
+        self._device = _device(device)
+        self.max_len = max_len
+        self.dim = dim
+        self.layers = layers
+        self.heads = heads
+        self.dropout = dropout
+        self.loss = loss
+        self.negatives = negatives
+        self.optimizer = optimizer
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.update_steps = update_steps
+        self.text_encoder = None if self._encoder is None else self._encoder.spec()
+        self.id_dropout = id_dropout
+        self.init_std = init_std
+        self.explain_steps = explain_steps
+        self.device = device
+        self.seed = seed
+        self.fallback_half_life_days = fallback_half_life_days
+        self._catalog: ItemTexts | None = None  # survives fit: it is metadata, not learning
+
+    @classmethod
+    def _unit_test_params(cls) -> dict[str, object]:
+        return {"max_len": 8, "dim": 16, "layers": 1, "epochs": 2, "device": "cpu"}
+
+    # -------------------------------------------------------------- the catalogue
+
+    def add_items(self, items: Catalog | ItemTexts) -> SequentialTransformer:
+        """Make catalogue items known, and rankable through their text, before anyone has
+        interacted with them (the cold start of a news article or a new product).
+
+        ``items`` is a :class:`Catalog` (encoded here, once) or :class:`ItemTexts` already
+        encoded with this model's encoder. The catalogue is kept across ``fit`` and saved
+        with the model; a later call adds to it (and replaces the text of items it names
+        again). Returns the model, so a factory can read ``Model(...).add_items(texts)``.
+        """
+        if self._encoder is None:
+            raise ValueError(
+                "add_items needs a text encoder; this model has text_encoder=None (id only)"
+            )
+        if isinstance(items, Catalog):
+            items = ItemTexts.encode(items, self._encoder)
+        if not isinstance(items, ItemTexts):
+            raise TypeError(f"items must be a Catalog or ItemTexts, not {type(items).__name__}")
+        if items.encoder != self.text_encoder:
+            raise ValueError(
+                f"items were encoded with {items.encoder!r}, this model uses {self.text_encoder!r}"
+            )
+        self._catalog = _merge(self._catalog, items)
+        if self.is_fitted:
+            self._admit(items.items)
+            self._fill_text(np.arange(len(self.items_)))
+        return self
+
+    def _admit(self, ids: np.ndarray) -> None:
+        """Add item ids to the model (growing every table) without any event."""
+        n_items = len(self.items_)
+        self.items_.add(ids)
+        if len(self.items_) > n_items:
+            self._grow_all(len(self.users_), len(self.items_))
+
+    def _fill_text(self, items: np.ndarray) -> None:
+        """Copy the catalogue's text embeddings into the network's rows of ``items``."""
+        if self._catalog is None or not len(items):
+            return
+        found = IdIndex(self._catalog.items).lookup(self.items_.ids(items))
+        hit = found >= 0
+        if not hit.any():
+            return
+        rows = torch.as_tensor(items[hit] + 1, device=self._device)
+        vectors = torch.tensor(self._catalog.embeddings[found[hit]], device=self._device)
+        with torch.no_grad():
+            self.net_.text[rows] = vectors
+            self.net_.has_text[rows] = vectors.abs().sum(dim=1) > 0
+        self._changed()
+
+    # -------------------------------------------------------------- state
+
+    def _reset(self) -> None:
+        super()._reset()
+        if self._catalog is not None:
+            self._admit(self._catalog.items)
+
+    def _reset_model(self) -> None:
+        generator = torch.Generator().manual_seed(self.seed)
+        text_dim = 0 if self._encoder is None else self._encoder.dim
+        self.net_ = SequenceNet(0, self.dim, self.layers, self.heads, self.max_len,
+                                self.dropout, text_dim, self.init_std)  # fmt: skip
+        init_weights(self.net_, generator)
+        self.net_.to(self._device)
+        self.optimizer_ = self._new_optimizer()
+        self.sequences_ = np.zeros((0, self.max_len + 1), dtype=np.int64)  # item row, 0 = pad
+        self.steps_ = np.zeros(1, dtype=np.int64)  # optimiser steps taken (also seeds them)
+        self._teacher: tuple[SequenceNet, int] | None = None  # (snapshot, its item count)
+        self._distill = 0.0
+        self._items_in_net = 0  # items whose rows the network has (text filled in)
+        self._changed()
+
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        kind = torch.optim.AdamW if self.optimizer == "adamw" else torch.optim.Adam
+        return kind(self.net_.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
+
+    def _grow(self, n_users: int, n_items: int) -> None:
+        extra = n_users - len(self.sequences_)
+        if extra > 0:
+            padding = np.zeros((extra, self.max_len + 1), dtype=np.int64)
+            self.sequences_ = np.vstack([self.sequences_, padding])
+        old_items = self._items_in_net
+        if n_items > self.net_.capacity:
+            capacity = max(n_items, int(_GROWTH * self.net_.capacity), 16)
+            # Seeded by the first new row, so growth does not depend on the call history.
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.net_.capacity)
+            self._grow_parameter(capacity, generator)
+        self._items_in_net = n_items
+        self._fill_text(np.arange(old_items, n_items))
+        self._changed()
+
+    def _grow_parameter(self, capacity: int, generator: torch.Generator) -> None:
+        """Grow the id table and carry its optimiser moments over (zeros for new rows)."""
+        old = self.net_.item_embedding
+        moments = self.optimizer_.state.pop(old, {})
+        self.net_.grow_items(capacity, generator)
+        new = self.net_.item_embedding
+        for group in self.optimizer_.param_groups:
+            group["params"] = [new if p is old else p for p in group["params"]]
+        for name, value in moments.items():
+            if torch.is_tensor(value) and value.shape == old.shape:
+                padding = torch.zeros(new.shape[0] - old.shape[0], *value.shape[1:])
+                value = torch.cat([value, padding.to(value)])
+            moments[name] = value
+        if moments:
+            self.optimizer_.state[new] = moments
+
+    def _changed(self) -> None:
+        """Parameters or tables changed: drop the cached item representations."""
+        self._item_cache: torch.Tensor | None = None
+
+    # -------------------------------------------------------------- learning
+
+    def _fit(self, events: IndexedEvents) -> None:
+        positive = events.positive
+        users, items = events.user[positive], events.item[positive]
+        order = np.lexsort((events.timestamp[positive], users))
+        users, items = users[order], items[order] + 1
+        windows = _windows(users, items, self.max_len + 1)
+        self.sequences_[:] = 0
+        self._append(users, items)
+        for epoch in range(self.epochs):
+            shuffled = np.random.default_rng([self.seed, epoch]).permutation(len(windows))
+            for start in range(0, len(shuffled), self.batch_size):
+                self._step(windows[shuffled[start : start + self.batch_size]])
+
+    def _learn(self, events: IndexedEvents) -> None:
+        positive = events.positive
+        users, items = events.user[positive], events.item[positive]
+        order = np.lexsort((events.timestamp[positive], users))
+        self._append(users[order], items[order] + 1)
+        if self.update_steps and len(users):
+            self._train_users(np.unique(users), self.update_steps)
+
+    def _replay(self, users: np.ndarray, items: np.ndarray) -> None:
+        self._train_users(np.unique(users), 1)
+
+    def _anchor(self, strength: float) -> None:
+        self._distill = strength
+        if strength == 0:
+            self._teacher = None
+            return
+        teacher = copy.deepcopy(self.net_).eval()
+        for parameter in teacher.parameters():
+            parameter.requires_grad_(False)
+        self._teacher = (teacher, len(self.items_))
+
+    def _append(self, users: np.ndarray, rows: np.ndarray) -> None:
+        """Append item ``rows`` to the users' sequences; both sorted by user, then time."""
+        if len(users):
+            _append_in_place(self.sequences_, users, rows)
+
+    def _train_users(self, users: np.ndarray, steps: int) -> None:
+        """``steps`` optimiser steps on the latest window of each user, in chunks."""
+        for start in range(0, len(users), self.batch_size):
+            windows = self.sequences_[users[start : start + self.batch_size]]
+            for _ in range(steps):
+                self._step(windows)
+
+    def _step(self, windows: np.ndarray) -> None:
+        """One optimiser step on windows of item rows, shape (batch, max_len + 1)."""
+        windows = torch.as_tensor(windows, device=self._device)
+        inputs, targets = windows[:, :-1], windows[:, 1:]
+        valid = (inputs > 0) & (targets > 0)
+        if not valid.any():
+            return
+        self.steps_[0] += 1
+        self.net_.train()
+        with _seeded(self.seed * 1_000_003 + int(self.steps_[0]), self._device), self._autocast():
+            loss = self._loss(inputs, targets, valid)
+        self.optimizer_.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer_.step()
+        self._changed()
+
+    def _loss(
+        self, inputs: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor:
+        n, device = len(self.items_), self._device
+        wanted = targets[valid]
+        if self.loss == "softmax":
+            rows = torch.arange(n + 1, device=device)
+            items = self.net_.items(rows, self._kept_ids(rows))
+            hidden = self.net_.encode(inputs, items)[valid]  # (positions, dim)
+            loss = F.cross_entropy((hidden @ items[1:].T).float(), wanted - 1)
+            student = items[1:]
+        else:
+            # Only the rows this step touches are represented: the inputs, the targets and
+            # the negatives (shared by the batch), so a step's cost does not grow with n.
+            negatives = torch.randint(1, n + 1, (self.negatives,), device=device)
+            pad = torch.zeros(1, dtype=torch.long, device=device)
+            rows = torch.unique(torch.cat([pad, inputs.flatten(), wanted, negatives]))
+            items = self.net_.items(rows, self._kept_ids(rows))
+            hidden = self.net_.encode(torch.searchsorted(rows, inputs), items)[valid]
+            positive = (hidden * items[torch.searchsorted(rows, wanted)]).sum(-1, keepdim=True)
+            negative = hidden @ items[torch.searchsorted(rows, negatives)].T
+            negative = negative.masked_fill(negatives == wanted.unsqueeze(1), float("-inf"))
+            logits = torch.cat([positive, negative], dim=1).float()
+            loss = F.cross_entropy(logits, torch.zeros_like(wanted))
+            student = None
+        if self._teacher is not None and self._distill > 0:
+            loss = loss + self._distill * self._distillation(inputs, valid, hidden, student)
+        return loss
+
+    def _kept_ids(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """Id dropout: False for the rows (with text) whose id embedding this step drops."""
+        if self.id_dropout == 0 or self.net_.text_projection is None:
+            return None
+        drawn = torch.rand(len(rows), device=rows.device) >= self.id_dropout
+        return drawn | ~self.net_.has_text[rows]
+
+    def _distillation(
+        self,
+        inputs: torch.Tensor,
+        valid: torch.Tensor,
+        hidden: torch.Tensor,
+        student_items: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """KL(snapshot || model) of the next-item distributions over the items the snapshot
+        knew, at the valid positions."""
+        teacher, known = self._teacher
+        with torch.no_grad():
+            teacher_items = teacher.items()[: known + 1]
+            old_inputs = inputs.masked_fill(inputs > known, 0)  # items the snapshot never saw
+            teacher_hidden = teacher.encode(old_inputs, teacher_items)[valid]
+            target = F.log_softmax((teacher_hidden @ teacher_items[1:].T).float(), dim=-1)
+        if student_items is None:
+            student_items = self.net_.items(torch.arange(1, known + 1, device=self._device))
+        student = F.log_softmax((hidden @ student_items[:known].T).float(), dim=-1)
+        return F.kl_div(student, target, log_target=True, reduction="batchmean")
+
+    # -------------------------------------------------------------- scoring
+
+    def _score(self, user_index: np.ndarray, item_index: np.ndarray | slice) -> np.ndarray:
+        items = self._items()
+        chosen = items[1 : len(self.items_) + 1][_as_torch_index(item_index, self._device)]
+        scores = []
+        for start in range(0, len(user_index), _SCORE_USERS):
+            hidden = self._last_hidden(user_index[start : start + _SCORE_USERS], items)
+            with torch.no_grad():
+                scores.append((hidden @ chosen.T).float().cpu().numpy())
+        if not scores:
+            return np.zeros((0, chosen.shape[0]), dtype=np.float32)
+        return np.concatenate(scores).astype(np.float32, copy=False)
+
+    def _items(self) -> torch.Tensor:
+        """Every item's representation in eval mode, cached until the parameters change."""
+        if self._item_cache is None:
+            self.net_.eval()
+            with torch.no_grad(), self._autocast():
+                self._item_cache = self.net_.items()[: len(self.items_) + 1]
+        return self._item_cache
+
+    def _last_hidden(self, users: np.ndarray, items: torch.Tensor) -> torch.Tensor:
+        sequences = torch.as_tensor(self.sequences_[users, 1:], device=self._device)
+        self.net_.eval()
+        with torch.no_grad(), self._autocast():
+            return self.net_.encode(sequences, items)[:, -1]
+
+    def _explain(self, user: int, item: int) -> tuple[str, np.ndarray, np.ndarray]:
+        """Integrated gradients of the score over the history items' input vectors."""
+        sequence = torch.as_tensor(self.sequences_[user, 1:], device=self._device)
+        present = sequence > 0
+        self.net_.eval()
+        with torch.no_grad():
+            items = self.net_.items()
+            target = items[item + 1]
+            inputs = items[sequence]
+        alphas = (torch.arange(self.explain_steps, device=self._device) + 0.5) / self.explain_steps
+        scaled = (alphas[:, None, None] * inputs).requires_grad_(True)
+        hidden = self.net_.encode_embedded(scaled, present.expand(self.explain_steps, -1))
+        (gradient,) = torch.autograd.grad((hidden[:, -1] @ target).sum(), scaled)
+        attribution = (inputs * gradient.mean(dim=0)).sum(dim=-1)[present]
+        rows = sequence[present].cpu().numpy() - 1
+        contributing, inverse = np.unique(rows, return_inverse=True)
+        weights = np.zeros(len(contributing))
+        np.add.at(weights, inverse, attribution.detach().double().cpu().numpy())
+        return "history", contributing, weights
+
+    @contextmanager
+    def _autocast(self) -> Iterator[None]:
+        if self._device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                yield
+        else:
+            yield
+
+    # -------------------------------------------------------------- persistence
+
+    def _state(self) -> dict[str, np.ndarray]:
+        state = {f"net.{k}": v.detach().cpu().numpy() for k, v in self.net_.state_dict().items()}
+        parameters = list(self.net_.parameters())
+        for position, parameter in enumerate(parameters):
+            for name, value in self.optimizer_.state.get(parameter, {}).items():
+                state[f"optimizer.{position}.{name}"] = torch.as_tensor(value).cpu().numpy()
+        state |= {"sequences": self.sequences_, "steps": self.steps_}
+        if self._catalog is not None:
+            state |= {"catalog.items": self._catalog.items,
+                      "catalog.embeddings": self._catalog.embeddings}  # fmt: skip
+        return state
+
+    def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
+        capacity = len(arrays["net.item_embedding"]) - 1
+        generator = torch.Generator().manual_seed(self.seed)
+        self._grow_parameter(capacity, generator)
+        self.net_.load_state_dict(
+            {k[4:]: torch.as_tensor(v) for k, v in arrays.items() if k.startswith("net.")}
+        )
+        self.net_.to(self._device)
+        self.optimizer_ = self._new_optimizer()
+        for position, parameter in enumerate(self.net_.parameters()):
+            prefix = f"optimizer.{position}."
+            moments = {k.removeprefix(prefix): torch.as_tensor(v, device=self._device)
+                       for k, v in arrays.items() if k.startswith(prefix)}  # fmt: skip
+            if moments:
+                moments["step"] = moments["step"].cpu()  # Adam keeps its step count on the CPU
+                self.optimizer_.state[parameter] = moments
+        self.sequences_ = arrays["sequences"].astype(np.int64)
+        self.steps_ = arrays["steps"].astype(np.int64)
+        self._items_in_net = len(self.items_)
+        if "catalog.items" in arrays:
+            self._catalog = ItemTexts(
+                items=arrays["catalog.items"],
+                embeddings=arrays["catalog.embeddings"].astype(np.float32),
+                encoder=self.text_encoder,
+            )
+        self._changed()
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:n]', got {name!r}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: CUDA is not available here")
+    return device
+
+
+@contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Run with torch's global generators seeded, restoring them after (dropout has no
+    generator argument; this keeps steps reproducible without touching the caller's RNG)."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _as_torch_index(index: np.ndarray | slice, device: torch.device) -> torch.Tensor | slice:
+    return index if isinstance(index, slice) else torch.as_tensor(index, device=device)
+
+
+def _windows(users: np.ndarray, rows: np.ndarray, width: int) -> np.ndarray:
+    """Training windows of ``width`` items, right-aligned and zero-padded: for each user (rows
+    sorted by user, then time) the windows ending at the last item, then ``width - 1`` items
+    earlier, and so on, so every item but a user's first is a target exactly once."""
+    if not len(users):
+        return np.zeros((0, width), dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    lengths = np.diff(np.r_[starts, len(users)])
+    per_user = np.maximum(1, -(-(lengths - 1) // (width - 1)))  # ceil((n - 1) / (width - 1))
+    owner = np.repeat(np.arange(len(starts)), per_user)
+    back = np.arange(len(owner)) - np.repeat(np.cumsum(per_user) - per_user, per_user)
+    ends = starts[owner] + lengths[owner] - 1 - back * (width - 1)  # inclusive end of each
+    positions = ends[:, None] - np.arange(width - 1, -1, -1)
+    inside = positions >= starts[owner][:, None]
+    return np.where(inside, rows[np.maximum(positions, 0)], 0)
+
+
+def _append_in_place(sequences: np.ndarray, users: np.ndarray, rows: np.ndarray) -> None:
+    """Append ``rows`` at the right of their users' rows of ``sequences`` (vectorised).
+
+    ``users`` and ``rows`` are sorted by user, then time; only each user's last ``width``
+    new items can survive, so at most ``2 * width`` columns are ever built.
+    """
+    width = sequences.shape[1]
+    unique, starts, counts = np.unique(users, return_index=True, return_counts=True)
+    owner = np.repeat(np.arange(len(unique)), counts)
+    from_end = np.repeat(counts, counts) - (np.arange(len(users)) - np.repeat(starts, counts))
+    kept = np.minimum(counts, width)
+    keep = from_end <= width
+    combined = np.zeros((len(unique), 2 * width), dtype=np.int64)
+    combined[:, :width] = sequences[unique]
+    combined[owner[keep], width + kept[owner[keep]] - from_end[keep]] = rows[keep]
+    sequences[unique] = np.take_along_axis(combined, kept[:, None] + np.arange(width), axis=1)
+
+
+def _merge(old: ItemTexts | None, new: ItemTexts) -> ItemTexts:
+    """``new`` added to ``old``; ``new`` wins for ids in both."""
+    if old is None:
+        return new
+    stale = IdIndex(new.items).lookup(old.items) >= 0
+    return ItemTexts(
+        items=np.concatenate([old.items[~stale], new.items]),
+        embeddings=np.concatenate([old.embeddings[~stale], new.embeddings]).astype(np.float32),
+        encoder=new.encoder,
+    )

@@ -1,0 +1,160 @@
+"""The network behind :class:`SequentialTransformer`: item representations and a causal encoder.
+
+Kept apart from the recommender so the torch code reads on its own. Index 0 of every item table
+is the padding row; item ``i`` of the model lives at row ``i + 1``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CausalBlock(nn.Module):
+    """A pre-norm transformer block: causal multi-head self-attention, then a GELU MLP."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.attention_norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.mlp_norm = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, 4 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * dim, dim)
+        )
+        self.residual_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``x``: (batch, length, dim); ``mask``: (batch, 1, length, length), True = may attend."""
+        batch, length, dim = x.shape
+        q, k, v = (
+            self.qkv(self.attention_norm(x))
+            .view(batch, length, 3, self.heads, dim // self.heads)
+            .permute(2, 0, 3, 1, 4)
+        )
+        attended = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        x = x + self.residual_dropout(self.out(attended.transpose(1, 2).reshape_as(x)))
+        return x + self.residual_dropout(self.mlp(self.mlp_norm(x)))
+
+
+class SequenceNet(nn.Module):
+    """Item representations (id embedding + projected text embedding) and a causal encoder.
+
+    Parameters
+    ----------
+    capacity : int
+        Item rows allocated (besides the padding row); grown with :meth:`grow_items`.
+    dim, layers, heads, max_len : int
+    dropout : float
+    text_dim : int
+        Width of the text embeddings; 0 for an id-only model.
+    init_std : float
+        Standard deviation of the initial id embeddings.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        dim: int,
+        layers: int,
+        heads: int,
+        max_len: int,
+        dropout: float,
+        text_dim: int,
+        init_std: float,
+    ) -> None:
+        super().__init__()
+        self.init_std = init_std
+        self.item_embedding = nn.Parameter(torch.zeros(capacity + 1, dim))
+        self.position_embedding = nn.Embedding(max_len, dim)
+        self.text_projection = nn.Linear(text_dim, dim) if text_dim else None
+        self.register_buffer("text", torch.zeros(capacity + 1, max(text_dim, 1)))
+        self.register_buffer("has_text", torch.zeros(capacity + 1, dtype=torch.bool))
+        self.input_dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(CausalBlock(dim, heads, dropout) for _ in range(layers))
+        self.final_norm = nn.LayerNorm(dim)
+
+    @property
+    def capacity(self) -> int:
+        return self.item_embedding.shape[0] - 1
+
+    # -------------------------------------------------------------- items
+
+    def items(
+        self, rows: torch.Tensor | None = None, keep_id: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Representations of item rows (all rows when None): id part + projected text part.
+
+        ``keep_id`` (bool, one per row) drops the id part where False (id dropout, training
+        only): the text part must then carry the item alone, as it does for a new item.
+        """
+        ids = self.item_embedding if rows is None else self.item_embedding[rows]
+        if keep_id is not None:
+            ids = ids * keep_id.unsqueeze(-1)
+        if self.text_projection is None:
+            return ids
+        text = self.text if rows is None else self.text[rows]
+        has_text = self.has_text if rows is None else self.has_text[rows]
+        return ids + self.text_projection(text) * has_text.unsqueeze(-1)
+
+    # -------------------------------------------------------------- sequences
+
+    def encode(self, sequences: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Hidden states (batch, length, dim) of right-aligned ``sequences`` of item rows
+        (0 = padding), with ``items`` the representation of every row."""
+        return self.encode_embedded(items[sequences], sequences > 0)
+
+    def encode_embedded(self, embedded: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """Hidden states from item vectors already looked up (integrated gradients scale
+        these). ``present``: (batch, length) bool, False at padding."""
+        length = embedded.shape[1]
+        positions = self.position_embedding.weight[-length:]
+        x = (embedded + positions) * present.unsqueeze(-1)
+        x = self.input_dropout(x)
+        for block in self.blocks:
+            x = block(x, _attention_mask(present))
+        return self.final_norm(x)
+
+    # -------------------------------------------------------------- growth
+
+    def grow_items(self, capacity: int, generator: torch.Generator) -> None:
+        """Make room for ``capacity`` items; new id rows are drawn from ``generator``."""
+        old = self.item_embedding
+        extra = capacity - self.capacity
+        if extra <= 0:
+            return
+        fresh = torch.randn(extra, old.shape[1], generator=generator) * self.init_std
+        self.item_embedding = nn.Parameter(torch.cat([old.data, fresh.to(old.device)]))
+        for name in ("text", "has_text"):
+            buffer = getattr(self, name)
+            padding = torch.zeros(extra, *buffer.shape[1:], dtype=buffer.dtype)
+            setattr(self, name, torch.cat([buffer, padding.to(buffer.device)]))
+
+
+def _attention_mask(present: torch.Tensor) -> torch.Tensor:
+    """(batch, 1, length, length): query t may attend to key s <= t when s is an item, and
+    always to itself (so a padding query has one key and the softmax stays finite)."""
+    length = present.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=present.device).tril()
+    itself = torch.eye(length, dtype=torch.bool, device=present.device)
+    return ((causal & present.unsqueeze(1)) | itself).unsqueeze(1)
+
+
+def init_weights(net: SequenceNet, generator: torch.Generator) -> None:
+    """Seeded initialisation: small normal embeddings, Xavier-uniform linear layers."""
+    with torch.no_grad():
+        net.item_embedding.normal_(0.0, net.init_std, generator=generator)
+        net.item_embedding[0] = 0.0
+        net.position_embedding.weight.normal_(0.0, net.init_std, generator=generator)
+        for module in net.modules():
+            if isinstance(module, nn.Linear):
+                bound = math.sqrt(6.0 / (module.in_features + module.out_features))
+                module.weight.uniform_(-bound, bound, generator=generator)
+                module.bias.zero_()
