@@ -43,7 +43,17 @@ def machine() -> dict[str, object]:
         "numpy": numpy.__version__,
         "pandas": pandas.__version__,
         "lifelong_rec": lifelong_rec.__version__,
+        "torch": _version("torch"),
     }
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def timed(run: Callable[[], object], repeats: int) -> tuple[float, list[float]]:

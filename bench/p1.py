@@ -29,12 +29,24 @@ from peers import ImplicitALS, RiverBiasedMF
 from lifelong_rec.data import load
 from lifelong_rec.evaluate import markdown_table, prequential, write_report
 from lifelong_rec.lifelong import parse_strategy
-from lifelong_rec.models import ItemKNN, MatrixFactorization, Popularity
+from lifelong_rec.models import (
+    ItemKNN,
+    MatrixFactorization,
+    Popularity,
+    SequentialTransformer,
+    with_catalog,
+)
 
 # MF's user fold-in leans on the current session (a half-life of one minute: chosen on a
 # 100-block run on ML-100K, then applied unchanged to ML latest-small); the classic MF, every
 # interaction weighing alike, is run too, for reference.
 SESSION_MF = partial(MatrixFactorization, recency_half_life_seconds=60.0)
+TRANSFORMER_EPOCHS = 20
+# The transformer reads titles and genres (hashing text encoder). Its user state is the sequence
+# itself: "transformer-seq" takes no gradient step after the warm-up (update_steps=0, naive@row:
+# sequence updates only); "transformer" fine-tunes on every update, with replay and distillation
+# from the previous snapshot under the incremental strategies.
+TRANSFORMER = partial(SequentialTransformer, epochs=TRANSFORMER_EPOCHS)
 RUNS = {
     "mf": (SESSION_MF, ["frozen", "retrain@10", "retrain@1", "incremental@block",
                         "incremental@row", "naive@block", "naive@row"]),
@@ -43,6 +55,8 @@ RUNS = {
     "itemknn": (ItemKNN, ["incremental@block", "incremental@row"]),
     "implicit-als": (ImplicitALS, ["retrain@1", "naive@block", "naive@row"]),
     "river-biasedmf": (RiverBiasedMF, ["naive@row"]),
+    "transformer": (TRANSFORMER, ["frozen", "retrain@10", "incremental@block", "incremental@row"]),
+    "transformer-seq": (partial(TRANSFORMER, update_steps=0), ["naive@row"]),
 }  # fmt: skip
 DATA = {"ml-100k": "ml-100k", "ml-latest-small": "ml-latest-small"}
 
@@ -71,25 +85,28 @@ def main() -> int:
     parser.add_argument("--blocks", type=int, default=500)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--models", default=",".join(RUNS))
+    parser.add_argument("--tag", default="", help="results go to p1-<data>-<tag>.json")
     args = parser.parse_args()
     chosen = [name.strip() for name in args.models.split(",")]
-    for data in DATA if args.data == "both" else [args.data]:
-        source = DATASETS / DATA[data]
+    for data_name in DATA if args.data == "both" else [args.data]:
+        source = DATASETS / DATA[data_name]
         if not source.is_dir():
             print(f"{source} not found; set LIFELONG_REC_DATASETS", file=sys.stderr)
             return 1
-        events = load(source, "movielens").events
+        data = load(source, "movielens")
+        events = data.events
         strategies = {
-            (model, spec): partial(parse_strategy, spec, RUNS[model][0])
+            (model, spec): partial(parse_strategy, spec, with_catalog(RUNS[model][0], data.catalog))
             for model in chosen
             for spec in RUNS[model][1]
         }
         started = time.perf_counter()
         report = prequential(events, strategies, blocks=args.blocks, workers=args.workers)
         seconds = time.perf_counter() - started
-        write_report(report, RESULTS / f"p1-{data}", title=f"P1 on {data}")
+        name = f"p1-{data_name}" + (f"-{args.tag}" if args.tag else "")
+        write_report(report, RESULTS / name, title=f"P1 on {data_name}")
         payload = {
-            "benchmark": f"p1-{data}",
+            "benchmark": name,
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": machine(),
             "workers": args.workers,
@@ -98,7 +115,7 @@ def main() -> int:
         } | report.to_dict()
         for result in payload["results"]:
             result.pop("per_block")  # the series are in p1-<data>/p1.json
-        (RESULTS / f"p1-{data}.json").write_text(json.dumps(payload, indent=2, default=str))
+        (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str))
         print(markdown_table(report))
         print(json.dumps(payload["targets"], indent=2))
     return 0

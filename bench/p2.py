@@ -22,9 +22,18 @@ from common import DATASETS, RESULTS, machine
 
 from lifelong_rec.data import load
 from lifelong_rec.evaluate import leave_one_out
-from lifelong_rec.models import parse_model, split_specs
+from lifelong_rec.models import parse_model, split_specs, with_catalog
 
-DEFAULT_MODELS = ["pop", "itemknn", "mf", "bpr"]  # model specs, as parse_model reads them
+# Model specs, as parse_model reads them. The transformer reads item titles and genres through
+# the hashing text encoder (no download); "seq-id" is the same network with ids only.
+DEFAULT_MODELS = [
+    "pop",
+    "itemknn",
+    "mf",
+    "bpr",
+    "transformer(epochs=20)",
+    "transformer(epochs=20, text_encoder=None)",
+]
 DATA = {"ml-100k": "ml-100k", "ml-latest-small": "ml-latest-small"}
 
 
@@ -46,7 +55,9 @@ def main() -> int:
     if not source.is_dir():
         print(f"{source} not found; set LIFELONG_REC_DATASETS", file=sys.stderr)
         return 1
-    events = load(source, "movielens").events
+    data = load(source, "movielens")
+    events = data.events
+    models = {label: with_catalog(factory, data.catalog) for label, factory in models.items()}
     started = time.perf_counter()
     report = leave_one_out(
         events,

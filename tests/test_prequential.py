@@ -104,6 +104,8 @@ def test_ranks_by_hand_with_popularity():
     assert result.ndcg == pytest.approx(expected_ndcg)
     assert result.unknown_user_share == 1.0  # no test user was in the warm-up
     assert report.oracle["block"]["hr"] == pytest.approx(3 / 4)  # "new" was unknown
+    # first interactions with their item: only (u2, new); popularity cannot know it
+    assert result.new_items == {"rows": 1, "hr": 0.0, "ndcg": 0.0}
 
 
 class _FrozenServedPerRow(Frozen):

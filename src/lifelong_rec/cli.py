@@ -28,9 +28,9 @@ from lifelong_rec.data import (
 from lifelong_rec.data.loaders import MOVIELENS_CLEANING, detect_format
 from lifelong_rec.demo import render, run_demo
 from lifelong_rec.evaluate import markdown_table, prequential, write_report
-from lifelong_rec.events import EventBatch
+from lifelong_rec.events import Catalog, EventBatch
 from lifelong_rec.lifelong import parse_strategy
-from lifelong_rec.models import parse_model, registered_models, split_specs
+from lifelong_rec.models import parse_model, registered_models, split_specs, with_catalog
 from lifelong_rec.store import EventLog
 
 EXIT_USAGE = 2
@@ -272,8 +272,10 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    events, name = _evaluation_data(args.data, args.mapping)
-    models = [parse_model(spec) for spec in split_specs(args.models)]
+    events, catalog, name = _evaluation_data(args.data, args.mapping)
+    # models that read item text (the transformer) know the catalogue from the start
+    models = [(label, with_catalog(factory, catalog))
+              for label, factory in map(parse_model, split_specs(args.models))]  # fmt: skip
     if not models:
         raise InputError("--models: none given")
     specs = [s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -305,16 +307,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluation_data(spec: str, mapping: str | None) -> tuple[EventBatch, str]:
-    """Events from ``FORMAT:PATH`` (or ``synthetic``)."""
+def _evaluation_data(spec: str, mapping: str | None) -> tuple[EventBatch, Catalog, str]:
+    """Events and catalogue from ``FORMAT:PATH`` (or ``synthetic``)."""
     if spec == "synthetic":
-        return synthetic_stream().events, "the synthetic shop"
+        shop = synthetic_stream()
+        return shop.events, shop.catalog, "the synthetic shop"
     format, separator, path = spec.partition(":")
     if not separator or format not in FORMATS or not path:
         raise InputError(
             f"--data {spec!r}: use FORMAT:PATH with FORMAT one of {', '.join(FORMATS)}"
         )
-    return load(path, format, mapping=mapping).events, f"{Path(path).name} ({format})"
+    data = load(path, format, mapping=mapping)
+    return data.events, data.catalog, f"{Path(path).name} ({format})"
 
 
 def _stats(args: argparse.Namespace) -> int:

@@ -14,7 +14,8 @@
    after it was scored. Update seconds are the wall-clock time inside the strategy's hooks.
 6. Reported: HR@k, NDCG@k, MRR@k (micro averages over scored rows), the per-block series,
    update and warm-up seconds, peak memory, scored rows, the share of scored rows whose user
-   the model did not know, backward transfer, and the oracle ceiling.
+   the model did not know, backward transfer, the oracle ceiling, and HR@k and NDCG@k on the
+   rows that are the first interaction with their item (cold-start items).
 
 Each strategy runs in its own forked process (``workers`` at a time), so that its peak memory
 is its own and strategies can run side by side; ``workers=0`` runs them in this process.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import multiprocessing
 import resource
+import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -111,6 +113,7 @@ class StrategyResult:
     peak_memory_mib: float
     backward_transfer: dict[str, float]
     drift_detections: int
+    new_items: dict[str, float]  # the metrics on rows whose item no earlier row had (cold start)
     per_block: dict[str, list[float]] = field(repr=False)
 
 
@@ -277,6 +280,7 @@ def _run_strategy(
         peak_memory_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         backward_transfer=_backward_transfer(strategy.model, stream, ranks, k, columns),
         drift_detections=drift.detections if drift is not None else 0,
+        new_items=_new_items(stream, ranks, scored, k),
         per_block=_per_block(stream, ranks, k) | {"update_seconds": block_update.tolist()},
     )
 
@@ -383,6 +387,18 @@ def _backward_transfer(
     return {"blocks": last, "ndcg_then": then, "ndcg_now": later, "delta": later - then}
 
 
+def _new_items(stream: Stream, ranks: np.ndarray, scored: np.ndarray, k: int) -> dict[str, float]:
+    """HR@k and NDCG@k over the scored rows that are the first interaction with their item:
+    what a model can do for an item nobody has touched yet (from its content, if it reads
+    any; a pure collaborative model misses them all)."""
+    rows = scored[stream.first_row[stream.item[scored]] == scored]
+    return {
+        "rows": len(rows),
+        "hr": _mean(hits(ranks[rows], k)),
+        "ndcg": _mean(ndcg(ranks[rows], k)),
+    }
+
+
 def _per_block(stream: Stream, ranks: np.ndarray, k: int) -> dict[str, list[float]]:
     hr, gain = [], []
     for b in range(stream.blocks):
@@ -441,6 +457,8 @@ def _child(run: Callable, job: tuple, sender) -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)  # one BLAS thread per process: the processes share the cores
+    if "torch" in sys.modules:  # and one for PyTorch's own pool
+        sys.modules["torch"].set_num_threads(1)
     try:
         sender.send((True, run(job)))
     except BaseException:  # report any failure to the parent instead of dying silently

@@ -16,19 +16,19 @@ def markdown_table(report: P1Report) -> str:
     k = report.params["k"]
     lines = [
         f"| model | strategy | HR@{k} | NDCG@{k} | MRR@{k} | update s | warm-up s | peak MiB "
-        "| unknown users | forgetting (ΔNDCG) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| unknown users | forgetting (ΔNDCG) | new-item HR@{k} |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for result in sorted(report.results, key=lambda r: (r.model, -_finite(r.ndcg))):
         lines.append(
             f"| {result.model} | {result.strategy} | {result.hr:.4f} | {result.ndcg:.4f} "
             f"| {result.mrr:.4f} | {result.update_seconds:.1f} | {result.warmup_seconds:.1f} "
             f"| {result.peak_memory_mib:.0f} | {result.unknown_user_share:.1%} "
-            f"| {result.backward_transfer['delta']:+.4f} |"
+            f"| {result.backward_transfer['delta']:+.4f} | {result.new_items['hr']:.4f} |"
         )
     for cadence, ceiling in report.oracle.items():
         lines.append(
-            f"| oracle | @{cadence} | {ceiling['hr']:.4f} | {ceiling['ndcg']:.4f} | | | | | | |"
+            f"| oracle | @{cadence} | {ceiling['hr']:.4f} | {ceiling['ndcg']:.4f} | | | | | | | |"
         )
     ratios = report.lifelong_ratios()
     if ratios:

@@ -13,7 +13,7 @@ from lifelong_rec.models.itemknn import ItemKNN
 from lifelong_rec.models.mf import MatrixFactorization
 from lifelong_rec.models.popularity import Popularity
 from lifelong_rec.models.sparse import GrowingSparse
-from lifelong_rec.models.specs import parse_model, split_specs
+from lifelong_rec.models.specs import parse_model, split_specs, with_catalog
 from lifelong_rec.models.text import (
     HashingTextEncoder,
     ItemTexts,
@@ -52,4 +52,5 @@ __all__ = [
     "registered_models",
     "split_specs",
     "text_encoder",
+    "with_catalog",
 ]

@@ -10,6 +10,7 @@ represented by its text alone and is recommendable the moment the catalogue name
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -289,10 +290,18 @@ class SequentialTransformer(Recommender):
         windows = _windows(users, items, self.max_len + 1)
         self.sequences_[:] = 0
         self._append(users, items)
+        self.training_log_: list[dict[str, float]] = []
         for epoch in range(self.epochs):
+            started = time.perf_counter()
             shuffled = np.random.default_rng([self.seed, epoch]).permutation(len(windows))
+            total, targets = torch.zeros((), device=self._device), 0
             for start in range(0, len(shuffled), self.batch_size):
-                self._step(windows[shuffled[start : start + self.batch_size]])
+                loss, count = self._step(windows[shuffled[start : start + self.batch_size]])
+                total, targets = total + loss * count, targets + count
+            mean = float(total) / max(targets, 1)  # one device sync per epoch
+            seconds = time.perf_counter() - started
+            self.training_log_.append({"epoch": epoch + 1, "loss": mean, "seconds": seconds,
+                                       "targets_per_second": targets / seconds})  # fmt: skip
 
     def _learn(self, events: IndexedEvents) -> None:
         positive = events.positive
@@ -319,6 +328,11 @@ class SequentialTransformer(Recommender):
         """Append item ``rows`` to the users' sequences; both sorted by user, then time."""
         if len(users):
             _append_in_place(self.sequences_, users, rows)
+            touched = torch.as_tensor(np.unique(rows), device=self._device)
+            first_time = touched[~self.net_.interacted[touched]]
+            if len(first_time):  # their id embeddings start to count
+                self.net_.interacted[first_time] = True
+                self._changed()
 
     def _train_users(self, users: np.ndarray, steps: int) -> None:
         """``steps`` optimiser steps on the latest window of each user, in chunks."""
@@ -327,13 +341,16 @@ class SequentialTransformer(Recommender):
             for _ in range(steps):
                 self._step(windows)
 
-    def _step(self, windows: np.ndarray) -> None:
-        """One optimiser step on windows of item rows, shape (batch, max_len + 1)."""
+    def _step(self, windows: np.ndarray) -> tuple[torch.Tensor, int]:
+        """One optimiser step on windows of item rows, shape (batch, max_len + 1); returns
+        the loss (a detached tensor, not synced) and the number of targets."""
+        valid_np = (windows[:, :-1] > 0) & (windows[:, 1:] > 0)
+        count = int(valid_np.sum())
+        if not count:
+            return torch.zeros((), device=self._device), 0
         windows = torch.as_tensor(windows, device=self._device)
         inputs, targets = windows[:, :-1], windows[:, 1:]
-        valid = (inputs > 0) & (targets > 0)
-        if not valid.any():
-            return
+        valid = torch.as_tensor(valid_np, device=self._device)
         self.steps_[0] += 1
         self.net_.train()
         with _seeded(self.seed * 1_000_003 + int(self.steps_[0]), self._device), self._autocast():
@@ -342,6 +359,7 @@ class SequentialTransformer(Recommender):
         loss.backward()
         self.optimizer_.step()
         self._changed()
+        return loss.detach(), count
 
     def _loss(
         self, inputs: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor
@@ -361,7 +379,8 @@ class SequentialTransformer(Recommender):
             pad = torch.zeros(1, dtype=torch.long, device=device)
             rows = torch.unique(torch.cat([pad, inputs.flatten(), wanted, negatives]))
             items = self.net_.items(rows, self._kept_ids(rows))
-            hidden = self.net_.encode(torch.searchsorted(rows, inputs), items)[valid]
+            local_inputs = torch.searchsorted(rows, inputs.contiguous())
+            hidden = self.net_.encode(local_inputs, items)[valid]
             positive = (hidden * items[torch.searchsorted(rows, wanted)]).sum(-1, keepdim=True)
             negative = hidden @ items[torch.searchsorted(rows, negatives)].T
             negative = negative.masked_fill(negatives == wanted.unsqueeze(1), float("-inf"))

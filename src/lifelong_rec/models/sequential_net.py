@@ -77,6 +77,10 @@ class SequenceNet(nn.Module):
         self.text_projection = nn.Linear(text_dim, dim) if text_dim else None
         self.register_buffer("text", torch.zeros(capacity + 1, max(text_dim, 1)))
         self.register_buffer("has_text", torch.zeros(capacity + 1, dtype=torch.bool))
+        # An item's id embedding counts (and learns) only once someone has interacted with
+        # it: until then the item is its text alone, and full-softmax steps cannot push the
+        # id rows of untouched items down while they wait for their first interaction.
+        self.register_buffer("interacted", torch.zeros(capacity + 1, dtype=torch.bool))
         self.input_dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(CausalBlock(dim, heads, dropout) for _ in range(layers))
         self.final_norm = nn.LayerNorm(dim)
@@ -92,12 +96,15 @@ class SequenceNet(nn.Module):
     ) -> torch.Tensor:
         """Representations of item rows (all rows when None): id part + projected text part.
 
-        ``keep_id`` (bool, one per row) drops the id part where False (id dropout, training
-        only): the text part must then carry the item alone, as it does for a new item.
+        The id part counts for items someone has interacted with; ``keep_id`` (bool, one per
+        row) also drops it where False (id dropout, training only): the text part must then
+        carry the item alone, as it does for a new item.
         """
         ids = self.item_embedding if rows is None else self.item_embedding[rows]
+        use_id = self.interacted if rows is None else self.interacted[rows]
         if keep_id is not None:
-            ids = ids * keep_id.unsqueeze(-1)
+            use_id = use_id & keep_id
+        ids = ids * use_id.unsqueeze(-1)
         if self.text_projection is None:
             return ids
         text = self.text if rows is None else self.text[rows]
@@ -132,7 +139,7 @@ class SequenceNet(nn.Module):
             return
         fresh = torch.randn(extra, old.shape[1], generator=generator) * self.init_std
         self.item_embedding = nn.Parameter(torch.cat([old.data, fresh.to(old.device)]))
-        for name in ("text", "has_text"):
+        for name in ("text", "has_text", "interacted"):
             buffer = getattr(self, name)
             padding = torch.zeros(extra, *buffer.shape[1:], dtype=buffer.dtype)
             setattr(self, name, torch.cat([buffer, padding.to(buffer.device)]))

@@ -8,7 +8,9 @@ import inspect
 from collections.abc import Callable
 from functools import partial
 
+from lifelong_rec.events import Catalog
 from lifelong_rec.models.base import OPTIONAL_MODELS, Recommender, registered_models
+from lifelong_rec.models.text import ItemTexts
 
 
 def parse_model(spec: str) -> tuple[str, Callable[[], Recommender]]:
@@ -49,6 +51,27 @@ def parse_model(spec: str) -> tuple[str, Callable[[], Recommender]]:
                 params[key] = text  # a bare word: a string such as an optimiser's name
     model_class(**params)  # check the values now, not in a worker process later
     return spec, partial(model_class, **params)
+
+
+def with_catalog(factory: Callable[[], Recommender], catalog: Catalog) -> Callable[[], Recommender]:
+    """A factory whose models know the catalogue's items from the start, when they can use
+    them (models with ``add_items`` and a text encoder); other models are left as they are.
+
+    The text embeddings are computed once per encoder and shared by every model the factory
+    makes (a strategy that retrains builds many).
+    """
+    encoded: dict[str, ItemTexts] = {}
+
+    def make() -> Recommender:
+        model = factory()
+        encoder = getattr(model, "text_encoder", None)
+        if encoder is not None and hasattr(model, "add_items") and len(catalog):
+            if encoder not in encoded:
+                encoded[encoder] = ItemTexts.encode(catalog, encoder)
+            model.add_items(encoded[encoder])
+        return model
+
+    return make
 
 
 def split_specs(text: str) -> list[str]:
