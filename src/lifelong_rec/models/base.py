@@ -241,8 +241,11 @@ class Recommender(ABC):
             self._replay(users[known], items[known])
 
     def anchor(self, strength: float) -> None:
-        """Pull later updates toward the parameters as they are now (an L2 penalty of
-        ``strength`` on the distance; 0 releases the pull).
+        """Pull later updates toward the model as it is now (0 releases the pull).
+
+        Factor models add an L2 penalty of ``strength`` on the distance of their parameters;
+        the sequential transformer distils from a snapshot of its outputs instead (the KL
+        divergence of its next-item distribution, weighted by ``strength``).
 
         The pull keeps what the model knew when a burst of new events would drag its
         parameters far; strategies re-anchor after every update. Not saved with the model.

@@ -92,6 +92,15 @@ class SequentialTransformer(Recommender):
     seed : int
         Runs on the CPU are deterministic for a seed.
     fallback_half_life_days : float or None
+
+    Attributes
+    ----------
+    net_ : SequenceNet
+        The network (on ``device``).
+    sequences_ : array of int64, shape (n_users, max_len + 1)
+        Each user's latest item rows (item index + 1), right-aligned, 0 = padding.
+    training_log_ : list of dict
+        Per epoch of the last ``fit``: mean loss, seconds, training targets per second.
     """
 
     name = "transformer"
