@@ -30,11 +30,11 @@ from lifelong_rec.demo import render, run_demo
 from lifelong_rec.evaluate import markdown_table, prequential, write_report
 from lifelong_rec.events import Catalog, EventBatch
 from lifelong_rec.lifelong import parse_strategy
-from lifelong_rec.models import parse_model, registered_models, split_specs, with_catalog
+from lifelong_rec.models import model_names, parse_model, split_specs, with_catalog
 from lifelong_rec.store import EventLog
 
 EXIT_USAGE = 2
-MODEL_NAMES = {cls.name: cls for cls in registered_models().values()}
+MODEL_NAMES = model_names()  # names only: the classes would import PyTorch on every command
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,6 +6,7 @@ from lifelong_rec.models.base import (
     Explanation,
     Recommendations,
     Recommender,
+    model_names,
     registered_models,
 )
 from lifelong_rec.models.bpr import BPR
@@ -48,6 +49,7 @@ __all__ = [
     "SequentialTransformer",
     "TextEncoder",
     "item_texts",
+    "model_names",
     "parse_model",
     "registered_models",
     "split_specs",

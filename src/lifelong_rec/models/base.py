@@ -551,6 +551,11 @@ class Recommender(ABC):
         """Restore what :meth:`_state` saved."""
 
 
+def model_names() -> list[str]:
+    """The short names of every model, optional ones included, without importing them."""
+    return sorted({cls.name for cls in _MODELS.values() if cls.name} | set(OPTIONAL_MODELS))
+
+
 def registered_models() -> dict[str, type[Recommender]]:
     """Every concrete recommender class, by class name (optional models whose extra is
     installed included)."""
