@@ -3,14 +3,13 @@ and the benchmarks."""
 
 from __future__ import annotations
 
-import ast
-import inspect
 from collections.abc import Callable
 from functools import partial
 
 from lifelong_rec.events import Catalog
 from lifelong_rec.models.base import OPTIONAL_MODELS, Recommender, registered_models
 from lifelong_rec.models.text import ItemTexts
+from lifelong_rec.specs import parse_spec
 
 
 def parse_model(spec: str) -> tuple[str, Callable[[], Recommender]]:
@@ -23,7 +22,7 @@ def parse_model(spec: str) -> tuple[str, Callable[[], Recommender]]:
         Naming the model or parameter, if either is unknown or a value is not a literal.
     """
     spec = spec.strip()
-    name, _, rest = spec.partition("(")
+    name = spec.partition("(")[0].strip()
     by_name = {cls.name: cls for cls in registered_models().values() if cls.name}
     if name not in by_name and name in OPTIONAL_MODELS:
         _, package, extra = OPTIONAL_MODELS[name]
@@ -31,24 +30,7 @@ def parse_model(spec: str) -> tuple[str, Callable[[], Recommender]]:
             f"model {name!r} needs {package}: pip install 'lifelong-rec[{extra}]' "
             "(install torch==2.13.0 first for the CPU build)"
         )
-    if name not in by_name:
-        raise ValueError(f"unknown model {name!r}; use {', '.join(sorted(by_name))}")
-    model_class = by_name[name]
-    params: dict[str, object] = {}
-    if rest:
-        if not rest.endswith(")"):
-            raise ValueError(f"model {spec!r}: parameters go in parentheses, name(a=1, b=2)")
-        allowed = set(inspect.signature(model_class.__init__).parameters) - {"self"}
-        for entry in filter(None, (part.strip() for part in rest[:-1].split(","))):
-            key, equals, text = (part.strip() for part in entry.partition("="))
-            if not equals or key not in allowed:
-                raise ValueError(
-                    f"model {spec!r}: {entry!r} is not one of {', '.join(sorted(allowed))}=VALUE"
-                )
-            try:
-                params[key] = ast.literal_eval(text)
-            except (ValueError, SyntaxError):
-                params[key] = text  # a bare word: a string such as an optimiser's name
+    model_class, params = parse_spec(spec, by_name, "model")
     model_class(**params)  # check the values now, not in a worker process later
     return spec, partial(model_class, **params)
 

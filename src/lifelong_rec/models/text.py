@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import ast
 import hashlib
-import inspect
 import itertools
 import os
 import re
@@ -19,6 +17,7 @@ import numpy as np
 from lifelong_rec.checks import check_positive_ints
 from lifelong_rec.events import Catalog
 from lifelong_rec.events.ids import as_ids
+from lifelong_rec.specs import parse_spec
 
 _WORD = re.compile(r"\w+")
 
@@ -243,30 +242,7 @@ def text_encoder(spec: str | TextEncoder) -> TextEncoder:
         return spec
     if not isinstance(spec, str):
         raise TypeError(f"text encoder: expected a spec string or a TextEncoder, got {spec!r}")
-    text = spec.strip()
-    name, _, rest = text.partition("(")
-    name = name.strip()
-    if name not in _ENCODERS:
-        raise ValueError(f"unknown text encoder {name!r}; use {', '.join(sorted(_ENCODERS))}")
-    encoder_class = _ENCODERS[name]
-    params: dict[str, object] = {}
-    if rest:
-        if not rest.endswith(")"):
-            raise ValueError(f"text encoder {spec!r}: parameters go in parentheses, name(a=1)")
-        allowed = set(inspect.signature(encoder_class.__init__).parameters) - {"self"}
-        for entry in filter(None, (part.strip() for part in rest[:-1].split(","))):
-            key, equals, value = (part.strip() for part in entry.partition("="))
-            if not equals or key not in allowed:
-                raise ValueError(
-                    f"text encoder {spec!r}: {entry!r} is not one of "
-                    f"{', '.join(sorted(allowed))}=VALUE"
-                )
-            if key in params:
-                raise ValueError(f"text encoder {spec!r}: {key!r} is given twice")
-            try:
-                params[key] = ast.literal_eval(value)
-            except (ValueError, SyntaxError):
-                params[key] = value  # a bare word, such as a device name
+    encoder_class, params = parse_spec(spec, _ENCODERS, "text encoder")
     try:
         return encoder_class(**params)
     except ValueError as error:
