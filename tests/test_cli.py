@@ -28,6 +28,7 @@ def test_demo_ingests_the_synthetic_stream_into_a_fresh_log(tmp_path, capsys):
     assert "cleaning report" in out and "bot_burst" in out and "stream statistics" in out
     assert "matrix factorisation (ALS)" in out
     assert out.count("top-10 for ") == 3 and "because of: " in out
+    assert "a brand-new item nobody has touched yet" in out  # the transformer's cold start
     with EventLog(db) as log:
         stats = log.stats()
     assert stats["batches"] == 1 and stats["quarantined"] > 0 and stats["events"] > 2500
@@ -42,6 +43,9 @@ def test_demo_json(tmp_path, capsys):
     for entry in payload["recommendations"]:
         assert len(entry["top10"]) == 10
         assert all(item["because"] for item in entry["top10"])
+    deep = payload["transformer"]
+    assert len(deep["ranks"]) == 2 and deep["because"]
+    assert all(1 <= where["rank"] <= deep["items"] for where in deep["ranks"].values())
 
 
 def test_ingest_csv_then_again_is_a_no_op(tmp_path, capsys):
