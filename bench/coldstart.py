@@ -31,9 +31,8 @@ from lifelong_rec.models import MatrixFactorization, SequentialTransformer, with
 
 STRATEGY = "incremental@block"
 DATA = {"ml-100k": "ml-100k", "ml-latest-small": "ml-latest-small"}
-# Sampled softmax: ML latest-small has 9,700 items, and the full softmax over them costs more
-# than this 2-core machine can spend on a 30-minute benchmark.
-TRANSFORMER = partial(SequentialTransformer, epochs=20, loss="sampled", negatives=512)
+# The configuration of the P1 benchmark (bench/p1.py).
+TRANSFORMER = partial(SequentialTransformer, epochs=20)
 MODELS = {
     "transformer-text": TRANSFORMER,
     "transformer-id": partial(TRANSFORMER, text_encoder=None),
