@@ -119,3 +119,91 @@ def test_missing_paths_exit_2(tmp_path):
     assert result.returncode == 2 and "no such file or folder" in result.stderr
     result = _run("stats", "--db", str(tmp_path / "missing.db"))
     assert result.returncode == 2 and "no such event log" in result.stderr
+
+
+# ------------------------------------------------------------------- P3 on OBD: ope, replay
+
+
+@pytest.fixture(scope="module")
+def obd(datasets):
+    folder = datasets / "obd"
+    if not (folder / "random" / "all").is_dir():
+        pytest.skip(f"OBD sample not found at {folder}")
+    return folder
+
+
+def test_ope_json_on_obd(obd, capsys):
+    options = "--campaign men --behavior random --evaluation bts --estimators ips,dr --bootstrap 50"
+    assert main(["ope", "--log", f"obd:{obd}", *options.split(), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["protocol"] == "P3" and report["campaign"] == "men"
+    assert report["behavior"] == "random" and report["evaluation"] == "bts"
+    assert report["bootstrap"] == 50 and report["behavior_rows"] == 10_000
+    assert report["truth"] == pytest.approx(0.0069)  # the BTS log's own click rate
+    assert [row["estimator"] for row in report["estimates"]] == ["ips", "dr"]
+    for row in report["estimates"]:
+        low, high = row["interval"]
+        assert low <= row["estimate"] <= high
+        assert row["relative_error"] == pytest.approx(
+            abs(row["estimate"] - report["truth"]) / report["truth"]
+        )
+
+
+def test_ope_prints_a_table_on_obd(obd, capsys):
+    # on-policy IPS: every weight is 1, so the estimate is the truth and the error 0
+    options = (
+        "--campaign women --behavior random --evaluation random --estimators ips --bootstrap 50"
+    )
+    assert main(["ope", "--log", f"obd:{obd}", *options.split()]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("estimator"))
+    assert lines[header].split()[:3] == ["estimator", "estimate", "truth"]
+    assert lines[header].endswith("relative error [95 % interval]")
+    name, estimate, truth, error, *_ = lines[header + 1].split()
+    assert name == "ips" and estimate == truth and error == "0.000"
+
+
+def test_replay_json_on_obd(obd, capsys):
+    options = "--campaign all --policy epsilon --seed 1"
+    assert main(["replay", "--log", f"obd:{obd}", *options.split(), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["protocol"] == "P3-replay" and report["campaign"] == "all"
+    assert report["policy"] == "epsilon" and report["seed"] == 1
+    assert report["rows"] == 10_000 and 0 < report["counted_rows"] < report["rows"]
+    low, high = report["interval"]
+    assert 0 <= low <= report["estimate"] <= high
+    assert report["estimate"] == pytest.approx(report["clicks"] / report["counted_rows"])
+    assert report["logged"]["random"]["click_rate"] == pytest.approx(0.0038)
+    assert report["logged"]["bts"]["click_rate"] == pytest.approx(0.0042)
+
+
+def test_replay_prints_counted_rows_and_logged_rates_on_obd(obd, capsys):
+    assert main(["replay", "--log", f"obd:{obd}", "--policy", "epsilon"]) == 0
+    out = capsys.readouterr().out
+    assert "of 10,000 (those where the policy picked the logged item)" in out
+    assert "replay click rate: " in out and "(95 % Wilson interval)" in out
+    assert "  random  0.0038 " in out and "  bts     0.0042 " in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ope", "--log", "csv:{tmp}"], "--log 'csv:{tmp}': use obd:PATH"),
+        (["replay", "--log", "{tmp}"], "--log '{tmp}': use obd:PATH"),
+        (["ope", "--log", "obd:"], "--log 'obd:': use obd:PATH"),
+        (["ope", "--log", "obd:{tmp}/nope"], "--log 'obd:{tmp}/nope': no such folder"),
+        (["replay", "--log", "obd:{tmp}"], "random/all not found in it"),
+        (["ope", "--log", "obd:{tmp}", "--campaign", "men"], "bts/men not found in it"),
+        (["ope", "--log", "obd:{tmp}", "--estimators", "ips,ipw"], "--estimators: 'ipw' is not"),
+        (["ope", "--log", "obd:{tmp}", "--bootstrap", "0"], "--bootstrap must be >= 1"),
+        (["replay", "--log", "obd:{tmp}", "--policy", "ucb"], "--policy: unknown policy 'ucb'"),
+    ],
+)
+def test_ope_and_replay_mistakes_exit_2_with_one_clear_line(tmp_path, args, message):
+    (tmp_path / "random" / "men").mkdir(parents=True)  # a folder that is not all of OBD
+    result = _run(*(arg.format(tmp=tmp_path) for arg in args))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("lifelong-rec: error: ")
+    assert message.format(tmp=tmp_path) in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -1,4 +1,4 @@
-"""The ``lifelong-rec`` command line: demo, ingest, stats, rejected.
+"""The ``lifelong-rec`` command line: demo, ingest, evaluate, ope, replay, stats, rejected.
 
 A user's mistake (a missing file, a malformed input, a bad option) prints one line naming the
 problem and exits with status 2, never a traceback.
@@ -27,14 +27,23 @@ from lifelong_rec.data import (
 )
 from lifelong_rec.data.loaders import MOVIELENS_CLEANING, detect_format
 from lifelong_rec.demo import render, run_demo
-from lifelong_rec.evaluate import markdown_table, prequential, write_report
+from lifelong_rec.evaluate import (
+    markdown_table,
+    ope_report,
+    prequential,
+    replay_report,
+    write_report,
+)
+from lifelong_rec.evaluate.ope import ESTIMATORS, EVALUATIONS, OBD_POLICIES
 from lifelong_rec.events import Catalog, EventBatch
 from lifelong_rec.lifelong import parse_strategy
 from lifelong_rec.models import model_names, parse_model, split_specs, with_catalog
+from lifelong_rec.policy import parse_policy, policy_names
 from lifelong_rec.store import EventLog
 
 EXIT_USAGE = 2
 MODEL_NAMES = model_names()  # names only: the classes would import PyTorch on every command
+OBD_CAMPAIGNS = ("all", "men", "women")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -176,6 +185,51 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
     evaluate.set_defaults(run=_evaluate)
 
+    ope = commands.add_parser(
+        "ope", help="P3: estimate one OBD policy's click rate from the other policy's log"
+    )
+    _add_obd_log(ope)
+    ope.add_argument(
+        "--behavior",
+        choices=OBD_POLICIES,
+        default="random",
+        help="the policy whose log the estimate uses (default: %(default)s)",
+    )
+    ope.add_argument(
+        "--evaluation",
+        choices=EVALUATIONS,
+        default="bts",
+        help="the evaluated policy; bts-logged: BTS as its log showed it (default: %(default)s)",
+    )
+    ope.add_argument(
+        "--estimators",
+        default=",".join(ESTIMATORS),
+        help="comma-separated: " + ", ".join(ESTIMATORS) + " (default: all)",
+    )
+    ope.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1_000,
+        help="resamples for the intervals (default: %(default)s)",
+    )
+    ope.add_argument("--seed", type=int, default=0)
+    ope.add_argument("--json", action="store_true", help="print the report as JSON")
+    ope.set_defaults(run=_ope)
+
+    replay = commands.add_parser(
+        "replay", help="P3: replay a learning policy over OBD's uniform-random log"
+    )
+    _add_obd_log(replay)
+    replay.add_argument(
+        "--policy",
+        default="linucb",
+        help="one of " + ", ".join(policy_names()) + "; with parameters as "
+        "epsilon(epsilon=0.1) (default: %(default)s)",
+    )
+    replay.add_argument("--seed", type=int, default=0)
+    replay.add_argument("--json", action="store_true", help="print the report as JSON")
+    replay.set_defaults(run=_replay)
+
     stats = commands.add_parser("stats", help="what the event log holds")
     stats.add_argument("--db", type=Path, required=True)
     stats.add_argument("--json", action="store_true")
@@ -187,6 +241,17 @@ def _parser() -> argparse.ArgumentParser:
     rejected.add_argument("--limit", type=int, default=20)
     rejected.set_defaults(run=_rejected)
     return parser
+
+
+def _add_obd_log(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--log",
+        required=True,
+        metavar="obd:PATH",
+        help="the Open Bandit Dataset folder holding random/ and bts/, "
+        "e.g. obd:../shared/datasets/obd",
+    )
+    command.add_argument("--campaign", choices=OBD_CAMPAIGNS, default="all")
 
 
 # ------------------------------------------------------------------------------ commands
@@ -319,6 +384,111 @@ def _evaluation_data(spec: str, mapping: str | None) -> tuple[EventBatch, Catalo
         )
     data = load(path, format, mapping=mapping)
     return data.events, data.catalog, f"{Path(path).name} ({format})"
+
+
+def _ope(args: argparse.Namespace) -> int:
+    if args.bootstrap < 1:
+        raise InputError("--bootstrap must be >= 1")
+    estimators = [name.strip() for name in args.estimators.split(",") if name.strip()]
+    if not estimators:
+        raise InputError("--estimators: none given")
+    for name in estimators:
+        if name not in ESTIMATORS:
+            raise InputError(f"--estimators: {name!r} is not one of {', '.join(ESTIMATORS)}")
+    evaluated = args.evaluation.split("-")[0]  # bts-logged reads the bts log
+    folder = _obd_folder(args.log, args.campaign, {args.behavior, evaluated})
+    report = ope_report(
+        folder, args.campaign, args.behavior, args.evaluation, estimators, args.bootstrap, args.seed
+    )
+    if args.json:
+        _print_json(report)
+        return 0
+    level = f"{report['level'] * 100:g} %"
+    print(
+        f"P3 on OBD campaign {report['campaign']!r}: the {report['evaluation']} policy's click "
+        f"rate estimated from the {report['behavior']} log ({report['behavior_rows']:,} rows, "
+        f"click rate {report['behavior_click_rate']:.4f})"
+    )
+    print(
+        f"truth: {report['truth']:.4f} {_interval(report['truth_interval'])}, the mean click "
+        f"of the {evaluated} log ({report['truth_rows']:,} rows)"
+    )
+    print(f"evaluated distribution: {report['distribution']['method']}")
+    rows = [("estimator", "estimate", "truth", f"relative error [{level} interval]")]
+    rows += [
+        (
+            row["estimator"],
+            f"{row['estimate']:.5f}",
+            f"{report['truth']:.5f}",
+            f"{row['relative_error']:.3f} {_interval(row['relative_error_interval'], 3)}",
+        )
+        for row in report["estimates"]
+    ]
+    widths = [max(len(cell) for cell in column) for column in zip(*rows, strict=True)]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    print(
+        f"{report['bootstrap']:,} bootstrap resamples, seed {report['seed']}; largest importance "
+        f"weight {report['max_weight']:.3g}, effective rows {report['effective_rows']:,.0f}"
+    )
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    try:
+        parse_policy(args.policy, k=1)  # validates the spec before the log is read
+    except ValueError as error:
+        raise InputError(f"--policy: {error}") from None
+    folder = _obd_folder(args.log, args.campaign, {"random"})
+    report = replay_report(folder, args.campaign, args.policy, seed=args.seed)
+    if args.json:
+        _print_json(report)
+        return 0
+    print(
+        f"P3 replay (Li et al., 2011) of {report['policy']!r} over the random log of OBD "
+        f"campaign {report['campaign']!r}, seed {report['seed']}"
+    )
+    print(
+        f"counted rows: {report['counted_rows']:,} of {report['rows']:,} "
+        f"(those where the policy picked the logged item), clicks: {report['clicks']:g}"
+    )
+    print(
+        f"replay click rate: {report['estimate']:.4f} {_interval(report['interval'])} "
+        "(95 % Wilson interval)"
+    )
+    print("logged policies' click rates:")
+    for name, logged in report["logged"].items():
+        print(
+            f"  {name:<7} {logged['click_rate']:.4f} {_interval(logged['interval'])} "
+            f"({logged['rows']:,} rows)"
+        )
+    return 0
+
+
+def _obd_folder(spec: str, campaign: str, policies: set[str]) -> Path:
+    """The folder of ``obd:PATH``, checked to hold ``<policy>/<campaign>`` for each policy."""
+    format, separator, path = spec.partition(":")
+    if format != "obd" or not separator or not path:
+        raise InputError(
+            f"--log {spec!r}: use obd:PATH, PATH being the OBD folder holding random/ and bts/"
+        )
+    folder = Path(path)
+    if not folder.is_dir():
+        raise InputError(f"--log {spec!r}: no such folder")
+    for policy in sorted(policies):
+        if not (folder / policy / campaign).is_dir():
+            raise InputError(
+                f"--log {spec!r}: {policy}/{campaign} not found in it; "
+                "PATH is the OBD folder holding random/ and bts/"
+            )
+    return folder
+
+
+def _interval(bounds: Sequence[float], digits: int = 4) -> str:
+    low, high = bounds
+    return f"[{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def _stats(args: argparse.Namespace) -> int:
