@@ -207,3 +207,16 @@ def test_ope_and_replay_mistakes_exit_2_with_one_clear_line(tmp_path, args, mess
     assert result.stderr.startswith("lifelong-rec: error: ")
     assert message.format(tmp=tmp_path) in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_simulate_writes_the_ab_report(tmp_path, capsys):
+    out = tmp_path / "p4"
+    args = ["simulate", "--policies", "greedy,epsilon(epsilon=0.2)", "--rounds", "20",
+            "--out", str(out), "--json"]  # fmt: skip
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [arm["arm"] for arm in report["arms"]] == ["greedy", "epsilon"]
+    assert all(arm["slates"] > 0 and arm["regret"] >= 0 for arm in report["arms"])
+    assert {"p4.json", "p4.md", "p4.png"} <= {p.name for p in out.iterdir()}
+    assert main(["simulate", "--policies", "ucb", "--rounds", "5"]) == 2
+    assert "unknown policy 'ucb'" in capsys.readouterr().err

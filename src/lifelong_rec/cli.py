@@ -1,4 +1,5 @@
-"""The ``lifelong-rec`` command line: demo, ingest, evaluate, ope, replay, stats, rejected.
+"""The ``lifelong-rec`` command line: demo, ingest, evaluate, ope, replay, simulate, stats,
+rejected.
 
 A user's mistake (a missing file, a malformed input, a bad option) prints one line naming the
 problem and exits with status 2, never a traceback.
@@ -35,6 +36,7 @@ from lifelong_rec.evaluate import (
     write_report,
 )
 from lifelong_rec.evaluate.ope import ESTIMATORS, EVALUATIONS, OBD_POLICIES
+from lifelong_rec.evaluate.simulate import simulate_report
 from lifelong_rec.events import Catalog, EventBatch
 from lifelong_rec.lifelong import parse_strategy
 from lifelong_rec.models import model_names, parse_model, split_specs, with_catalog
@@ -229,6 +231,24 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--seed", type=int, default=0)
     replay.add_argument("--json", action="store_true", help="print the report as JSON")
     replay.set_defaults(run=_replay)
+
+    simulate = commands.add_parser(
+        "simulate", help="P4: A/B test policies over MF scores in a simulated drifting world"
+    )
+    simulate.add_argument(
+        "--policies",
+        default="greedy,epsilon,linucb,thompson",
+        help="comma-separated policy specs, the first the baseline: "
+        + ", ".join([*policy_names(), "oracle"])
+        + " (default: %(default)s)",
+    )
+    simulate.add_argument("--rounds", type=int, default=2_000)
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument(
+        "--out", type=Path, default=Path("p4-out"), help="folder for p4.json, p4.md, p4.png"
+    )
+    simulate.add_argument("--json", action="store_true", help="print the report as JSON")
+    simulate.set_defaults(run=_simulate)
 
     stats = commands.add_parser("stats", help="what the event log holds")
     stats.add_argument("--db", type=Path, required=True)
@@ -464,6 +484,27 @@ def _replay(args: argparse.Namespace) -> int:
             f"  {name:<7} {logged['click_rate']:.4f} {_interval(logged['interval'])} "
             f"({logged['rows']:,} rows)"
         )
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    specs = split_specs(args.policies)
+    for spec in specs:
+        if spec != "oracle":
+            try:
+                parse_policy(spec)  # validates every spec before the simulation starts
+            except ValueError as error:
+                raise InputError(f"--policies: {error}") from None
+    if args.rounds < 1:
+        raise InputError(f"--rounds must be a positive integer, got {args.rounds}")
+    report = simulate_report(specs, args.rounds, args.out, seed=args.seed)
+    if args.json:
+        _print_json(report)
+        return 0
+    print(f"P4: {len(specs)} policies share the traffic by user hash, {args.rounds:,} rounds, "
+          f"seed {args.seed}")  # fmt: skip
+    print(report["markdown"])
+    print(f"\nwrote {', '.join(map(str, report['paths'].values()))}")
     return 0
 
 

@@ -69,3 +69,26 @@ __all__ = [
     "uniform_action_distribution",
     "write_report",
 ]
+
+# P4: the closed-loop simulator and its A/B harness.
+from lifelong_rec.evaluate.simulate import (
+    ABReport,
+    OraclePolicy,
+    Simulator,
+    SimulatorConfig,
+    ab_test,
+    assign_arms,
+    simulate_report,
+    two_proportion_test,
+)
+
+__all__ += [
+    "ABReport",
+    "OraclePolicy",
+    "Simulator",
+    "SimulatorConfig",
+    "ab_test",
+    "assign_arms",
+    "simulate_report",
+    "two_proportion_test",
+]
