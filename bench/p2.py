@@ -25,7 +25,7 @@ from lifelong_rec.evaluate import leave_one_out
 from lifelong_rec.models import parse_model, split_specs, with_catalog
 
 # Model specs, as parse_model reads them. The transformer reads item titles and genres through
-# the hashing text encoder (no download); "seq-id" is the same network with ids only.
+# the hashing text encoder (numpy only) or all-MiniLM-L6-v2, or ids only (text_encoder=None).
 DEFAULT_MODELS = [
     "pop",
     "itemknn",
@@ -33,6 +33,8 @@ DEFAULT_MODELS = [
     "bpr",
     "transformer(epochs=20)",
     "transformer(epochs=20, text_encoder=None)",
+    "transformer(epochs=20, text_encoder=minilm)",
+    "transformer(epochs=30)",
 ]
 DATA = {"ml-100k": "ml-100k", "ml-latest-small": "ml-latest-small"}
 
