@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from lifelong_rec.checks import check_positive_ints
 from lifelong_rec.events import Catalog, IdIndex
 from lifelong_rec.models.base import IndexedEvents, Recommender
-from lifelong_rec.models.sequential_net import SequenceNet, init_weights
+from lifelong_rec.models.sequential_net import SequenceNet, init_weights, resolve_device, seeded
 from lifelong_rec.models.text import ItemTexts, TextEncoder
 from lifelong_rec.models.text import text_encoder as make_text_encoder
 
@@ -150,7 +150,7 @@ class SequentialTransformer(Recommender):
         if not isinstance(update_steps, int) or isinstance(update_steps, bool) or update_steps < 0:
             raise ValueError(f"update_steps must be an integer >= 0, got {update_steps!r}")
         self._encoder = None if text_encoder is None else make_text_encoder(text_encoder)
-        self._device = _device(device)
+        self._device = resolve_device(device)
         self.max_len = max_len
         self.dim = dim
         self.layers = layers
@@ -362,7 +362,7 @@ class SequentialTransformer(Recommender):
         valid = torch.as_tensor(valid_np, device=self._device)
         self.steps_[0] += 1
         self.net_.train()
-        with _seeded(self.seed * 1_000_003 + int(self.steps_[0]), self._device), self._autocast():
+        with seeded(self.seed * 1_000_003 + int(self.steps_[0]), self._device), self._autocast():
             loss = self._loss(inputs, targets, valid)
         self.optimizer_.zero_grad(set_to_none=True)
         loss.backward()
@@ -526,28 +526,6 @@ class SequentialTransformer(Recommender):
 
 
 # ------------------------------------------------------------------------------ helpers
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:n]', got {name!r}") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r}: CUDA is not available here")
-    return device
-
-
-@contextmanager
-def _seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Run with torch's global generators seeded, restoring them after (dropout has no
-    generator argument; this keeps steps reproducible without touching the caller's RNG)."""
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
 
 
 def _as_torch_index(index: np.ndarray | slice, device: torch.device) -> torch.Tensor | slice:

@@ -7,6 +7,8 @@ is the padding row; item ``i`` of the model lives at row ``i + 1``.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -165,3 +167,25 @@ def init_weights(net: SequenceNet, generator: torch.Generator) -> None:
                 bound = math.sqrt(6.0 / (module.in_features + module.out_features))
                 module.weight.uniform_(-bound, bound, generator=generator)
                 module.bias.zero_()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:n]', got {name!r}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: CUDA is not available here")
+    return device
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Run with torch's global generators seeded, restoring them after (dropout has no
+    generator argument; this keeps steps reproducible without touching the caller's RNG)."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
