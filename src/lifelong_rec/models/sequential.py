@@ -373,18 +373,24 @@ class SequentialTransformer(Recommender):
     def _loss(
         self, inputs: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor
     ) -> torch.Tensor:
+        # Items nobody has interacted with yet (known from the catalogue only) are left out
+        # of the softmax: as permanent negatives they would teach the text projection that
+        # whatever reads like a new item is never wanted, the opposite of what cold start needs.
         n, device = len(self.items_), self._device
         wanted = targets[valid]
+        interacted = self.net_.interacted[1 : n + 1]
         if self.loss == "softmax":
             rows = torch.arange(n + 1, device=device)
             items = self.net_.items(rows, self._kept_ids(rows))
             hidden = self.net_.encode(inputs, items)[valid]  # (positions, dim)
-            loss = F.cross_entropy((hidden @ items[1:].T).float(), wanted - 1)
+            logits = (hidden @ items[1:].T).float().masked_fill(~interacted, float("-inf"))
+            loss = F.cross_entropy(logits, wanted - 1)
             student = items[1:]
         else:
             # Only the rows this step touches are represented: the inputs, the targets and
             # the negatives (shared by the batch), so a step's cost does not grow with n.
-            negatives = torch.randint(1, n + 1, (self.negatives,), device=device)
+            pool = torch.nonzero(interacted).squeeze(1) + 1
+            negatives = pool[torch.randint(len(pool), (self.negatives,), device=device)]
             pad = torch.zeros(1, dtype=torch.long, device=device)
             rows = torch.unique(torch.cat([pad, inputs.flatten(), wanted, negatives]))
             items = self.net_.items(rows, self._kept_ids(rows))
@@ -417,14 +423,17 @@ class SequentialTransformer(Recommender):
         """KL(snapshot || model) of the next-item distributions over the items the snapshot
         knew, at the valid positions."""
         teacher, known = self._teacher
+        support = teacher.interacted[1 : known + 1]  # the items the snapshot was trained on
         with torch.no_grad():
             teacher_items = teacher.items()[: known + 1]
             old_inputs = inputs.masked_fill(inputs > known, 0)  # items the snapshot never saw
             teacher_hidden = teacher.encode(old_inputs, teacher_items)[valid]
-            target = F.log_softmax((teacher_hidden @ teacher_items[1:].T).float(), dim=-1)
+            logits = (teacher_hidden @ teacher_items[1:].T).float()[:, support]
+            target = F.log_softmax(logits, dim=-1)
         if student_items is None:
             student_items = self.net_.items(torch.arange(1, known + 1, device=self._device))
-        student = F.log_softmax((hidden @ student_items[:known].T).float(), dim=-1)
+        logits = (hidden @ student_items[:known].T).float()[:, support]
+        student = F.log_softmax(logits, dim=-1)
         return F.kl_div(student, target, log_target=True, reduction="batchmean")
 
     # -------------------------------------------------------------- scoring
