@@ -11,7 +11,8 @@ collaborative models. For scale, a ranker that picks 10 of the known items at ra
 expected HR@10 of 10 / (items it could rank), also reported.
 
 Run: .venv/bin/python bench/coldstart.py [--data ml-latest-small] [--blocks 500] [--minilm]
-Writes bench/results/coldstart-<data>.json (with the machine).
+     [--models transformer-text] [--id-dropout 0.1] [--tag NAME]
+Writes bench/results/coldstart-<data>[-NAME].json (with the machine).
 """
 
 from __future__ import annotations
@@ -46,19 +47,25 @@ def main() -> int:
     parser.add_argument("--blocks", type=int, default=500)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--minilm", action="store_true", help="also the MiniLM text encoder")
+    parser.add_argument("--models", default=",".join(MODELS), help="a subset of the models")
+    parser.add_argument("--id-dropout", type=float, default=0.1, help="the text models' share")
+    parser.add_argument("--tag", default="", help="results go to coldstart-<data>-<tag>.json")
     args = parser.parse_args()
     source = DATASETS / DATA[args.data]
     if not source.is_dir():
         print(f"{source} not found; set LIFELONG_REC_DATASETS", file=sys.stderr)
         return 1
     data = load(source, "movielens")
-    models = dict(MODELS)
+    models = {name: MODELS[name] for name in args.models.split(",")}
     if args.minilm:
         models["transformer-minilm"] = partial(TRANSFORMER, text_encoder="minilm")
+    for name in [name for name in models if name not in ("transformer-id", "mf")]:
+        models[name] = partial(models[name], id_dropout=args.id_dropout)
     strategies = {
         (name, STRATEGY): partial(parse_strategy, STRATEGY, with_catalog(factory, data.catalog))
         for name, factory in models.items()
     }
+    name = f"coldstart-{args.data}" + (f"-{args.tag}" if args.tag else "")
     started = time.perf_counter()
     report = prequential(data.events, strategies, blocks=args.blocks, workers=args.workers)
     seconds = time.perf_counter() - started
@@ -72,7 +79,7 @@ def main() -> int:
         for result in report.results
     }
     payload = {
-        "benchmark": f"coldstart-{args.data}",
+        "benchmark": name,
         "protocol": "P1 (rows that are the first interaction with their item)",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
@@ -85,7 +92,7 @@ def main() -> int:
         "results": results,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"coldstart-{args.data}.json").write_text(json.dumps(payload, indent=2))
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2))
     print(markdown_table(report))
     print(json.dumps({name: r["new_items"] for name, r in results.items()}, indent=2))
     return 0
