@@ -39,6 +39,7 @@ import time
 from common import RESULTS, machine
 
 from lifelong_rec.evaluate.simulate import SimulatorConfig, ab_test, arm_names
+from lifelong_rec.evaluate.simulate.report import json_safe
 
 POLICIES = ["greedy", "epsilon(epsilon=0.1)", "softmax", "linucb", "thompson"]
 ABLATION = ["greedy", "linucb", "linucb(alpha=0.0)", "random", "oracle"]
@@ -117,22 +118,12 @@ def main() -> int:
         "runs": runs,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "p4.json").write_text(json.dumps(_json_safe(payload), indent=2) + "\n")
+    (RESULTS / "p4.json").write_text(json.dumps(json_safe(payload), indent=2) + "\n")
     headline = [
         {"scenario": r["scenario"], "seed": r["seed"]} | r["target"] for r in runs if "target" in r
     ]
-    print("\n" + json.dumps(_json_safe(headline), indent=2))
+    print("\n" + json.dumps(json_safe(headline), indent=2))
     return 0
-
-
-def _json_safe(value: object) -> object:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 if __name__ == "__main__":

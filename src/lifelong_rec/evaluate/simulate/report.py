@@ -150,11 +150,11 @@ def simulate_report(
         paths = {name: folder / f"p4.{suffix}" for name, suffix in
                  (("json", "json"), ("markdown", "md"), ("plot", "png"))}  # fmt: skip
         full = report.to_dict(curves=True) | {"specs": result["specs"]}
-        paths["json"].write_text(json.dumps(_json_safe(full), indent=2) + "\n")
+        paths["json"].write_text(json.dumps(json_safe(full), indent=2) + "\n")
         paths["markdown"].write_text(table + "\n")
         report.plot(paths["plot"])
         result["paths"] = {name: str(path) for name, path in paths.items()}
-    return _json_safe(result)
+    return json_safe(result)
 
 
 def arm_names(specs: Sequence[str]) -> list[str]:
@@ -178,12 +178,12 @@ def _p_value(p: float) -> str:
     return "<1e-4" if p < 1e-4 else f"{p:.4f}"
 
 
-def _json_safe(value: object) -> object:
+def json_safe(value: object) -> object:
     """NaN and infinities become null."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
