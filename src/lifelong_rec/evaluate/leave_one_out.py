@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from lifelong_rec.checks import check_positive_ints
-from lifelong_rec.evaluate.metrics import hits, ndcg, reciprocal_rank
+from lifelong_rec.evaluate.metrics import hits, ndcg, reciprocal_rank, target_ranks
 from lifelong_rec.events import EventBatch
 from lifelong_rec.models import Recommender
 
@@ -349,14 +349,7 @@ def _ranks(
         hi = min(lo + block, n_users)
         scores = model.score_all(targets.users[lo:hi])  # a new array: ours to mask
         owner, excluded = targets.excluded(lo, hi, also)
-        where = column[excluded]
-        mask = (where >= 0) & (excluded != target[lo:hi][owner])  # the target stays rankable
-        scores[owner[mask], where[mask]] = -np.inf
-        wanted = column[target[lo:hi]]
-        known = np.flatnonzero(wanted >= 0)
-        chosen = scores[known, wanted[known]]
-        rank = (scores[known] >= chosen[:, None]).sum(axis=1)
-        ranks[lo + known] = np.where(np.isnan(chosen), np.inf, rank)
+        ranks[lo:hi] = target_ranks(scores, owner, column[excluded], column[target[lo:hi]])
     return ranks
 
 

@@ -7,6 +7,31 @@ import numpy as np
 from lifelong_rec.checks import check_positive_ints
 
 
+def target_ranks(
+    scores: np.ndarray, owner: np.ndarray, excluded: np.ndarray, target: np.ndarray
+) -> np.ndarray:
+    """Rank of each row's ``target`` column in ``scores``, shape (n_rows,), after the
+    (``owner`` row, ``excluded`` column) pairs are left out (set to -inf in ``scores``, in
+    place). Ties count against the target (its rank is the number of columns scoring at least
+    as high); the target itself is never left out; a column of -1, in ``excluded`` or
+    ``target``, is an item the scores do not cover: ignored, or a miss (rank inf).
+
+    Examples
+    --------
+    >>> scores = np.array([[3.0, 2.0, 2.0, 1.0]])
+    >>> target_ranks(scores, np.array([0]), np.array([0]), np.array([2])).tolist()
+    [2.0]
+    """
+    keep = (excluded >= 0) & (excluded != target[owner])
+    scores[owner[keep], excluded[keep]] = -np.inf
+    ranks = np.full(len(scores), np.inf)
+    known = np.flatnonzero(target >= 0)
+    chosen = scores[known, target[known]]
+    rank = (scores[known] >= chosen[:, None]).sum(axis=1)
+    ranks[known] = np.where(np.isnan(chosen), np.inf, rank)
+    return ranks
+
+
 def hits(ranks: np.ndarray, k: int = 10) -> np.ndarray:
     """1.0 where the rank is within the top ``k``, shape as ``ranks``.
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from lifelong_rec.checks import check_positive_ints
-from lifelong_rec.evaluate.metrics import hits, ndcg, reciprocal_rank
+from lifelong_rec.evaluate.metrics import hits, ndcg, reciprocal_rank, target_ranks
 from lifelong_rec.events import EventBatch, IdIndex
 from lifelong_rec.lifelong import Strategy
 from lifelong_rec.models import GrowingSparse, Recommender
@@ -333,13 +333,8 @@ def _rank_rows(
     scores = model.score_all(user_ids)
     position = columns(model)  # data item -> model column
     owner, excluded = _exclusions(stream, history, rows, lo)
-    column = position[excluded]
-    inside = column >= 0
-    scores[owner[inside], column[inside]] = -np.inf
     target = position[stream.item[rows]]
-    known = target >= 0
-    chosen = scores[np.flatnonzero(known), target[known]]
-    ranks[rows[known] - lo] = (scores[known] >= chosen[:, None]).sum(axis=1)
+    ranks[rows - lo] = target_ranks(scores, owner, position[excluded], target)
     return ranks, unknown
 
 
