@@ -24,7 +24,7 @@ from lifelong_rec.data import describe, synthetic_stream
 from lifelong_rec.evaluate import markdown_table, prequential, write_report
 from lifelong_rec.events import Catalog, EventBatch
 from lifelong_rec.lifelong import parse_strategy
-from lifelong_rec.models import MatrixFactorization
+from lifelong_rec.models import MatrixFactorization, Recommender
 from lifelong_rec.store import EventLog
 
 TRAIN_SHARE = 0.8
@@ -66,13 +66,7 @@ def run_demo(
 
     cut = int(TRAIN_SHARE * len(events))
     model = MatrixFactorization(seed=seed)
-    fit_started = time.perf_counter()
-    model.fit(events.take(slice(0, cut)))
-    fit_seconds = time.perf_counter() - fit_started
-    learn_started = time.perf_counter()
-    for start in range(cut, len(events), LEARN_BATCH):
-        model.learn(events.take(slice(start, start + LEARN_BATCH)))
-    learn_seconds = time.perf_counter() - learn_started
+    fit_seconds, learn_seconds = _fit_then_learn(model, events, cut)
 
     # the most active users of the last day: whose lists the stream has just changed
     recent = events.take(events.timestamp > events.timestamp[-1] - 86_400)
@@ -176,6 +170,17 @@ def render(result: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
+def _fit_then_learn(model: Recommender, events: EventBatch, cut: int) -> tuple[float, float]:
+    """Fit on the events before ``cut``, learn the rest in batches; (fit, learn) seconds."""
+    started = time.perf_counter()
+    model.fit(events.take(slice(0, cut)))
+    fit_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    for start in range(cut, len(events), LEARN_BATCH):
+        model.learn(events.take(slice(start, start + LEARN_BATCH)))
+    return fit_seconds, time.perf_counter() - started
+
+
 def _cold_start_demo(
     events: EventBatch, catalog: Catalog, cut: int, active: list[str], seed: int
 ) -> dict[str, object] | None:
@@ -188,13 +193,7 @@ def _cold_start_demo(
 
     model = SequentialTransformer(max_len=20, dim=32, epochs=5, seed=seed, device="cpu")
     model.add_items(catalog)
-    started = time.perf_counter()
-    model.fit(events.take(slice(0, cut)))
-    fit_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    for start in range(cut, len(events), LEARN_BATCH):
-        model.learn(events.take(slice(start, start + LEARN_BATCH)))
-    learn_seconds = time.perf_counter() - started
+    fit_seconds, learn_seconds = _fit_then_learn(model, events, cut)
 
     users, last = np.unique(events.user[::-1], return_index=True)  # each user's latest event
     latest = dict(zip(users.tolist(), events.item[::-1][last].tolist(), strict=True))

@@ -172,6 +172,7 @@ class SequentialTransformer(Recommender):
         self.seed = seed
         self.fallback_half_life_days = fallback_half_life_days
         self._catalog: ItemTexts | None = None  # survives fit: it is metadata, not learning
+        self._catalog_index = IdIndex()  # the catalogue's ids, for looking up text rows
 
     @classmethod
     def _unit_test_params(cls) -> dict[str, object]:
@@ -200,11 +201,16 @@ class SequentialTransformer(Recommender):
             raise ValueError(
                 f"items were encoded with {items.encoder!r}, this model uses {self.text_encoder!r}"
             )
-        self._catalog = _merge(self._catalog, items)
+        self._set_catalog(_merge(self._catalog, items))
         if self.is_fitted:
             self._admit(items.items)
             self._fill_text(np.arange(len(self.items_)))
         return self
+
+    def _set_catalog(self, texts: ItemTexts) -> None:
+        """Keep the catalogue and index its ids once (new items look their text up there)."""
+        self._catalog = texts
+        self._catalog_index = IdIndex(texts.items)
 
     def _admit(self, ids: np.ndarray) -> None:
         """Add item ids to the model (growing every table) without any event."""
@@ -217,7 +223,7 @@ class SequentialTransformer(Recommender):
         """Copy the catalogue's text embeddings into the network's rows of ``items``."""
         if self._catalog is None or not len(items):
             return
-        found = IdIndex(self._catalog.items).lookup(self.items_.ids(items))
+        found = self._catalog_index.lookup(self.items_.ids(items))
         hit = found >= 0
         if not hit.any():
             return
@@ -526,10 +532,12 @@ class SequentialTransformer(Recommender):
         self.steps_ = arrays["steps"].astype(np.int64)
         self._items_in_net = len(self.items_)
         if "catalog.items" in arrays:
-            self._catalog = ItemTexts(
-                items=arrays["catalog.items"],
-                embeddings=arrays["catalog.embeddings"].astype(np.float32),
-                encoder=self.text_encoder,
+            self._set_catalog(
+                ItemTexts(
+                    items=arrays["catalog.items"],
+                    embeddings=arrays["catalog.embeddings"].astype(np.float32),
+                    encoder=self.text_encoder,
+                )
             )
         self._changed()
 
