@@ -14,6 +14,7 @@ from scipy.special import logsumexp
 from lifelong_rec.events import EventBatch, Kind
 from lifelong_rec.policy import (
     BernoulliThompson,
+    Context,
     Decision,
     Decisions,
     EpsilonGreedy,
@@ -30,6 +31,7 @@ from lifelong_rec.policy import (
     purchase_reward,
     watch_reward,
 )
+from lifelong_rec.policy.ridge import candidate_means
 
 SPECS = {
     "greedy": "greedy",
@@ -136,15 +138,20 @@ def test_propensities_are_distributions_over_items_per_position(
     assert marginals.shape == (n, m, k)
     assert np.all(marginals >= 0) and np.all(marginals <= 1 + 1e-12)
     np.testing.assert_allclose(marginals.sum(axis=1), 1.0, atol=1e-9)
+    # Softmax estimates the positions past its exact ones: "softmax" too, when k = 4.
+    exact = policy.exact_positions(m) if isinstance(policy, Softmax) else k
+    if name in ("thompson", "lin-thompson"):
+        exact = 0
     # An item fills at most one position (up to the Monte-Carlo error where exact positions
-    # meet estimated ones: 300 draws, Rao-Blackwellised).
-    assert np.all(marginals.sum(axis=2) <= 1 + (0.1 if name == "softmax-mc" else 1e-9))
+    # meet estimated ones: 300 or 1,000 draws, Rao-Blackwellised).
+    mixed = isinstance(policy, Softmax) and exact < k
+    assert np.all(marginals.sum(axis=2) <= 1 + (0.1 if mixed else 1e-9))
     decisions = policy.decide(**inputs)
-    assert decisions.slates.shape == decisions.propensities.shape == (n, k)
+    assert decisions.slates.shape == decisions.propensities.shape == decisions.exploring.shape
+    assert decisions.slates.shape == (n, k)
     assert all(len(set(row)) == k for row in decisions.slates.tolist())
     assert np.all(decisions.propensities > 0) and np.all(decisions.propensities <= 1 + 1e-12)
     # Where the marginals are exact, the logged propensities are the marginals of the shown.
-    exact = {"softmax-mc": min(k, 2), "thompson": 0, "lin-thompson": 0}.get(name, k)
     items = np.char.lstrip(decisions.slates, "i").astype(int)
     logged = marginals[np.arange(n)[:, None], items, np.arange(k)]
     np.testing.assert_allclose(decisions.propensities[:, :exact], logged[:, :exact], atol=1e-12)
@@ -487,9 +494,14 @@ def test_decisions_rows_take_and_immutability():
     assert isinstance(row, Decision)
     assert (row.user, row.model_version, row.policy) == ("u2", "v7", "linucb")
     assert row.slate.tolist() == decisions.slates[2].tolist() and row.features.shape == (2, 7)
-    assert len(decisions.take(np.array([True, False, True]))) == 2
+    assert row.exploring.tolist() == decisions.exploring[2].tolist()
+    taken = decisions.take(np.array([True, False, True]))
+    assert len(taken) == 2
+    assert np.array_equal(taken.exploring, decisions.exploring[[0, 2]])
     with pytest.raises(ValueError):
         decisions.propensities[0, 0] = 0.5
+    with pytest.raises(ValueError):
+        decisions.exploring[0, 0] = True
     with pytest.raises(IndexError):
         decisions[3]
 
@@ -514,6 +526,8 @@ def test_to_events_round_trip():
     assert np.array_equal(events.propensity.reshape(4, 3), decisions.propensities)
     assert events.context["position"].reshape(4, 3).tolist() == [[1.0, 2.0, 3.0]] * 4
     assert np.array_equal(events.context["explored"].reshape(4, 3)[:, 0], decisions.explored)
+    assert decisions.exploring.any() and not decisions.exploring.all()
+    assert np.array_equal(events.context["exploring"].reshape(4, 3), decisions.exploring)
     assert events.timestamp.reshape(4, 3)[:, 0].tolist() == [10.0, 11.0, 12.0, 13.0]
     assert set(events.policy) == {"softmax"} and set(events.model_version) == {"mf-3"}
     clicks = events.kind.reshape(4, 3) == Kind.CLICK
@@ -522,6 +536,134 @@ def test_to_events_round_trip():
     plain = decisions.to_events(5.0)
     assert (plain.kind == Kind.IMPRESSION).all() and np.isnan(plain.value).all()
     assert events.has_decisions
+
+
+# ------------------------------------------------------------------------------ exploring
+
+
+def _outside_top_k(estimates: np.ndarray, slates: np.ndarray) -> np.ndarray:
+    """Whether each shown item is outside the top k of its row of ``estimates``, ties to the
+    earlier candidate (items are named ``i<index>``)."""
+    items = np.char.lstrip(slates, "i").astype(int)
+    best = np.argsort(-estimates, axis=1, kind="stable")[:, : slates.shape[1]]
+    return ~(items[:, :, None] == best[:, None, :]).any(axis=2)
+
+
+def _ridge_means(policy: LinUCB | LinearThompson, inputs: dict) -> np.ndarray:
+    """The ridge (posterior) mean of every (user, candidate), straight from ``arms_.predict``
+    on ``x = [score, user features, item features, 1]``."""
+    n, m = inputs["scores"].shape
+    user = inputs["user_features"]
+    item = inputs["item_features"]
+    features = np.concatenate(
+        [
+            inputs["scores"][:, :, None],
+            np.broadcast_to(user[:, None, :], (n, m, user.shape[1])),
+            np.broadcast_to(item[None, :, :], (n, m, item.shape[1])),
+            np.ones((n, m, 1)),
+        ],
+        axis=2,
+    )
+    return policy.arms_.predict(np.array(inputs["candidates"]), features)[0]
+
+
+def test_greedy_and_epsilon_zero_explore_no_position():
+    inputs = _inputs(200, 12, seed=1)
+    inputs["scores"][:, :6] = 0.0  # ties: still exploitation, broken as greedy breaks them
+    for policy in (Greedy(k=4), EpsilonGreedy(k=4, epsilon=0.0)):
+        decisions = policy.decide(**inputs)
+        assert decisions.exploring.shape == (200, 4) and not decisions.exploring.any()
+
+
+def test_epsilon_one_flags_exactly_the_items_outside_the_top_k_scores():
+    inputs = _inputs(300, 40, seed=2)
+    decisions = EpsilonGreedy(k=3, epsilon=1.0, seed=5).decide(**inputs)
+    assert decisions.exploring.any(axis=1).mean() > 0.9  # a random 3 of 40 misses the top 3
+    assert not decisions.exploring.all()  # some draws still hit a top-3 item
+    assert np.array_equal(decisions.exploring, _outside_top_k(inputs["scores"], decisions.slates))
+
+
+def test_uniform_share_slates_are_judged_by_the_policy_s_own_ranking():
+    inputs = _inputs(300, 20, seed=3)
+    everything = Greedy(k=3, uniform_share=1.0, seed=1).decide(**inputs)
+    assert everything.explored.all()
+    expected = _outside_top_k(inputs["scores"], everything.slates)
+    assert expected.any() and not expected.all()
+    assert np.array_equal(everything.exploring, expected)
+    half = Greedy(k=3, uniform_share=0.5, seed=1).decide(**inputs)
+    assert not half.exploring[~half.explored].any()
+    assert np.array_equal(half.exploring, _outside_top_k(inputs["scores"], half.slates))
+
+
+@pytest.mark.parametrize("variant", ["disjoint", "hybrid"])
+def test_linucb_flags_items_shown_for_their_bonus_over_higher_means(variant):
+    greedy = _trained(LinUCB(k=3, alpha=0.0, variant=variant), m=8)
+    assert not greedy.decide(**_inputs(100, 8, seed=7)).exploring.any()
+    policy = LinUCB(k=3, alpha=1.0, variant=variant)
+    for seed in range(4):  # every reward 1: the arms i0 to i7 earn means near 1
+        decisions = policy.decide(**_inputs(20, 8, seed))
+        policy.update(decisions, np.ones(decisions.slates.shape))
+    inputs = _inputs(100, 16, seed=7)  # i8 to i15 are new: the prior's mean, a wide bound
+    decisions = policy.decide(**inputs)
+    means = _ridge_means(policy, inputs)
+    np.testing.assert_allclose(candidate_means(policy.arms_, Context.build(**inputs)), means)
+    assert np.array_equal(decisions.exploring, _outside_top_k(means, decisions.slates))
+    new = np.char.lstrip(decisions.slates, "i").astype(int) >= 8
+    assert new.any() and decisions.exploring[new].all()  # seeded: measured, not guaranteed
+
+
+@pytest.mark.parametrize("policy_class", [BernoulliThompson, LinearThompson])
+def test_thompson_flags_exactly_the_items_outside_the_top_k_by_posterior_mean(policy_class):
+    policy = _trained(policy_class(k=3, seed=3, propensity_draws=20), m=8)
+    inputs = _inputs(200, 8, seed=3)
+    decisions = policy.decide(**inputs)
+    if policy_class is BernoulliThompson:
+        alpha, beta = policy.posterior(inputs["candidates"])
+        means = np.broadcast_to(alpha / (alpha + beta), (200, 8))
+    else:
+        means = _ridge_means(policy, inputs)
+    assert decisions.exploring.any() and not decisions.exploring.all()
+    assert np.array_equal(decisions.exploring, _outside_top_k(means, decisions.slates))
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_exploitation_estimates_are_pure_and_draw_nothing(name):
+    """Flagging exploration must not change the slates: the hook leaves the generator alone,
+    so a twin that never called it decides the same."""
+    policy, twin = (_trained(_policy(name, k=3, uniform_share=0.2, seed=2), m=6) for _ in "ab")
+    inputs = _inputs(30, 6, seed=4)
+    state = policy._rng.bit_generator.state
+    estimates = policy._exploit_scores(Context.build(**inputs, k=3))
+    assert policy._rng.bit_generator.state == state
+    assert estimates.shape == (30, 6) and estimates.dtype == np.float64
+    first, second = policy.decide(**inputs), twin.decide(**inputs)
+    assert np.array_equal(first.slates, second.slates)
+    assert np.array_equal(first.propensities, second.propensities)
+    assert np.array_equal(first.exploring, second.exploring)
+    assert np.array_equal(first.exploring, _outside_top_k(estimates, first.slates))
+
+
+def test_decisions_default_and_carry_exploring():
+    columns = {
+        "users": ["u1", "u2"],
+        "slates": [["a", "b"], ["b", "c"]],
+        "propensities": np.full((2, 2), 0.5),
+        "policy": "random",
+        "params": {},
+        "model_version": None,
+        "explored": [False, True],
+    }
+    plain = Decisions(**columns)
+    assert plain.exploring.shape == (2, 2) and not plain.exploring.any()
+    assert not plain.exploring.flags.writeable
+    flags = np.array([[True, False], [False, True]])
+    decisions = Decisions(**columns, exploring=flags)
+    flags[0, 0] = False  # the decisions keep their own copy
+    assert decisions[0].exploring.tolist() == [True, False]
+    assert decisions[-1].exploring.tolist() == [False, True]
+    assert decisions.take([1]).exploring.tolist() == [[False, True]]
+    events = decisions.to_events(0.0)
+    assert events.context["exploring"].tolist() == [1.0, 0.0, 0.0, 1.0]
 
 
 # ------------------------------------------------------------------------------ bad input
@@ -564,6 +706,12 @@ BAD_INPUTS = [
     (lambda: purchase_reward(EventBatch.empty(), {"purchase": 2.0}), "purchase'\\] must be in"),
     (lambda: watch_reward(EventBatch.empty(), cap_seconds=0), "cap_seconds must be finite"),
     (lambda: click_reward(EventBatch.empty(), kinds=["klick"]), "kinds: 'klick' is not"),
+    (
+        lambda: Decisions(
+            ["u"], [["a", "b"]], [[1.0, 1.0]], "greedy", {}, None, [False], None, [True, False]
+        ),
+        "exploring: expected shape \\(1, 2\\)",
+    ),
 ]
 
 

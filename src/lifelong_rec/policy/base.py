@@ -6,8 +6,9 @@ probability that the policy would show that item at that position, given the use
 and the candidates. Everything served can so be evaluated off-policy later (P3).
 
 The base class does what every policy shares: input checks, the uniform-random slice of
-traffic (``uniform_share``) and its exact mixture of propensities, and processing the users
-in blocks so that the (users, candidates, positions) intermediates stay small.
+traffic (``uniform_share``) and its exact mixture of propensities, flagging the positions that
+exploration filled (``Decisions.exploring``), and processing the users in blocks so that the
+(users, candidates, positions) intermediates stay small.
 """
 
 from __future__ import annotations
@@ -159,7 +160,8 @@ def check_positive(name: str, value: object, allow_zero: bool = False) -> None:
 
 class Policy(ABC):
     """Base class of every exploration policy. Subclasses implement ``_decide`` (and, if they
-    learn, ``_update``).
+    learn, ``_update``; if their estimate of an item's value is not the model's score,
+    ``_exploit_scores``).
 
     Parameters
     ----------
@@ -257,6 +259,7 @@ class Policy(ABC):
         slates = np.zeros((n, k), dtype=np.int64)
         propensities = np.zeros((n, k))
         explored = np.zeros(n, dtype=bool)
+        exploring = np.zeros((n, k), dtype=bool)
         features = []
         positions = np.arange(k)
         for rows in self._blocks(context):
@@ -266,6 +269,8 @@ class Policy(ABC):
                 flagged = self._rng.random(len(block)) < self.uniform_share
                 chosen[flagged] = self._uniform_slates(int(flagged.sum()), block.n_candidates)
                 explored[rows] = flagged
+            # After the uniform slice: its slates are judged by the same rule. No random draw.
+            exploring[rows] = outside_top_k(self._exploit_scores(block), chosen, k)
             marginals = self._mix(marginals)
             slates[rows] = chosen
             propensities[rows] = marginals[np.arange(len(block))[:, None], chosen, positions]
@@ -279,6 +284,7 @@ class Policy(ABC):
             model_version=model_version,
             explored=explored,
             features=self._stack_features(features, context),
+            exploring=exploring,
         )
 
     def marginals(
@@ -352,6 +358,18 @@ class Policy(ABC):
         """The marginals alone (default: those of ``_decide``)."""
         return self._decide(context)[1]
 
+    def _exploit_scores(self, context: Context) -> np.ndarray:
+        """The policy's estimate of each candidate's value without exploration; a shown item
+        outside its top ``k`` (ties to the earlier candidate) is flagged ``exploring``.
+
+        Must not draw from the policy's generator. Default: the model's scores.
+
+        Returns
+        -------
+        estimates : array of float64, shape (n, m)
+        """
+        return context.scores
+
     def _features(self, context: Context, slates: np.ndarray) -> np.ndarray | None:
         """Features of the shown items, shape (n, k, d), for policies that learn from them."""
         return None
@@ -418,6 +436,32 @@ def top_k(values: np.ndarray, k: int, stable: bool = False) -> np.ndarray:
     part = np.argpartition(-values, k - 1, axis=-1)[..., :k]
     order = np.argsort(-np.take_along_axis(values, part, axis=-1), axis=-1, kind="stable")
     return np.take_along_axis(part, order, axis=-1)
+
+
+def outside_top_k(values: np.ndarray, chosen: np.ndarray, k: int) -> np.ndarray:
+    """Whether each chosen index is outside the ``k`` largest values of its row, ties to the
+    lower index: not in ``top_k(values, k, stable=True)``, found by counting the candidates
+    ranked ahead of it instead of sorting.
+
+    Parameters
+    ----------
+    values : array of float, shape (n, m)
+    chosen : array of int, shape (n, c)
+        Indexes into the rows of ``values``.
+    k : int
+
+    Returns
+    -------
+    outside : array of bool, shape (n, c)
+
+    >>> outside_top_k(np.array([[0.1, 0.9, 0.5, 0.9]]), np.array([[3, 2, 0]]), 2).tolist()
+    [[False, True, True]]
+    """
+    own = np.take_along_axis(values, chosen, axis=1)[:, :, None]
+    others = values[:, None, :]
+    earlier = np.arange(values.shape[1]) < chosen[:, :, None]
+    ahead = (others > own).sum(axis=2) + ((others == own) & earlier).sum(axis=2)
+    return ahead >= k
 
 
 def one_hot_marginals(slates: np.ndarray, m: int) -> np.ndarray:

@@ -26,6 +26,9 @@ class Decision:
     explored : bool
         Whether the slate came from the uniform-random slice.
     features : array of float64, shape (k, d), or None
+    exploring : array of bool, shape (k,)
+        Whether the item at each position was placed by exploration (see
+        :class:`Decisions`).
     """
 
     user: str
@@ -36,6 +39,7 @@ class Decision:
     model_version: str | None
     explored: bool
     features: np.ndarray | None
+    exploring: np.ndarray
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,6 +65,12 @@ class Decisions:
     features : array of float64, shape (n, k, d), or None
         The feature vector of each shown item as the policy saw it (what ``update`` learns
         from); None for policies that use no features.
+    exploring : array of bool, shape (n, k)
+        Whether the item at each position was placed by exploration: it is not among the
+        ``k`` candidates the policy ranks highest by its exploitation estimate (the model's
+        scores for greedy, epsilon, softmax and random; the ridge or posterior mean for
+        LinUCB and Thompson), ties to the earlier candidate. Uniform-slice slates are judged
+        by the same rule. None (the default) means no position is exploring.
     """
 
     users: np.ndarray
@@ -71,6 +81,7 @@ class Decisions:
     model_version: str | None
     explored: np.ndarray
     features: np.ndarray | None = None
+    exploring: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         fix = object.__setattr__  # frozen: normalise the fields once, here
@@ -96,11 +107,21 @@ class Decisions:
                 raise ValueError(
                     f"features: expected shape ({n}, {slates.shape[1]}, d), got {features.shape}"
                 )
+        if self.exploring is None:
+            exploring = _frozen(np.zeros(slates.shape, dtype=bool), "exploring")
+        else:
+            exploring = _frozen(np.asarray(self.exploring, dtype=bool), "exploring")
+            if exploring.shape != slates.shape:
+                raise ValueError(
+                    f"exploring: expected shape {slates.shape} (decisions, positions), "
+                    f"got {exploring.shape}"
+                )
         fix(self, "users", users)
         fix(self, "slates", slates)
         fix(self, "propensities", propensities)
         fix(self, "explored", explored)
         fix(self, "features", features)
+        fix(self, "exploring", exploring)
         fix(self, "params", dict(self.params))
 
     def __len__(self) -> int:
@@ -128,6 +149,7 @@ class Decisions:
             model_version=self.model_version,
             explored=bool(self.explored[row]),
             features=None if self.features is None else self.features[row],
+            exploring=self.exploring[row],
         )
 
     def take(self, rows: np.ndarray | slice) -> Decisions:
@@ -141,6 +163,7 @@ class Decisions:
             model_version=self.model_version,
             explored=self.explored[rows],
             features=None if self.features is None else self.features[rows],
+            exploring=self.exploring[rows],
         )
 
     def to_events(
@@ -160,8 +183,9 @@ class Decisions:
         -------
         EventBatch
             ``n * k`` rows with the policy, model version (``""`` for None) and propensity
-            columns, and context ``position`` (1 = first) and ``explored`` (1.0 for the
-            uniform-random slice, else 0.0).
+            columns, and context ``position`` (1 = first), ``explored`` (1.0 for the
+            uniform-random slice, else 0.0) and ``exploring`` (1.0 where exploration placed
+            the item, else 0.0; see :attr:`exploring`).
 
         Raises
         ------
@@ -193,6 +217,7 @@ class Decisions:
             context={
                 "position": np.tile(np.arange(1, k + 1, dtype=np.float64), n),
                 "explored": np.repeat(self.explored.astype(np.float64), k),
+                "exploring": self.exploring.astype(np.float64).ravel(),
             },
             policy=np.full(n * k, self.policy),
             model_version=np.full(n * k, self.model_version or ""),

@@ -12,7 +12,13 @@ from lifelong_rec.policy.base import (
     top_k,
 )
 from lifelong_rec.policy.decisions import Decisions
-from lifelong_rec.policy.ridge import RidgeArms, candidate_features, observed, shown_features
+from lifelong_rec.policy.ridge import (
+    RidgeArms,
+    candidate_features,
+    candidate_means,
+    observed,
+    shown_features,
+)
 
 VARIANTS = ("disjoint", "hybrid")
 
@@ -28,7 +34,8 @@ class LinUCB(Policy):
     the arms of a batch.
 
     Deterministic (ties to the earlier candidate): propensity 1 for the shown items, 0 for the
-    others (before any ``uniform_share``).
+    others (before any ``uniform_share``). A shown item outside the top ``k`` by the ridge
+    estimate ``x . theta`` alone, shown for its bonus, is flagged ``exploring``.
 
     Parameters
     ----------
@@ -96,6 +103,10 @@ class LinUCB(Policy):
     def _decide(self, context: Context) -> tuple[np.ndarray, np.ndarray]:
         slates = top_k(self._upper_bounds(context), self.k, stable=True)
         return slates, one_hot_marginals(slates, context.n_candidates)
+
+    def _exploit_scores(self, context: Context) -> np.ndarray:
+        """The ridge estimate alone, without the confidence bonus."""
+        return candidate_means(self.arms_, context)
 
     def _features(self, context: Context, slates: np.ndarray) -> np.ndarray:
         return shown_features(context, slates)

@@ -34,6 +34,23 @@ def candidate_features(context: Context) -> np.ndarray:
     )
 
 
+def candidate_means(arms: RidgeArms, context: Context) -> np.ndarray:
+    """The estimated reward of every (user, candidate): the ``mean`` of ``arms.predict`` on
+    :func:`candidate_features` (equal up to rounding), without building those (n, m, d)
+    features or the variances.
+
+    Returns
+    -------
+    means : array of float64, shape (n, m)
+    """
+    du = context.user_features.shape[1]
+    d = 2 + du + context.item_features.shape[1]
+    theta = arms.coefficients(context.candidates, d)
+    score, user, item, bias = np.split(theta, [1, 1 + du, d - 1], axis=1)
+    item_part = np.einsum("md,md->m", context.item_features, item) + bias[:, 0]
+    return context.scores * score[:, 0] + context.user_features @ user.T + item_part
+
+
 def shown_features(context: Context, slates: np.ndarray) -> np.ndarray:
     """The feature vectors of the shown items, shape (n, k, d) (see :func:`candidate_features`)."""
     n, k = slates.shape
@@ -132,15 +149,8 @@ class RidgeArms:
             ``x^T A_a^-1 x`` (hybrid: Li et al.'s ``s_{t,a}``); the estimate's variance is
             this times the noise variance.
         """
-        _, m, d = features.shape
-        self.check_dimension(d)
-        inverse = np.broadcast_to(np.eye(d) / self.regularization, (m, d, d)).copy()
-        sums = np.zeros((m, d))
-        arms = self.ids.lookup(items)
-        known = arms >= 0
-        if known.any():
-            inverse[known] = self.design_inverse[arms[known]]
-            sums[known] = self.reward_sums[arms[known]]
+        d = features.shape[2]
+        inverse, sums = self._arm_state(items, d)
         by_arm = features.transpose(1, 0, 2)  # (m, n, d)
         solved = np.matmul(by_arm, inverse)  # rows of x^T A^-1 = (A^-1 x)^T, A symmetric
         variance = np.einsum("mnd,mnd->nm", solved, by_arm)
@@ -151,6 +161,33 @@ class RidgeArms:
         mean = np.einsum("mnd,md->nm", solved, sums + l * beta)
         variance += l**2 * np.einsum("mnd,mnd->nm", solved @ shared_inverse, solved)
         return mean, np.maximum(variance, 0.0)
+
+    def coefficients(self, items: np.ndarray, d: int) -> np.ndarray:
+        """Each item's ``theta_a = A_a^-1 b_a`` (hybrid: ``A_a^-1 (b_a + l beta)``), so that
+        the ``mean`` of :meth:`predict` is ``x . theta_a``: each arm solved once.
+
+        Returns
+        -------
+        coefficients : array of float64, shape (m, d)
+        """
+        inverse, sums = self._arm_state(items, d)
+        if self.hybrid:
+            sums = sums + self.regularization * self._shared_model(d)[1]
+        return np.einsum("mde,me->md", inverse, sums)
+
+    def _arm_state(self, items: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
+        """``A_a^-1`` and ``b_a`` of each item's arm (the prior for unknown items), (m, d, d)
+        and (m, d)."""
+        self.check_dimension(d)
+        m = len(items)
+        inverse = np.broadcast_to(np.eye(d) / self.regularization, (m, d, d)).copy()
+        sums = np.zeros((m, d))
+        arms = self.ids.lookup(items)
+        known = arms >= 0
+        if known.any():
+            inverse[known] = self.design_inverse[arms[known]]
+            sums[known] = self.reward_sums[arms[known]]
+        return inverse, sums
 
     def _shared_model(self, d: int) -> tuple[np.ndarray, np.ndarray]:
         """(A_0^-1, beta) of the hybrid model; cached until the next update."""

@@ -15,7 +15,13 @@ from lifelong_rec.policy.base import (
     top_k,
 )
 from lifelong_rec.policy.decisions import Decisions
-from lifelong_rec.policy.ridge import RidgeArms, candidate_features, observed, shown_features
+from lifelong_rec.policy.ridge import (
+    RidgeArms,
+    candidate_features,
+    candidate_means,
+    observed,
+    shown_features,
+)
 
 
 class BernoulliThompson(Policy):
@@ -23,7 +29,9 @@ class BernoulliThompson(Policy):
 
     Each item starts at ``Beta(alpha, beta)``; a reward ``r`` in [0, 1] adds ``r`` to its
     successes and ``1 - r`` to its failures. A slate is the top ``k`` of one posterior draw
-    per candidate, drawn afresh for every decision; scores and features are not used.
+    per candidate, drawn afresh for every decision; scores and features are not used. A shown
+    item outside the top ``k`` by posterior mean (ties to the earlier candidate, so with no
+    data the first ``k`` candidates) is flagged ``exploring``.
 
     Propensities are Monte-Carlo estimates, as the Open Bandit Dataset's authors compute
     those of their BTS policy: the share of ``propensity_draws`` posterior draws, shared by
@@ -96,6 +104,11 @@ class BernoulliThompson(Policy):
         marginals = sampled_marginals(shared, self.k)
         return np.broadcast_to(marginals, (len(context), *marginals.shape[1:])).copy()
 
+    def _exploit_scores(self, context: Context) -> np.ndarray:
+        """The posterior mean click rate ``alpha / (alpha + beta)``, the same for every user."""
+        alpha, beta = self.posterior(context.candidates)
+        return np.broadcast_to(alpha / (alpha + beta), context.scores.shape)
+
     def _update(self, decisions: Decisions, rewards: np.ndarray) -> None:
         seen = ~np.isnan(rewards)
         earned = rewards[seen]
@@ -116,7 +129,8 @@ class LinearThompson(Policy):
     v^2 A_a^-1)`` per candidate arm (``v = posterior_scale``) and shows the top ``k`` of
     ``x . theta_a``. Since the arms' draws are independent, ``x . theta_a`` is drawn directly
     from its exact law ``N(x . A_a^-1 b_a, v^2 x^T A_a^-1 x)``: the same slates in
-    distribution, without sampling ``d``-dimensional vectors.
+    distribution, without sampling ``d``-dimensional vectors. A shown item outside the top
+    ``k`` by posterior mean ``x . A_a^-1 b_a`` is flagged ``exploring``.
 
     Propensities are Monte-Carlo estimates per user: the share of ``propensity_draws``
     posterior draws, plus the decision's own draw (so a shown item never gets propensity 0),
@@ -177,6 +191,10 @@ class LinearThompson(Policy):
 
     def _marginals(self, context: Context) -> np.ndarray:
         return sampled_marginals(self._draws(*self._posterior(context)), self.k)
+
+    def _exploit_scores(self, context: Context) -> np.ndarray:
+        """The posterior mean ``x . A_a^-1 b_a``, without sampled noise."""
+        return candidate_means(self.arms_, context)
 
     def _features(self, context: Context, slates: np.ndarray) -> np.ndarray:
         return shown_features(context, slates)
