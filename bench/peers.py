@@ -22,8 +22,8 @@ from lifelong_rec.models.base import IndexedEvents
 class _Adapter(Recommender):
     """What a benchmark adapter does not do: explain, save, load."""
 
-    def _explain(self, user: int, item: int):
-        return "history", np.zeros(0, dtype=np.int64), np.zeros(0)
+    def _attribute(self, users: np.ndarray, items: np.ndarray):
+        raise NotImplementedError("a benchmark adapter: does not explain")
 
     def _state(self) -> dict[str, np.ndarray]:
         raise NotImplementedError("a benchmark adapter: not saved")

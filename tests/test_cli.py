@@ -27,7 +27,7 @@ def test_demo_ingests_the_synthetic_stream_into_a_fresh_log(tmp_path, capsys):
         out = capsys.readouterr().out
     assert "cleaning report" in out and "bot_burst" in out and "stream statistics" in out
     assert "matrix factorisation (ALS)" in out
-    assert out.count("top-10 for ") == 3 and "because of: " in out
+    assert out.count("top-10 for ") == 3 and "Because you looked at " in out
     assert "a brand-new item nobody has touched yet" in out  # the transformer's cold start
     with EventLog(db) as log:
         stats = log.stats()

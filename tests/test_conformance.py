@@ -11,7 +11,7 @@ import pytest
 
 from lifelong_rec.data import synthetic_stream
 from lifelong_rec.events import EventBatch
-from lifelong_rec.models import Recommender, registered_models
+from lifelong_rec.models import REASON_KINDS, Recommender, registered_models
 
 MODELS = sorted(registered_models().items())
 
@@ -160,8 +160,12 @@ def test_unknown_users_get_the_fallback_and_unknown_items_nan(model_class, strea
     assert set(recs.items[0]) == set(model.items_.ids(popularity_order))
     scores = model.score(["nobody"], [stream.item[0], "no-such-item"])
     assert np.isfinite(scores[0, 0]) and np.isnan(scores[0, 1])
-    assert model.explain("nobody", stream.item[0]).kind == "popularity"
-    assert model.explain(stream.user[0], "no-such-item").kind == "unknown_item"
+    cold = model.explain("nobody", stream.item[0])
+    assert cold.fallback and cold.method == "decayed popularity"
+    assert [r.kind for r in cold.reasons] == ["popularity"]
+    assert cold.reasons[0].weight == pytest.approx(cold.score) and cold.rest == pytest.approx(0)
+    unknown = model.explain(stream.user[0], "no-such-item")
+    assert unknown.method == "unknown item" and unknown.reasons == () and np.isnan(unknown.score)
 
 
 def test_candidates_and_short_lists(model_class, stream):
@@ -182,8 +186,32 @@ def test_explanations_name_history_items(model_class, stream):
     recs = model.recommend([user], k=1)
     explanation = model.explain(user, recs.items[0][0])
     assert explanation.user == user and np.isfinite(explanation.score)
+    assert explanation.score == pytest.approx(float(recs.scores[0, 0]), rel=1e-5)
+    assert explanation.model_version == model.version == f"{model.name}-1"
     history = set(stream.item[:1_000][(stream.user[:1_000] == user) & (stream.weight[:1_000] > 0)])
-    assert {c.item for c in explanation.contributions} <= history
+    assert {r.item for r in explanation.reasons if r.item is not None} <= history
+    assert all(r.kind in REASON_KINDS and r.text for r in explanation.reasons)
+    weights = [abs(r.weight) for r in explanation.reasons]
+    assert weights == sorted(weights, reverse=True) and len(weights) <= 5
+    total = sum(r.weight for r in explanation.reasons) + explanation.rest
+    assert total == pytest.approx(explanation.score, rel=1e-6, abs=1e-6)
+
+
+def test_recommend_explains_every_item_as_explain_does(model_class, stream):
+    model = _fitted(model_class, stream)
+    users = [stream.user[0], stream.user[1], "nobody"]
+    recs = model.recommend(users, k=4, explain=True, reasons=2)
+    assert model.recommend(users, k=4).explanations is None
+    for row, user in enumerate(users):
+        explained = [(e.item, pytest.approx(e.score, rel=1e-5)) for e in recs.explanations[row]]
+        assert explained == recs.for_user(row)
+        for explanation in recs.explanations[row]:
+            single = model.explain(user, explanation.item, top=2)
+            assert [r.text for r in explanation.reasons] == [r.text for r in single.reasons]
+            assert [r.weight for r in explanation.reasons] == pytest.approx(
+                [r.weight for r in single.reasons], rel=1e-4, abs=1e-6
+            )
+            assert explanation.fallback == (user == "nobody")
 
 
 @pytest.mark.parametrize(
@@ -196,6 +224,9 @@ def test_explanations_name_history_items(model_class, stream):
         (lambda m: m.recommend([None]), ValueError, "users: None is not an id"),
         (lambda m: m.score(["u"], "i"), ValueError, "items must be a sequence of ids"),
         (lambda m: m.explain("u", "i", top=0), ValueError, "top must be a positive integer"),
+        (lambda m: m.recommend(["u"], reasons=0), ValueError, "reasons must be a positive"),
+        (lambda m: m.explain_many(["u"], ["i"]), ValueError, r"items: expected shape \(1, k\)"),
+        (lambda m: m.explain("u", "i", verb=""), ValueError, "verb must be a non-empty string"),
         (lambda m: m.fit([("u", "i")]), TypeError, "events must be an EventBatch"),
         (lambda m: m.learn(None), TypeError, "events must be an EventBatch"),
     ],

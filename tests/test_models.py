@@ -70,9 +70,10 @@ def test_itemknn_explanation_adds_up_to_the_score(stream):
     user = stream.user[-1]
     item = model.recommend([user], k=1).items[0][0]
     explanation = model.explain(user, item, top=100)
-    assert len(explanation.contributions) <= 5
-    assert sum(c.weight for c in explanation.contributions) == pytest.approx(explanation.score,
-                                                                             rel=1e-5)  # fmt: skip
+    assert len(explanation.reasons) <= 5
+    assert {r.kind for r in explanation.reasons} == {"similar_item"}
+    assert sum(r.weight for r in explanation.reasons) == pytest.approx(explanation.score, rel=1e-5)
+    assert explanation.rest == pytest.approx(0, abs=1e-5)
 
 
 def test_itemknn_scores_from_the_most_recent_items_only():
@@ -128,8 +129,11 @@ def test_mf_explanation_is_the_exact_fold_in_split(stream):
     user = stream.user[3]
     item = model.recommend([user], k=1).items[0][0]
     explanation = model.explain(user, item, top=10_000)
-    total = sum(c.weight for c in explanation.contributions)
+    assert all(r.kind == "history" and r.weight > 0 for r in explanation.reasons)
+    split = model._attribute(model.users_.lookup([user]), model.items_.lookup([item])[None, :])
+    total = split.weights.sum()  # every history item, those that lower the score included
     assert total == pytest.approx(explanation.score, rel=0.05)  # CG solve vs exact fold-in
+    assert total == pytest.approx(model.deletion_scores(user, [item], [])[0, 0], rel=1e-9)
 
 
 def test_mf_recency_weighting_halves_per_half_life():

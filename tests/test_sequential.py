@@ -393,9 +393,13 @@ def _emptied_score(model: SequentialTransformer, user: str, item: str) -> float:
 
 def _completeness_error(model: SequentialTransformer, user: str, item: str) -> tuple[float, float]:
     """(|sum of all attributions - (score - emptied score)|, |score - emptied score|)."""
-    _, _, weights = model._explain(model.users_.lookup([user])[0], model.items_.lookup([item])[0])
-    difference = float(model.score([user], [item])[0, 0]) - _emptied_score(model, user, item)
-    return abs(float(weights.sum()) - difference), abs(difference)
+    attribution = model._attribute(
+        model.users_.lookup([user]), model.items_.lookup([item])[None, :]
+    )
+    emptied = _emptied_score(model, user, item)
+    assert attribution.popularity[0, 0] == pytest.approx(emptied, abs=1e-5)
+    difference = float(model.score([user], [item])[0, 0]) - emptied
+    return abs(float(attribution.weights.sum()) - difference), abs(difference)
 
 
 def test_integrated_gradients_attribute_the_score_to_the_items_read():
@@ -406,7 +410,12 @@ def test_integrated_gradients_attribute_the_score_to_the_items_read():
         read = set(stream.item[stream.user == user][-MAX_LEN:])
         for item in model.recommend([user], k=5, exclude_seen=False).items[0]:
             explanation = model.explain(user, item, top=100)
-            assert {c.item for c in explanation.contributions} == read
+            assert {r.item for r in explanation.reasons if r.kind == "history"} <= read
+            assert all(r.weight > 0 for r in explanation.reasons)
+            split = model._attribute(
+                model.users_.lookup([user]), model.items_.lookup([item])[None, :]
+            )
+            assert set(model.items_.ids(split.history[split.history >= 0])) == read
             error, difference = _completeness_error(model, user, item)
             assert error <= 0.05 * difference + 1e-3, (user, item, error, difference)
 

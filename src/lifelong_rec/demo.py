@@ -24,12 +24,13 @@ from lifelong_rec.data import describe, synthetic_stream
 from lifelong_rec.evaluate import markdown_table, prequential, write_report
 from lifelong_rec.events import Catalog, EventBatch
 from lifelong_rec.lifelong import parse_strategy
-from lifelong_rec.models import MatrixFactorization, Recommender
+from lifelong_rec.models import Explanation, MatrixFactorization, Recommender
 from lifelong_rec.store import EventLog
 
 TRAIN_SHARE = 0.8
 LEARN_BATCH = 1_000
 SHOWN_USERS = 3
+VERB = "looked at"  # what a shopper did with a history item, for the reasons' sentences
 P1_STRATEGIES = ("frozen", "retrain@10", "incremental@block", "incremental@row")
 
 
@@ -72,18 +73,16 @@ def run_demo(
     recent = events.take(events.timestamp > events.timestamp[-1] - 86_400)
     names, counts = np.unique(recent.user, return_counts=True)
     shown = names[np.argsort(-counts, kind="stable")[:SHOWN_USERS]]
-    recommendations = model.recommend(shown, k=10)
+    recommendations = model.recommend(
+        shown, k=10, explain=True, reasons=2, catalog=data.catalog, verb=VERB
+    )
     lists = []
     for row, user in enumerate(shown.tolist()):
-        entries = []
-        for item, score in recommendations.for_user(row):
-            explanation = model.explain(user, item, top=2)
-            because = [
-                {"item": c.item, "title": _title(data.catalog, c.item), "weight": c.weight}
-                for c in explanation.contributions
-            ]
-            entry = {"item": item, "title": _title(data.catalog, item), "score": score}
-            entries.append(entry | {"because": because})
+        entries = [
+            {"item": e.item, "title": _title(data.catalog, e.item), "score": e.score,
+             "method": e.method, "because": _reasons(e)}
+            for e in recommendations.explanations[row]
+        ]  # fmt: skip
         lists.append({"user": user, "history": int(model.history_size_[
             model.users_.lookup([user])[0]]), "top10": entries})  # fmt: skip
     deep = _cold_start_demo(events, data.catalog, cut, names[np.argsort(-counts)].tolist(), seed)
@@ -150,11 +149,8 @@ def render(result: dict[str, object]) -> str:
     for entry in result["recommendations"]:
         lines += ["", f"top-10 for {entry['user']} ({entry['history']} items in history):"]
         for rank, item in enumerate(entry["top10"], start=1):
-            because = ", ".join(f"{c['title']} [{c['item']}]" for c in item["because"])
-            lines.append(
-                f"  {rank:>2}. {item['title']:<28} [{item['item']}] {item['score']:6.3f}"
-                f"   because of: {because or '-'}"
-            )
+            lines.append(f"  {rank:>2}. {item['title']:<28} [{item['item']}] {item['score']:6.3f}")
+            lines += [f"        {r['text']} ({r['weight']:+.3f})" for r in item["because"]]
     lines += _render_cold_start(result["transformer"])
     lines += [
         "",
@@ -211,7 +207,7 @@ def _cold_start_demo(
         column = int(model.items_.lookup(["new-arrival"])[0])
         ranks[who] = {"category": _category(catalog, latest[who]),
                       "rank": int((scores > scores[column]).sum()) + 1}  # fmt: skip
-    explanation = model.explain(user, "new-arrival", top=2)
+    explanation = model.explain(user, "new-arrival", top=3, catalog=catalog, verb=VERB)
     return {
         "model": repr(model),
         "fit_seconds": round(fit_seconds, 2),
@@ -219,10 +215,8 @@ def _cold_start_demo(
         "items": len(model.items_),
         "new_item": new,
         "ranks": ranks,
-        "because": [
-            {"item": c.item, "title": _title(catalog, c.item), "weight": c.weight}
-            for c in explanation.contributions
-        ],
+        "method": explanation.method,
+        "because": _reasons(explanation),
     }
 
 
@@ -241,9 +235,16 @@ def _render_cold_start(deep: dict[str, object] | None) -> list[str]:
             f"  rank {where['rank']:>3} of {deep['items']} for {user} "
             f"(latest interest: {where['category']})"
         )
-    because = ", ".join(f"{c['title']} [{c['item']}] {c['weight']:+.3f}" for c in deep["because"])
-    lines.append(f"  because of (integrated gradients): {because}")
+    lines.append(f"  for {next(iter(deep['ranks']))}, by {deep['method']}:")
+    lines += [f"    {r['text']} ({r['weight']:+.3f})" for r in deep["because"]]
     return lines
+
+
+def _reasons(explanation: Explanation) -> list[dict[str, object]]:
+    return [
+        {"kind": r.kind, "item": r.item, "text": r.text, "weight": r.weight}
+        for r in explanation.reasons
+    ]
 
 
 def _category(catalog: Catalog, item: str) -> str:

@@ -2,14 +2,13 @@
 the sequential transformer (imported on first use: it needs PyTorch, the ``deep`` extra)."""
 
 from lifelong_rec.models.base import (
-    Contribution,
-    Explanation,
     Recommendations,
     Recommender,
     model_names,
     registered_models,
 )
 from lifelong_rec.models.bpr import BPR
+from lifelong_rec.models.explanation import REASON_KINDS, Explanation, Reason, Wording
 from lifelong_rec.models.itemknn import ItemKNN
 from lifelong_rec.models.mf import MatrixFactorization
 from lifelong_rec.models.popularity import Popularity
@@ -35,7 +34,7 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "BPR",
-    "Contribution",
+    "REASON_KINDS",
     "Explanation",
     "GrowingSparse",
     "HashingTextEncoder",
@@ -43,11 +42,13 @@ __all__ = [
     "ItemTexts",
     "MatrixFactorization",
     "Popularity",
+    "Reason",
     "Recommendations",
     "Recommender",
     "SentenceTransformerEncoder",
     "SequentialTransformer",
     "TextEncoder",
+    "Wording",
     "item_texts",
     "model_names",
     "parse_model",

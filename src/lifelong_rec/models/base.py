@@ -13,6 +13,11 @@ What the base class keeps for every model
 - ``last_seen_``: the user x item matrix of the latest time of each interaction (recency).
 - ``popularity_``: item popularity with an exponential time decay: the explicit cold-start
   fallback for users the model does not know or knows nothing positive about.
+- ``updates_``: how many fit, learn and replay calls changed the model (``version``).
+
+Explanations (``explain``, ``explain_many``, ``recommend(explain=True)``) are built here from
+each model's vectorised split of its scores (the ``_attribute`` hook); ``deletion_scores``
+recomputes scores without a history item, to test that the reasons really drive the score.
 """
 
 from __future__ import annotations
@@ -29,7 +34,14 @@ from typing import ClassVar
 import numpy as np
 
 from lifelong_rec.checks import check_positive_ints
-from lifelong_rec.events import EventBatch, IdIndex, as_ids
+from lifelong_rec.events import Catalog, EventBatch, IdIndex, as_ids
+from lifelong_rec.models.explanation import (
+    Attribution,
+    Explanation,
+    Reason,
+    Wording,
+    top_reasons,
+)
 from lifelong_rec.models.sparse import GrowingSparse
 
 FORMAT_VERSION = 1
@@ -58,12 +70,16 @@ class Recommendations:
     fallback : array of bool, shape (n_users,)
         True for users who got the cold-start fallback (decayed popularity) because the model
         does not know them or has no positive history for them.
+    explanations : tuple of tuple of Explanation, or None
+        With ``recommend(..., explain=True)``: per user, the explanation of each recommended
+        item, in list order (padding left out, as in :meth:`for_user`).
     """
 
     users: np.ndarray
     items: np.ndarray
     scores: np.ndarray
     fallback: np.ndarray
+    explanations: tuple[tuple[Explanation, ...], ...] | None = None
 
     def __len__(self) -> int:
         return len(self.users)
@@ -74,40 +90,6 @@ class Recommendations:
         return list(
             zip(self.items[row][keep].tolist(), self.scores[row][keep].tolist(), strict=True)
         )
-
-
-@dataclass(frozen=True)
-class Contribution:
-    """How much one history item adds to a score."""
-
-    item: str
-    weight: float
-
-
-@dataclass(frozen=True)
-class Explanation:
-    """Why a model scores ``item`` for ``user`` as it does.
-
-    Attributes
-    ----------
-    user, item : str
-    score : float
-        The model's score (NaN for an item the model does not know).
-    kind : str
-        "history" (the contributions are history items), "popularity" (the score is the item's
-        decayed popularity), or "unknown_item".
-    contributions : tuple of Contribution
-        The history items that contribute most, largest absolute weight first.
-    fallback : bool
-        True when the user got the cold-start fallback.
-    """
-
-    user: str
-    item: str
-    score: float
-    kind: str
-    contributions: tuple[Contribution, ...] = ()
-    fallback: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -215,6 +197,7 @@ class Recommender(ABC):
         _check_batch(events)
         self._reset()
         self._fit(self._index(events))
+        self.updates_ += 1
         return self
 
     def learn(self, events: EventBatch) -> None:
@@ -224,6 +207,7 @@ class Recommender(ABC):
             self._reset()
         if len(events):
             self._learn(self._index(events))
+            self.updates_ += 1
 
     def replay(self, events: EventBatch) -> None:
         """Learn again from events learned before (experience replay), without counting them
@@ -239,6 +223,7 @@ class Recommender(ABC):
         known = (users >= 0) & (items >= 0) & (events.weight > 0)
         if known.any():
             self._replay(users[known], items[known])
+            self.updates_ += 1
 
     def anchor(self, strength: float) -> None:
         """Pull later updates toward the model as it is now (0 releases the pull).
@@ -268,6 +253,7 @@ class Recommender(ABC):
         self.last_seen_ = GrowingSparse((0, 0), "max", np.float64)
         self.history_size_ = np.zeros(0, dtype=np.int64)  # distinct positive items per user
         self.popularity_ = DecayedCounts(self._fallback_half_life_days())
+        self.updates_ = 0  # fit, learn and replay calls that changed the model: its version
         self._reset_model()
 
     def _index(self, events: EventBatch) -> IndexedEvents:
@@ -312,8 +298,12 @@ class Recommender(ABC):
         k: int = 10,
         exclude_seen: bool = True,
         candidates: object | None = None,
+        explain: bool = False,
+        reasons: int = 3,
+        catalog: Catalog | None = None,
+        verb: str = "interacted with",
     ) -> Recommendations:
-        """Top-``k`` items for each user.
+        """Top-``k`` items for each user, with their explanations when asked.
 
         Parameters
         ----------
@@ -324,13 +314,19 @@ class Recommender(ABC):
             Leave out items in the user's history (as this model has learned it).
         candidates : sequence of item ids, optional
             Rank only these (unknown ones are ignored); all known items when None.
+        explain : bool
+            Also explain every recommended item (see :meth:`explain`), vectorised over the
+            whole batch.
+        reasons, catalog, verb
+            The reasons kept per explanation and their wording (see :meth:`explain`).
 
         Returns
         -------
         Recommendations
         """
         self._check_fitted()
-        check_positive_ints(k=k)
+        check_positive_ints(k=k, reasons=reasons)
+        wording = Wording(catalog, verb) if explain else None
         ids = _ids(users, "users")
         user_index = self.users_.lookup(ids)
         cold = self._cold(user_index)
@@ -363,9 +359,11 @@ class Recommender(ABC):
             names[~np.isfinite(best_scores)] = ""
             top_items[rows, :width] = names
             top_scores[rows, :width] = np.where(np.isfinite(best_scores), best_scores, -np.inf)
-        return Recommendations(
-            users=ids, items=top_items.astype(str), scores=top_scores, fallback=cold
-        )
+        top_items = top_items.astype(str)
+        explanations = None
+        if wording is not None:
+            explanations = self._explanations(ids, top_items, top_scores, reasons, wording)
+        return Recommendations(ids, top_items, top_scores, cold, explanations)
 
     def score_all(self, users: object) -> np.ndarray:
         """Scores of every item the model knows, in the order of ``items_``.
@@ -398,27 +396,248 @@ class Recommender(ABC):
             )
         return scores
 
-    def explain(self, user: object, item: object, top: int = 5) -> Explanation:
-        """Why ``item`` gets its score for ``user``: the history items that contribute most."""
+    # -------------------------------------------------------------- explaining
+
+    @property
+    def version(self) -> str:
+        """The model's name and how many updates (fit, learn, replay, anchor) made it."""
+        return f"{self.name or type(self).__name__}-{self.updates_ if self.is_fitted else 0}"
+
+    def explain(
+        self,
+        user: object,
+        item: object,
+        top: int = 5,
+        catalog: Catalog | None = None,
+        verb: str = "interacted with",
+    ) -> Explanation:
+        """Why ``item`` gets its score for ``user``: the reasons that raise it, strongest first.
+
+        Each model splits its score its own way (``Explanation.method``): MF exactly over the
+        history through the fold-in solve, item-kNN exactly over the neighbours in the
+        history, the transformer by integrated gradients over the history items, popularity
+        (and every model's cold-start fallback) by the item's decayed popularity.
+
+        Parameters
+        ----------
+        user, item : id
+            Either may be unknown: an unknown user gets the fallback's explanation, an unknown
+            item an explanation without reasons and a NaN score.
+        top : int
+            Reasons kept (the others go into ``Explanation.rest``).
+        catalog : Catalog, optional
+            Titles and categories to word the reasons with.
+        verb : str
+            What the user did with a history item, in the past tense ("watched", "read",
+            "bought").
+
+        Returns
+        -------
+        Explanation
+        """
         self._check_fitted()
         check_positive_ints(top=top)
-        user_id, item_id = str(_ids([user], "user")[0]), str(_ids([item], "item")[0])
-        score = float(self.score([user_id], [item_id])[0, 0])
-        user_index = self.users_.lookup([user_id])
-        item_index = int(self.items_.lookup([item_id])[0])
-        if item_index < 0:
-            return Explanation(user_id, item_id, score, "unknown_item")
+        user_id, item_id = _ids([user], "user"), _ids([item], "item")
+        wording = Wording(catalog, verb)
+        (explanations,) = self._explanations(user_id, item_id[None, :], None, top, wording)
+        return explanations[0]
+
+    def explain_many(
+        self,
+        users: object,
+        items: object,
+        top: int = 3,
+        catalog: Catalog | None = None,
+        verb: str = "interacted with",
+    ) -> tuple[tuple[Explanation, ...], ...]:
+        """:meth:`explain` for a table of (user, item) pairs, vectorised.
+
+        Parameters
+        ----------
+        users : sequence of ids, shape (n,)
+        items : array of ids, shape (n, k)
+            The items to explain for each user; "" marks no item (left out of the result).
+
+        Returns
+        -------
+        tuple of tuple of Explanation
+            Per user, one explanation per item that is not "".
+        """
+        self._check_fitted()
+        check_positive_ints(top=top)
+        ids = _ids(users, "users")
+        table = np.asarray(items, dtype=str)
+        if table.ndim != 2 or len(table) != len(ids):
+            raise ValueError(f"items: expected shape ({len(ids)}, k), got {table.shape}")
+        return self._explanations(ids, table, None, top, Wording(catalog, verb))
+
+    def deletion_scores(self, user: object, items: object, removed: object) -> np.ndarray:
+        """Scores of ``items`` for ``user`` recomputed from the history without each of the
+        ``removed`` history items in turn: the deletion test of an explanation's
+        faithfulness (remove what a reason rests on; the score should drop). Pure.
+
+        Parameters
+        ----------
+        user : id of a user with history
+        items : sequence of item ids the model knows, shape (k,)
+        removed : sequence of item ids in the user's history, shape (r,)
+
+        Returns
+        -------
+        scores : array of float64, shape (r + 1, k)
+            Row 0 from the whole history, as the explanation splits it (for MF the exact
+            fold-in, which the stored user factors approach); row ``j + 1`` without
+            ``removed[j]``.
+
+        Raises
+        ------
+        NotImplementedError
+            For models whose score is not computed from the user's history (popularity, BPR).
+        ValueError
+            For an unknown or cold user, an unknown item, or a removed item not in the history.
+        """
+        self._check_fitted()
+        user_index = self.users_.lookup(_ids([user], "user"))
         if self._cold(user_index)[0]:
-            return Explanation(user_id, item_id, score, "popularity", fallback=True)
-        kind, contributing, weights = self._explain(int(user_index[0]), item_index)
-        order = np.argsort(-np.abs(weights), kind="stable")[:top]
-        contributions = tuple(
-            Contribution(str(name), float(weight))
-            for name, weight in zip(
-                self.items_.ids(contributing[order]), weights[order], strict=True
-            )
+            raise ValueError(f"user {user!r} has no history in this model")
+        item_index = self.items_.lookup(_ids(items, "items"))
+        if (item_index < 0).any():
+            raise ValueError(f"items: {_ids(items, 'items')[item_index < 0][0]!r} is unknown")
+        removed_ids = _ids(removed, "removed")
+        removed_index = self.items_.lookup(removed_ids)
+        known = removed_index >= 0
+        known[known] = self.history_.contains(
+            np.full(int(known.sum()), user_index[0]), removed_index[known]
         )
-        return Explanation(user_id, item_id, score, kind, contributions)
+        if not known.all():
+            raise ValueError(
+                f"removed: {removed_ids[~known][0]!r} is not in the history of user {user!r}"
+            )
+        return self._deletion_scores(int(user_index[0]), item_index, removed_index)
+
+    def _explanations(
+        self,
+        users: np.ndarray,
+        items: np.ndarray,
+        scores: np.ndarray | None,
+        top: int,
+        wording: Wording,
+    ) -> tuple[tuple[Explanation, ...], ...]:
+        """Explanations of a (users, k) table of item ids ("" = none), vectorised over the
+        table; only the final objects are built one by one."""
+        n, k = items.shape
+        user_index = self.users_.lookup(users)
+        item_index = self.items_.lookup(items.ravel()).reshape(n, k)
+        known = item_index >= 0
+        if scores is None:
+            scores = self._pair_scores(user_index, item_index)
+        cold = self._cold(user_index)
+        reason_items = np.full((n, k, top), -1, dtype=np.int64)
+        reason_weights = np.zeros((n, k, top))
+        kinds = np.full((n, k), "popularity", dtype=object)
+        popularity = np.where(cold[:, None], scores, 0.0).astype(np.float64)
+        methods = np.full(n, "decayed popularity", dtype=object)
+        trend = cold.copy()  # popularity parts worded as a trend (decayed counts)
+        warm = np.flatnonzero(~cold)
+        if len(warm):
+            attribution = self._attribute(user_index[warm], np.where(known, item_index, 0)[warm])
+            found, weights = top_reasons(attribution, top)
+            width = found.shape[2]
+            reason_items[warm, :, :width] = found
+            reason_weights[warm, :, :width] = weights
+            kinds[warm] = attribution.kinds
+            methods[warm] = attribution.method
+            if attribution.popularity is not None:
+                popularity[warm] = attribution.popularity
+                trend[warm] = attribution.trend
+        # The popularity part joins the history reasons as one more candidate (item -2).
+        reason_items = np.concatenate(
+            [reason_items, np.where(popularity > 0, -2, -1)[:, :, None]], axis=2
+        )
+        reason_weights = np.concatenate([reason_weights, popularity[:, :, None]], axis=2)
+        strength = np.where(reason_items == -1, -np.inf, reason_weights)
+        order = np.argsort(-strength, axis=2, kind="stable")[:, :, :top]
+        reason_items = np.take_along_axis(reason_items, order, axis=2)
+        reason_weights = np.take_along_axis(reason_weights, order, axis=2)
+        rest = scores - np.where(reason_items == -1, 0.0, reason_weights).sum(axis=2)
+        return self._build_explanations(
+            users, items, scores, rest, known, cold, methods, kinds, trend,
+            reason_items, reason_weights, wording,
+        )  # fmt: skip
+
+    def _build_explanations(
+        self,
+        users: np.ndarray,
+        items: np.ndarray,
+        scores: np.ndarray,
+        rest: np.ndarray,
+        known: np.ndarray,
+        cold: np.ndarray,
+        methods: np.ndarray,
+        kinds: np.ndarray,
+        trend: np.ndarray,
+        reason_items: np.ndarray,
+        reason_weights: np.ndarray,
+        wording: Wording,
+    ) -> tuple[tuple[Explanation, ...], ...]:
+        """The objects, from the (n, k, top) tables: the one step done item by item, with
+        every sentence worded once."""
+        present = items != ""
+        named = np.unique(reason_items[(reason_items >= 0) & present[:, :, None]])
+        ids = self.items_.ids(named).tolist()
+        history_names = dict(zip(named.tolist(), zip(ids, wording.titles(ids), strict=True),
+                                 strict=True))  # fmt: skip
+        half_life = self._fallback_half_life_days()
+        sentences: dict[tuple, str] = {}
+
+        def reason(kind: str, history_item: int, weight: float, item: str, row: int) -> Reason:
+            if history_item == -2:
+                key = ("popularity", item, bool(trend[row]))
+                if key not in sentences:
+                    sentences[key] = wording.popularity(item, half_life if trend[row] else None)
+                return Reason("popularity", weight, sentences[key])
+            key = (kind, history_item)
+            if key not in sentences:
+                sentences[key] = wording.reason(kind, history_names[history_item][1])
+            return Reason(kind, weight, sentences[key], history_names[history_item][0])
+
+        version = self.version
+        out = []
+        for row, user in enumerate(users.tolist()):
+            explained = []
+            for column in np.flatnonzero(present[row]).tolist():
+                item = str(items[row, column])
+                if not known[row, column]:
+                    explained.append(Explanation(user, item, float("nan"), version, "unknown item"))
+                    continue
+                kind = kinds[row, column]
+                reasons = tuple(
+                    reason(kind, history_item, weight, item, row)
+                    for history_item, weight in zip(
+                        reason_items[row, column].tolist(), reason_weights[row, column].tolist(),
+                        strict=True,
+                    )
+                    if history_item != -1
+                )  # fmt: skip
+                score, left = float(scores[row, column]), float(rest[row, column])
+                method, fallback = methods[row], bool(cold[row])
+                explained.append(
+                    Explanation(user, item, score, version, method, reasons, left, fallback)
+                )
+            out.append(tuple(explained))
+        return tuple(out)
+
+    def _pair_scores(self, user_index: np.ndarray, item_index: np.ndarray) -> np.ndarray:
+        """Scores of a (users, k) table of item indexes (-1: NaN), shape (n, k)."""
+        known = item_index >= 0
+        out = np.full(item_index.shape, np.nan)
+        if not known.any():
+            return out
+        chosen, column = np.unique(item_index[known], return_inverse=True)
+        table = self._scores(user_index, self._cold(user_index), chosen, len(chosen))
+        rows = np.broadcast_to(np.arange(len(user_index))[:, None], item_index.shape)[known]
+        out[known] = table[rows, column.ravel()]
+        return out
 
     def _cold(self, user_index: np.ndarray) -> np.ndarray:
         """Users that get the fallback: unknown, or no positive history."""
@@ -481,6 +700,7 @@ class Recommender(ABC):
             "params": self.get_params(),
             "users": self.users_.to_array().tolist(),
             "items": self.items_.to_array().tolist(),
+            "updates": self.updates_,
         }
         (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
 
@@ -510,6 +730,7 @@ class Recommender(ABC):
         model.last_seen_ = GrowingSparse.from_state(part("last_seen."), "max", np.float64)
         model.popularity_.set_state(part("popularity."))
         model.history_size_ = arrays["history_size"].astype(np.int64)
+        model.updates_ = int(manifest.get("updates", 0))
         model._set_state(part("model."))
         return model
 
@@ -539,8 +760,16 @@ class Recommender(ABC):
         """
 
     @abstractmethod
-    def _explain(self, user: int, item: int) -> tuple[str, np.ndarray, np.ndarray]:
-        """(kind, contributing item indexes, their weights) for a warm user."""
+    def _attribute(self, users: np.ndarray, items: np.ndarray) -> Attribution:
+        """Split the scores of ``items`` (int64, shape (n, k)) for the warm ``users`` (shape
+        (n,), may repeat) over what drives them (see :class:`Attribution`)."""
+
+    def _deletion_scores(self, user: int, items: np.ndarray, removed: np.ndarray) -> np.ndarray:
+        """:meth:`deletion_scores` on checked indexes. Default: not history-based."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not compute its scores from the user's history, so "
+            "there is no history item to delete"
+        )
 
     @abstractmethod
     def _state(self) -> dict[str, np.ndarray]:

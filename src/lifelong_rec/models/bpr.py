@@ -6,6 +6,7 @@ import numpy as np
 
 from lifelong_rec.checks import check_positive_ints
 from lifelong_rec.models.base import IndexedEvents, Recommender
+from lifelong_rec.models.explanation import Attribution, pad_rows
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -204,11 +205,23 @@ class BPR(Recommender):
         scores = self.user_factors_[user_index] @ self.item_factors_[item_index].T
         return scores + self.item_bias_[item_index, 0]
 
-    def _explain(self, user: int, item: int) -> tuple[str, np.ndarray, np.ndarray]:
-        """History items by the similarity of their factors to the item's (not a split of the
-        score: a BPR score has no exact decomposition over the history)."""
-        items = self.history_.rows(np.array([user])).indices.astype(np.int64)
-        return "similar_items", items, self.item_factors_[items] @ self.item_factors_[item]
+    def _attribute(self, users: np.ndarray, items: np.ndarray) -> Attribution:
+        """The item bias exactly (as popularity), and the history items by the dot product of
+        their factors with the item's. The latter is not a split of the score: a BPR user
+        vector is a trained parameter, not a function of the history, so the rest of the
+        score stays in ``Explanation.rest``."""
+        unique, inverse = np.unique(users, return_inverse=True)
+        rows = self.history_.row_block(unique)
+        history = pad_rows(rows.indptr, rows.indices, rows.data)[0][inverse]
+        chosen = self.item_factors_[np.maximum(history, 0)] * (history >= 0)[:, :, None]
+        weights = chosen @ np.transpose(self.item_factors_[items], (0, 2, 1))
+        return Attribution(
+            method="item bias, and factor similarity to the history (not a split of the score)",
+            history=history,
+            weights=weights.astype(np.float64),
+            kinds=np.full(items.shape, "similar_item", dtype=object),
+            popularity=self.item_bias_[items, 0].astype(np.float64),
+        )
 
     def _state(self) -> dict[str, np.ndarray]:
         state = {table: getattr(self, f"{table}_") for table in self._TABLES}

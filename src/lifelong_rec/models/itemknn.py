@@ -7,6 +7,7 @@ import scipy.sparse as sp
 
 from lifelong_rec.checks import check_positive_ints
 from lifelong_rec.models.base import IndexedEvents, Recommender
+from lifelong_rec.models.explanation import Attribution, pad_rows
 from lifelong_rec.models.sparse import GrowingSparse, segments
 
 
@@ -154,11 +155,39 @@ class ItemKNN(Recommender):
         scores = compact @ self._similar(history_items)
         return scores[:, item_index].toarray().astype(np.float32)
 
-    def _explain(self, user: int, item: int) -> tuple[str, np.ndarray, np.ndarray]:
-        history_items = self._recent(np.array([user])).indices
-        weights = self._similar(history_items)[:, [item]].toarray().ravel()
-        keep = weights != 0
-        return "history", history_items[keep], weights[keep]
+    def _attribute(self, users: np.ndarray, items: np.ndarray) -> Attribution:
+        """The exact split of the score: each counted history item adds its similarity."""
+        unique, inverse = np.unique(users, return_inverse=True)
+        recent = self._recent(unique)
+        history = pad_rows(recent.indptr, recent.indices, recent.data)[0][inverse]
+        weights = self._similarities(history, items)
+        kinds = np.full(items.shape, "similar_item", dtype=object)
+        return Attribution("exact sum over the neighbours in the history", history, weights, kinds)
+
+    def _deletion_scores(self, user: int, items: np.ndarray, removed: np.ndarray) -> np.ndarray:
+        """Scores from the ``history_length`` most recent items, then from those of the history
+        without each removed item (an older item may move into the window)."""
+        row = self.last_seen_.rows(np.array([user]))
+        history, times = row.indices.astype(np.int64), row.data.astype(np.float64)
+        variants = np.repeat(times[None, :], len(removed) + 1, axis=0)
+        variants[1:][history[None, :] == removed[:, None]] = -np.inf
+        width = min(self.history_length or len(history), len(history))
+        kept = np.argsort(-variants, axis=1, kind="stable")[:, :width]
+        counted = np.isfinite(np.take_along_axis(variants, kept, axis=1))
+        tables = np.where(counted, history[kept], -1)  # (r + 1, width)
+        weights = self._similarities(tables, np.broadcast_to(items, (len(tables), len(items))))
+        return weights.sum(axis=1)
+
+    def _similarities(self, history: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Similarity of each history item (n, h; -1 pads) to each item (n, k), shape
+        (n, h, k), 0 at padding: the same pruned similarities that score."""
+        sources = np.unique(history[history >= 0])
+        targets, target_column = np.unique(items, return_inverse=True)
+        table = np.zeros((len(sources) + 1, len(targets)))  # last row: padding
+        if len(sources):
+            table[:-1] = self._similar(sources)[:, targets].toarray()
+        source_row = np.where(history >= 0, np.searchsorted(sources, history), len(sources))
+        return table[source_row[:, :, None], target_column.reshape(items.shape)[:, None, :]]
 
     def _state(self) -> dict[str, np.ndarray]:
         state = {f"cooccurrence.{k}": v for k, v in self.cooccurrence_.state().items()}

@@ -9,6 +9,7 @@ import scipy.sparse as sp
 
 from lifelong_rec.checks import check_positive_ints
 from lifelong_rec.models.base import IndexedEvents, Recommender
+from lifelong_rec.models.explanation import Attribution, pad_rows
 from lifelong_rec.models.sparse import GrowingSparse, RowBlock
 
 _TINY = 1e-20
@@ -165,6 +166,12 @@ class MatrixFactorization(Recommender):
                 by_item, self.user_factors_, self._gram(self.user_factors_), self.item_factors_,
                 self.cg_steps,
             )  # fmt: skip
+        # A last half-step on the users: each user vector is then (up to the CG steps) the
+        # fold-in of its history against the final item factors, which ``explain`` splits.
+        self.user_factors_ = self._solve(
+            by_user, self.item_factors_, self._gram(self.item_factors_), self.user_factors_,
+            self.cg_steps,
+        )  # fmt: skip
         self._user_gram = self._gram(self.user_factors_)
         self._item_gram = self._gram(self.item_factors_)
         for side, matrix in (("users", self.history_), ("items", self.item_history_)):
@@ -338,31 +345,64 @@ class MatrixFactorization(Recommender):
     def _score(self, user_index: np.ndarray, item_index: np.ndarray | slice) -> np.ndarray:
         return self.user_factors_[user_index] @ self.item_factors_[item_index].T
 
-    def _explain(self, user: int, item: int) -> tuple[str, np.ndarray, np.ndarray]:
+    def _attribute(self, users: np.ndarray, items: np.ndarray) -> Attribution:
         """The exact split of the fold-in score over the history (as implicit's ALS explain).
 
         With ``A = Y^T Y + Y_u^T (C_u - I) Y_u + reg I``, the folded-in user vector is
         ``x_u = A^-1 Y_u^T c_u``, so ``score = y_i . x_u = sum_j c_uj (A^-1 y_i) . y_j``: each
-        history item j contributes ``c_uj (A^-1 y_i) . y_j``. The contributions add up to
-        the exact fold-in score, which the CG solve of ``learn`` approaches.
+        history item j contributes ``c_uj (A^-1 y_i) . y_j``. The contributions add up to the
+        exact fold-in score, which the CG solves of ``learn`` approach; one batched solve
+        serves every user's k items.
         """
-        history = self._user_rows(np.array([user]))
-        items = history.indices
-        confidence = 1.0 + self.alpha * history.data.astype(np.float64)
-        chosen = self.item_factors_[items].astype(np.float64)
-        system = (
-            self._gram(self.item_factors_)
-            + chosen.T @ ((confidence - 1.0)[:, None] * chosen)
-            + self.regularization * np.eye(self.factors)
-        )
-        direction = np.linalg.solve(system, self.item_factors_[item].astype(np.float64))
-        return "history", items.astype(np.int64), confidence * (chosen @ direction)
+        history, confidence, chosen = self._fold_in_parts(users)
+        directions = np.linalg.solve(
+            self._fold_in_systems(confidence, chosen),
+            np.transpose(self.item_factors_[items], (0, 2, 1)).astype(np.float64),
+        )  # (n, f, k): A^-1 y_i for every item
+        weights = confidence[:, :, None] * (chosen @ directions)
+        kinds = np.full(items.shape, "history", dtype=object)
+        return Attribution("exact split of the fold-in score", history, weights, kinds)
+
+    def _deletion_scores(self, user: int, items: np.ndarray, removed: np.ndarray) -> np.ndarray:
+        """Fold-in scores from the history, then from the history without each removed item
+        (its confidence set to 0: it leaves both sides of the normal equations)."""
+        history, confidence, chosen = self._fold_in_parts(np.array([user]))
+        variants = np.repeat(confidence, len(removed) + 1, axis=0)  # (r + 1, h)
+        variants[1:][history[0][None, :] == removed[:, None]] = 0.0
+        chosen = np.broadcast_to(chosen, (len(variants), *chosen.shape[1:]))
+        right = np.einsum("rhf,rh->rf", chosen, variants)[:, :, None]
+        vectors = np.linalg.solve(self._fold_in_systems(variants, chosen), right)[:, :, 0]
+        return vectors @ self.item_factors_[items].T.astype(np.float64)
+
+    def _fold_in_parts(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each user's history (n, h; -1 pads), confidences (n, h; 0 pads) and the history
+        items' factors (n, h, f; 0 pads), in float64."""
+        unique, inverse = np.unique(users, return_inverse=True)
+        rows = self._user_rows(unique)
+        history, values = pad_rows(rows.indptr, rows.indices, rows.data)
+        history, values = history[inverse], values[inverse]
+        present = history >= 0
+        confidence = np.where(present, 1.0 + self.alpha * values, 0.0)
+        chosen = self.item_factors_[np.maximum(history, 0)].astype(np.float64)
+        chosen *= present[:, :, None]
+        return history, confidence, chosen
+
+    def _fold_in_systems(self, confidence: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+        """``A = Y^T Y + Y_u^T (C_u - I) Y_u + reg I`` per row, shape (n, f, f); entries of
+        confidence 0 (padding, a removed item) leave ``A`` as if absent."""
+        extra = np.where(confidence > 0, confidence - 1.0, 0.0)
+        systems = np.transpose(chosen, (0, 2, 1)) @ (extra[:, :, None] * chosen)
+        return systems + self._item_gram + self.regularization * np.eye(self.factors)
 
     # -------------------------------------------------------------- persistence
 
     def _state(self) -> dict[str, np.ndarray]:
         weights = {f"weights.{key}": value for key, value in self.weights_.items()}
-        return {"user_factors": self.user_factors_, "item_factors": self.item_factors_} | weights
+        # The Gram matrices as kept in step, so a loaded model solves (and explains) bit for
+        # bit as the saved one would have.
+        grams = {"user_gram": self._user_gram, "item_gram": self._item_gram}
+        factors = {"user_factors": self.user_factors_, "item_factors": self.item_factors_}
+        return factors | weights | grams
 
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
         self.user_factors_ = arrays["user_factors"].astype(np.float32)
@@ -376,8 +416,8 @@ class MatrixFactorization(Recommender):
         self.item_history_ = GrowingSparse(matrix.shape, "sum", np.float32)
         coo = matrix.tocoo()
         self.item_history_.add(coo.row.astype(np.int64), coo.col.astype(np.int64), coo.data)
-        self._user_gram = self._gram(self.user_factors_)
-        self._item_gram = self._gram(self.item_factors_)
+        self._user_gram = arrays["user_gram"].astype(np.float64)
+        self._item_gram = arrays["item_gram"].astype(np.float64)
 
 
 def _row_sums(

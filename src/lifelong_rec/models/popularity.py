@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from lifelong_rec.models.base import IndexedEvents, Recommender
+from lifelong_rec.models.explanation import Attribution
 
 
 class Popularity(Recommender):
@@ -50,8 +51,16 @@ class Popularity(Recommender):
         row = self.popularity_.counts[item_index].astype(np.float32)
         return np.broadcast_to(row, (len(user_index), len(row))).copy()
 
-    def _explain(self, user: int, item: int) -> tuple[str, np.ndarray, np.ndarray]:
-        return "popularity", np.zeros(0, dtype=np.int64), np.zeros(0)
+    def _attribute(self, users: np.ndarray, items: np.ndarray) -> Attribution:
+        n, k = items.shape
+        return Attribution(
+            method="decayed popularity",
+            history=np.full((n, 0), -1, dtype=np.int64),
+            weights=np.zeros((n, 0, k)),
+            kinds=np.full((n, k), "popularity", dtype=object),
+            popularity=self.popularity_.counts[items].astype(np.float32).astype(np.float64),
+            trend=True,
+        )
 
     def _state(self) -> dict[str, np.ndarray]:
         return {}

@@ -1,0 +1,253 @@
+"""Explanations: why a model recommends an item, as typed reasons with sentences for people.
+
+A model splits a score over the reasons that drive it (``Attribution``, per model, vectorised
+over users and items); this module turns the split into :class:`Explanation` s: the top
+reasons by absolute weight, what the listed reasons leave over (``rest``), and sentences that
+name items by their catalogue titles (:class:`Wording`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lifelong_rec.events import Catalog, IdIndex
+
+#: What a reason can be.
+#: - history: an item the user interacted with adds ``weight`` to the score (MF, transformer)
+#: - similar_item: the item is similar to one the user interacted with (item-kNN, BPR)
+#: - text: the item's text resembles that of one the user interacted with (a new item that
+#:   the transformer knows by its text alone)
+#: - popularity: the item is popular (recently, when the counts decay)
+#: - exploration: the policy showed the item to learn about it, not because it ranks high
+#: - business_rule: a rule outside the model placed the item (a boost, a pin)
+REASON_KINDS = ("history", "similar_item", "text", "popularity", "exploration", "business_rule")
+
+
+@dataclass(frozen=True)
+class Reason:
+    """One reason for a recommendation.
+
+    Attributes
+    ----------
+    kind : str
+        One of :data:`REASON_KINDS`.
+    weight : float
+        The reason's share of the score, in the score's units: the weights of an explanation's
+        reasons plus its ``rest`` add up to its score. 0 for reasons outside the model's score
+        (exploration, business rules).
+    text : str
+        A short sentence for a person, e.g. "Because you watched Star Wars (1977)".
+    item : str or None
+        The history item the reason rests on (history, similar_item, text); None otherwise.
+    """
+
+    kind: str
+    weight: float
+    text: str
+    item: str | None = None
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why a model gives ``item`` its score for ``user``.
+
+    Attributes
+    ----------
+    user, item : str
+    score : float
+        The model's score (NaN for an item the model does not know).
+    model_version : str
+        The version of the model that scored and explained (see ``Recommender.version``).
+    method : str
+        How the weights were computed, e.g. "exact split of the fold-in score" (MF),
+        "exact sum over neighbours" (item-kNN), "integrated gradients, 32 steps" (the
+        transformer), "decayed popularity" (popularity and the cold-start fallback).
+    reasons : tuple of Reason
+        The strongest reasons that raise the score, largest weight first (an exploration
+        reason, when a policy adds one, comes first). What lowers the score is not a reason
+        "because"; it stays in ``rest``.
+    rest : float
+        The part of the score the listed reasons do not carry: the reasons not listed and
+        those that lower the score, plus what the method leaves unexplained (for MF, the gap between the stored user factors and
+        the exact fold-in; for integrated gradients, the score of the empty history and the
+        integration error). ``sum(r.weight for r in reasons) + rest == score``.
+    fallback : bool
+        True when the user got the cold-start fallback (decayed popularity).
+    propensity : float or None
+        When a policy chose the item: the probability it would show the item at its position.
+    """
+
+    user: str
+    item: str
+    score: float
+    model_version: str
+    method: str
+    reasons: tuple[Reason, ...] = ()
+    rest: float = 0.0
+    fallback: bool = False
+    propensity: float | None = None
+
+    @property
+    def top(self) -> Reason | None:
+        """The strongest reason, or None when there is none."""
+        return self.reasons[0] if self.reasons else None
+
+
+@dataclass(frozen=True, eq=False)
+class Attribution:
+    """A model's split of the scores of ``n`` users' ``k`` items over their histories
+    (internal: what ``Recommender._attribute`` returns).
+
+    Attributes
+    ----------
+    method : str
+    history : array of int64, shape (n, h)
+        Each user's history items (model indexes), padded with -1.
+    weights : array of float64, shape (n, h, k)
+        What history item ``h`` adds to the score of item ``k``; 0 at padding.
+    kinds : array of str, shape (n, k)
+        The reason kind of each item's history reasons.
+    popularity : array of float64, shape (n, k), or None
+        A part of each score that is the item's popularity: a BPR item bias, the
+        transformer's score for an empty history, the decayed count of the popularity model.
+    trend : bool
+        Whether ``popularity`` is a decayed (recent) count, worded as a trend.
+    """
+
+    method: str
+    history: np.ndarray
+    weights: np.ndarray
+    kinds: np.ndarray
+    popularity: np.ndarray | None = None
+    trend: bool = False
+
+
+def pad_rows(
+    indptr: np.ndarray, indices: np.ndarray, data: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """CSR rows as a dense table: (columns padded with -1, values padded with 0), both of
+    shape (n_rows, longest row), entries in their CSR order."""
+    lengths = np.diff(indptr)
+    n_rows = len(lengths)
+    width = max(int(lengths.max(initial=0)), 1)
+    rows = np.repeat(np.arange(n_rows), lengths)
+    slots = np.arange(len(indices)) - np.repeat(indptr[:-1], lengths)
+    columns = np.full((n_rows, width), -1, dtype=np.int64)
+    values = np.zeros((n_rows, width))
+    columns[rows, slots] = indices
+    values[rows, slots] = data
+    return columns, values
+
+
+# ------------------------------------------------------------------------------ wording
+
+
+_PERIODS = ((1.5, "today"), (10.0, "this week"), (45.0, "this month"), (400.0, "this year"))
+
+
+@dataclass(frozen=True, eq=False)
+class Wording:
+    """How reasons are put into words.
+
+    Parameters
+    ----------
+    catalog : Catalog, optional
+        Titles (and categories, for trends) of the items; without one, or for an item it lacks
+        or has no title for, items are named by their id.
+    verb : str
+        What the user did with a history item, in the past tense: "watched" for video,
+        "read" for news, "bought" for a shop; "interacted with" by default.
+    """
+
+    catalog: Catalog | None = None
+    verb: str = "interacted with"
+    _index: IdIndex = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.verb, str) or not self.verb.strip():
+            raise ValueError(f"verb must be a non-empty string, got {self.verb!r}")
+        items = self.catalog.item if self.catalog is not None else np.zeros(0, dtype=str)
+        object.__setattr__(self, "_index", IdIndex(items))
+
+    def titles(self, items: np.ndarray) -> np.ndarray:
+        """The title of each item id, or "item <id>" without one (object array)."""
+        items = np.asarray(items, dtype=str)
+        out = np.array([f"item {item}" for item in items.tolist()], dtype=object)
+        if self.catalog is None or len(items) == 0:
+            return out
+        rows = self._index.lookup(items)
+        found = rows >= 0
+        titles = self.catalog.title[rows[found]]
+        named = titles != ""
+        out[np.flatnonzero(found)[named]] = titles[named]
+        return out
+
+    def category(self, item: str) -> str | None:
+        """The item's first category, if the catalogue gives one."""
+        if self.catalog is None:
+            return None
+        row = int(self._index.lookup(np.array([item]))[0])
+        if row < 0 or not self.catalog.categories[row]:
+            return None
+        return self.catalog.categories[row][0]
+
+    def reason(self, kind: str, title: str) -> str:
+        """The sentence of a reason that rests on a history item with this title."""
+        if kind == "history":
+            return f"Because you {self.verb} {title}"
+        if kind == "similar_item":
+            return f"Similar to {title}, which you {self.verb}"
+        if kind == "text":
+            return f"New, and its description is like that of {title}, which you {self.verb}"
+        raise ValueError(f"reason kind {kind!r} does not rest on a history item")
+
+    def popularity(self, item: str, half_life_days: float | None) -> str:
+        """ "Trending this week in Groceries", "Popular overall", ..."""
+        category = self.category(item)
+        where = f" in {category}" if category else ""
+        if half_life_days is None:
+            return f"Popular{where}" if where else "Popular overall"
+        period = next((name for days, name in _PERIODS if half_life_days <= days), "")
+        return f"Trending {period}{where}".replace("  ", " ").strip()
+
+    def exploration(self, propensity: float) -> str:
+        return (
+            "Shown to explore new items: picked over higher-ranked ones, "
+            f"with probability {propensity:.2g}"
+        )
+
+
+# ------------------------------------------------------------------------------ building
+
+
+def top_reasons(attribution: Attribution, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``top`` history reasons of every (user, item) that raise its score, largest weight
+    first, vectorised.
+
+    Returns
+    -------
+    items : array of int64, shape (n, k, top)
+        History item of each reason; -1 where there is none (a short or padded history, or
+        no more items with a positive weight).
+    weights : array of float64, shape (n, k, top)
+        0 where ``items`` is -1.
+    """
+    weights = np.transpose(attribution.weights, (0, 2, 1))  # (n, k, h)
+    n, k, h = weights.shape
+    width = min(top, h)
+    if width == 0:
+        return np.full((n, k, 0), -1, np.int64), np.zeros((n, k, 0))
+    padding = np.broadcast_to(attribution.history[:, None, :] < 0, weights.shape)
+    strength = np.where(padding, -np.inf, weights)
+    best = np.argpartition(-strength, width - 1, axis=2)[..., :width]
+    order = np.argsort(-np.take_along_axis(strength, best, axis=2), axis=2, kind="stable")
+    best = np.take_along_axis(best, order, axis=2)
+    chosen = np.take_along_axis(strength, best, axis=2)
+    items = np.take_along_axis(
+        np.broadcast_to(attribution.history[:, None, :], (n, k, h)), best, axis=2
+    ).copy()
+    none = ~(chosen > 0)
+    items[none] = -1
+    return items, np.where(none, 0.0, chosen)
