@@ -70,8 +70,8 @@ class Explanation:
         "because"; it stays in ``rest``.
     rest : float
         The part of the score the listed reasons do not carry: the reasons not listed and
-        those that lower the score, plus what the method leaves unexplained (for MF, the gap between the stored user factors and
-        the exact fold-in; for integrated gradients, the score of the empty history and the
+        those that lower the score, plus what the method leaves unexplained (for MF, the gap
+        between the stored user factors and the exact fold-in; for integrated gradients, the
         integration error). ``sum(r.weight for r in reasons) + rest == score``.
     fallback : bool
         True when the user got the cold-start fallback (decayed popularity).
