@@ -226,7 +226,7 @@ def test_recommend_explains_every_item_as_explain_does(model_class, stream):
         (lambda m: m.explain("u", "i", top=0), ValueError, "top must be a positive integer"),
         (lambda m: m.recommend(["u"], reasons=0), ValueError, "reasons must be a positive"),
         (lambda m: m.explain_many(["u"], ["i"]), ValueError, r"items: expected shape \(1, k\)"),
-        (lambda m: m.explain("u", "i", verb=""), ValueError, "verb must be a non-empty string"),
+        (lambda m: m.explain("u", "i", wording="x"), TypeError, "wording must be a Wording"),
         (lambda m: m.fit([("u", "i")]), TypeError, "events must be an EventBatch"),
         (lambda m: m.learn(None), TypeError, "events must be an EventBatch"),
     ],

@@ -24,7 +24,7 @@ from lifelong_rec.data import describe, synthetic_stream
 from lifelong_rec.evaluate import markdown_table, prequential, write_report
 from lifelong_rec.events import Catalog, EventBatch
 from lifelong_rec.lifelong import parse_strategy
-from lifelong_rec.models import Explanation, MatrixFactorization, Recommender
+from lifelong_rec.models import Explanation, MatrixFactorization, Recommender, Wording
 from lifelong_rec.store import EventLog
 
 TRAIN_SHARE = 0.8
@@ -74,7 +74,7 @@ def run_demo(
     names, counts = np.unique(recent.user, return_counts=True)
     shown = names[np.argsort(-counts, kind="stable")[:SHOWN_USERS]]
     recommendations = model.recommend(
-        shown, k=10, explain=True, reasons=2, catalog=data.catalog, verb=VERB
+        shown, k=10, explain=True, reasons=2, wording=Wording(data.catalog, VERB)
     )
     lists = []
     for row, user in enumerate(shown.tolist()):
@@ -207,7 +207,7 @@ def _cold_start_demo(
         column = int(model.items_.lookup(["new-arrival"])[0])
         ranks[who] = {"category": _category(catalog, latest[who]),
                       "rank": int((scores > scores[column]).sum()) + 1}  # fmt: skip
-    explanation = model.explain(user, "new-arrival", top=3, catalog=catalog, verb=VERB)
+    explanation = model.explain(user, "new-arrival", top=3, wording=Wording(catalog, VERB))
     return {
         "model": repr(model),
         "fit_seconds": round(fit_seconds, 2),

@@ -34,7 +34,7 @@ from typing import ClassVar
 import numpy as np
 
 from lifelong_rec.checks import check_positive_ints
-from lifelong_rec.events import Catalog, EventBatch, IdIndex, as_ids
+from lifelong_rec.events import EventBatch, IdIndex, as_ids
 from lifelong_rec.models.explanation import (
     Attribution,
     Explanation,
@@ -47,6 +47,7 @@ from lifelong_rec.models.sparse import GrowingSparse
 FORMAT_VERSION = 1
 _SCORE_BLOCK = 16_000_000  # scores computed per block of users: at most 64 MB of float32
 _MODELS: dict[str, type[Recommender]] = {}
+_PLAIN = Wording()  # reasons that name items by their ids
 # Models whose module needs an optional extra: short name -> (module, package it needs, extra).
 # They register themselves when imported, which happens on first need, so that importing
 # lifelong_rec does not import PyTorch.
@@ -300,8 +301,7 @@ class Recommender(ABC):
         candidates: object | None = None,
         explain: bool = False,
         reasons: int = 3,
-        catalog: Catalog | None = None,
-        verb: str = "interacted with",
+        wording: Wording | None = None,
     ) -> Recommendations:
         """Top-``k`` items for each user, with their explanations when asked.
 
@@ -317,7 +317,7 @@ class Recommender(ABC):
         explain : bool
             Also explain every recommended item (see :meth:`explain`), vectorised over the
             whole batch.
-        reasons, catalog, verb
+        reasons, wording
             The reasons kept per explanation and their wording (see :meth:`explain`).
 
         Returns
@@ -326,7 +326,7 @@ class Recommender(ABC):
         """
         self._check_fitted()
         check_positive_ints(k=k, reasons=reasons)
-        wording = Wording(catalog, verb) if explain else None
+        wording = _wording(wording) if explain else None
         ids = _ids(users, "users")
         user_index = self.users_.lookup(ids)
         cold = self._cold(user_index)
@@ -408,8 +408,7 @@ class Recommender(ABC):
         user: object,
         item: object,
         top: int = 5,
-        catalog: Catalog | None = None,
-        verb: str = "interacted with",
+        wording: Wording | None = None,
     ) -> Explanation:
         """Why ``item`` gets its score for ``user``: the reasons that raise it, strongest first.
 
@@ -425,11 +424,10 @@ class Recommender(ABC):
             item an explanation without reasons and a NaN score.
         top : int
             Reasons kept (the others go into ``Explanation.rest``).
-        catalog : Catalog, optional
-            Titles and categories to word the reasons with.
-        verb : str
-            What the user did with a history item, in the past tense ("watched", "read",
-            "bought").
+        wording : Wording, optional
+            Titles and categories from a catalogue, and the verb for a history item
+            ("watched", "read", "bought"), to word the reasons with; build it once, it
+            indexes the catalogue. Items are named by their ids without one.
 
         Returns
         -------
@@ -438,8 +436,9 @@ class Recommender(ABC):
         self._check_fitted()
         check_positive_ints(top=top)
         user_id, item_id = _ids([user], "user"), _ids([item], "item")
-        wording = Wording(catalog, verb)
-        (explanations,) = self._explanations(user_id, item_id[None, :], None, top, wording)
+        (explanations,) = self._explanations(
+            user_id, item_id[None, :], None, top, _wording(wording)
+        )
         return explanations[0]
 
     def explain_many(
@@ -447,8 +446,7 @@ class Recommender(ABC):
         users: object,
         items: object,
         top: int = 3,
-        catalog: Catalog | None = None,
-        verb: str = "interacted with",
+        wording: Wording | None = None,
     ) -> tuple[tuple[Explanation, ...], ...]:
         """:meth:`explain` for a table of (user, item) pairs, vectorised.
 
@@ -469,7 +467,19 @@ class Recommender(ABC):
         table = np.asarray(items, dtype=str)
         if table.ndim != 2 or len(table) != len(ids):
             raise ValueError(f"items: expected shape ({len(ids)}, k), got {table.shape}")
-        return self._explanations(ids, table, None, top, Wording(catalog, verb))
+        return self._explanations(ids, table, None, top, _wording(wording))
+
+    def read_history(self, user: object) -> np.ndarray:
+        """The history items (ids) the model reads to score for ``user``, which its
+        explanations split over: the whole history for MF and BPR, the ``history_length``
+        latest items for item-kNN, the last ``max_len`` for the transformer; none for a cold
+        user or the popularity model."""
+        self._check_fitted()
+        user_index = self.users_.lookup(_ids([user], "user"))
+        if self._cold(user_index)[0]:
+            return np.zeros(0, dtype=str)
+        history = self._attribute(user_index, np.zeros((1, 1), dtype=np.int64)).history[0]
+        return self.items_.ids(history[history >= 0])
 
     def deletion_scores(self, user: object, items: object, removed: object) -> np.ndarray:
         """Scores of ``items`` for ``user`` recomputed from the history without each of the
@@ -798,6 +808,14 @@ def _ids(values: object, name: str) -> np.ndarray:
     if isinstance(values, str | bytes) or np.isscalar(values):
         raise ValueError(f"{name} must be a sequence of ids, not a single {type(values).__name__}")
     return as_ids(values, name)
+
+
+def _wording(wording: object) -> Wording:
+    if wording is None:
+        return _PLAIN
+    if not isinstance(wording, Wording):
+        raise TypeError(f"wording must be a Wording, not {type(wording).__name__}")
+    return wording
 
 
 def _check_batch(events: object) -> None:

@@ -9,7 +9,7 @@ import scipy.sparse as sp
 
 from lifelong_rec.checks import check_positive_ints
 from lifelong_rec.models.base import IndexedEvents, Recommender
-from lifelong_rec.models.explanation import Attribution, pad_rows
+from lifelong_rec.models.explanation import Attribution, by_length, pad_rows
 from lifelong_rec.models.sparse import GrowingSparse, RowBlock
 
 _TINY = 1e-20
@@ -354,14 +354,17 @@ class MatrixFactorization(Recommender):
         exact fold-in score, which the CG solves of ``learn`` approach; one batched solve
         serves every user's k items.
         """
+        history, weights = by_length(users, items, self.history_size_[users], self._split)
+        kinds = np.full(items.shape, "history", dtype=object)
+        return Attribution("exact split of the fold-in score", history, weights, kinds)
+
+    def _split(self, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         history, confidence, chosen = self._fold_in_parts(users)
         directions = np.linalg.solve(
             self._fold_in_systems(confidence, chosen),
             np.transpose(self.item_factors_[items], (0, 2, 1)).astype(np.float64),
         )  # (n, f, k): A^-1 y_i for every item
-        weights = confidence[:, :, None] * (chosen @ directions)
-        kinds = np.full(items.shape, "history", dtype=object)
-        return Attribution("exact split of the fold-in score", history, weights, kinds)
+        return history, confidence[:, :, None] * (chosen @ directions)
 
     def _deletion_scores(self, user: int, items: np.ndarray, removed: np.ndarray) -> np.ndarray:
         """Fold-in scores from the history, then from the history without each removed item
