@@ -509,10 +509,10 @@ class Recommender(ABC):
         self._check_fitted()
         user_index = self.users_.lookup(_ids([user], "user"))
         if self._cold(user_index)[0]:
-            raise ValueError(f"user {user!r} has no history in this model")
+            raise ValueError(f"user {str(user)!r} has no history in this model")
         item_index = self.items_.lookup(_ids(items, "items"))
         if (item_index < 0).any():
-            raise ValueError(f"items: {_ids(items, 'items')[item_index < 0][0]!r} is unknown")
+            raise ValueError(f"items: {str(_ids(items, 'items')[item_index < 0][0])!r} is unknown")
         removed_ids = _ids(removed, "removed")
         removed_index = self.items_.lookup(removed_ids)
         known = removed_index >= 0
@@ -521,7 +521,8 @@ class Recommender(ABC):
         )
         if not known.all():
             raise ValueError(
-                f"removed: {removed_ids[~known][0]!r} is not in the history of user {user!r}"
+                f"removed: {str(removed_ids[~known][0])!r} is not in the history of user "
+                f"{str(user)!r}"
             )
         return self._deletion_scores(int(user_index[0]), item_index, removed_index)
 
