@@ -260,6 +260,22 @@ def _parser() -> argparse.ArgumentParser:
     rejected.add_argument("--reason", default=None)
     rejected.add_argument("--limit", type=int, default=20)
     rejected.set_defaults(run=_rejected)
+
+    serve = commands.add_parser(
+        "serve",
+        help="the HTTP service: ingestion, recommendations, feedback, experiments, metrics",
+        description="Serve over HTTP with a background learner. Other settings (token, "
+        "cadences, limits) come from LIFELONG_REC_* variables; see lifelong_rec.service.Settings.",
+    )
+    serve.add_argument("--db", type=Path, default=Path("events.db"), help="the event log")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--model", default=None, help="model spec (default: mf)")
+    serve.add_argument("--strategy", default=None, help="update strategy (default: naive@block)")
+    serve.add_argument("--policy", default=None, help="exploration policy spec (default: none)")
+    serve.add_argument("--snapshots", type=Path, default=None, help="default: <db>.snapshots")
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(run=_serve)
     return parser
 
 
@@ -530,6 +546,21 @@ def _obd_folder(spec: str, campaign: str, policies: set[str]) -> Path:
 def _interval(bounds: Sequence[float], digits: int = 4) -> str:
     low, high = bounds
     return f"[{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from lifelong_rec.service import Settings, create_app
+
+    settings = Settings(**{
+        key: value
+        for key, value in {"db": args.db, "model": args.model, "strategy": args.strategy,
+                           "policy": args.policy, "snapshots": args.snapshots}.items()
+        if value is not None
+    })  # fmt: skip
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    return 0
 
 
 def _stats(args: argparse.Namespace) -> int:

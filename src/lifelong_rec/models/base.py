@@ -396,6 +396,34 @@ class Recommender(ABC):
             )
         return scores
 
+    def similar_items(self, item: object, k: int = 10) -> list[tuple[str, float]]:
+        """The ``k`` items most like ``item`` by the model's own item representations: the
+        cosine of item factors (MF, BPR) or of the transformer's item vectors, the item-kNN
+        similarity; the most popular items for the popularity model. Pure.
+
+        Returns
+        -------
+        list of (item id, similarity), most similar first; empty for an unknown item.
+        """
+        self._check_fitted()
+        check_positive_ints(k=k)
+        index = int(self.items_.lookup(_ids([item], "item"))[0])
+        if index < 0:
+            return []
+        scores = np.asarray(self._item_similarity(index), dtype=np.float64).copy()
+        scores[index] = -np.inf
+        width = min(k, len(scores) - 1)
+        if width <= 0:
+            return []
+        best = np.argpartition(-scores, width - 1)[:width]
+        best = best[np.argsort(-scores[best], kind="stable")]
+        best = best[np.isfinite(scores[best])]
+        return list(zip(self.items_.ids(best).tolist(), scores[best].tolist(), strict=True))
+
+    def _item_similarity(self, item: int) -> np.ndarray:
+        """Similarity of every item to ``item``, shape (n_items,). Default: popularity."""
+        return self.popularity_.counts[: len(self.items_)]
+
     # -------------------------------------------------------------- explaining
 
     @property

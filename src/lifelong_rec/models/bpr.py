@@ -6,7 +6,7 @@ import numpy as np
 
 from lifelong_rec.checks import check_positive_ints
 from lifelong_rec.models.base import IndexedEvents, Recommender
-from lifelong_rec.models.explanation import Attribution, by_length, pad_rows
+from lifelong_rec.models.explanation import Attribution, by_length, cosine, pad_rows
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -225,6 +225,9 @@ class BPR(Recommender):
         history = pad_rows(rows.indptr, rows.indices, rows.data)[0][inverse]
         chosen = self.item_factors_[np.maximum(history, 0)] * (history >= 0)[:, :, None]
         return history, chosen @ np.transpose(self.item_factors_[items], (0, 2, 1))
+
+    def _item_similarity(self, item: int) -> np.ndarray:
+        return cosine(self.item_factors_, item)
 
     def _state(self) -> dict[str, np.ndarray]:
         state = {table: getattr(self, f"{table}_") for table in self._TABLES}

@@ -164,6 +164,12 @@ def by_length(
     return history, weights
 
 
+def cosine(vectors: np.ndarray, row: int) -> np.ndarray:
+    """Cosine similarity of every row of ``vectors`` (n, d) to row ``row``, shape (n,)."""
+    norms = np.linalg.norm(vectors, axis=1)
+    return (vectors @ vectors[row]) / np.maximum(norms * norms[row], 1e-12)
+
+
 # ------------------------------------------------------------------------------ wording
 
 

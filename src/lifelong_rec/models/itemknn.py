@@ -189,6 +189,9 @@ class ItemKNN(Recommender):
         source_row = np.where(history >= 0, np.searchsorted(sources, history), len(sources))
         return table[source_row[:, :, None], target_column.reshape(items.shape)[:, None, :]]
 
+    def _item_similarity(self, item: int) -> np.ndarray:
+        return self._similar(np.array([item])).toarray()[0]
+
     def _state(self) -> dict[str, np.ndarray]:
         state = {f"cooccurrence.{k}": v for k, v in self.cooccurrence_.state().items()}
         return state | {"item_users": self.item_users_}

@@ -9,7 +9,7 @@ import scipy.sparse as sp
 
 from lifelong_rec.checks import check_positive_ints
 from lifelong_rec.models.base import IndexedEvents, Recommender
-from lifelong_rec.models.explanation import Attribution, by_length, pad_rows
+from lifelong_rec.models.explanation import Attribution, by_length, cosine, pad_rows
 from lifelong_rec.models.sparse import GrowingSparse, RowBlock
 
 _TINY = 1e-20
@@ -398,6 +398,9 @@ class MatrixFactorization(Recommender):
         return systems + self._item_gram + self.regularization * np.eye(self.factors)
 
     # -------------------------------------------------------------- persistence
+
+    def _item_similarity(self, item: int) -> np.ndarray:
+        return cosine(self.item_factors_, item)
 
     def _state(self) -> dict[str, np.ndarray]:
         weights = {f"weights.{key}": value for key, value in self.weights_.items()}

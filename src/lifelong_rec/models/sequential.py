@@ -549,6 +549,11 @@ class SequentialTransformer(Recommender):
             chosen = vectors[torch.as_tensor(items + 1, device=self._device)]
             return (hidden[:, -1] @ chosen.T).double().cpu().numpy()
 
+    def _item_similarity(self, item: int) -> np.ndarray:
+        vectors = self._items()[1 : len(self.items_) + 1].float()
+        vectors = torch.nn.functional.normalize(vectors, dim=1)
+        return (vectors @ vectors[item]).cpu().numpy()
+
     @contextmanager
     def _autocast(self) -> Iterator[None]:
         if self._device.type == "cuda":

@@ -1,0 +1,373 @@
+"""What the HTTP routes drive: ingestion, serving, feedback, the catalogue and experiments.
+
+The engine owns the event log connection the API writes through, the background learner, the
+decision store, the experiments and the metrics. Routes stay thin: they validate requests and
+shape responses; everything with state happens here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from lifelong_rec.data import clean
+from lifelong_rec.events import Catalog, EventBatch, EventWeights, kind_codes
+from lifelong_rec.explain import explain_decisions
+from lifelong_rec.models import Wording, parse_model, with_catalog
+from lifelong_rec.policy import Greedy, Policy, parse_policy
+from lifelong_rec.service.decisions import DecisionStore, Served, rewards_matrix
+from lifelong_rec.service.experiments import Arm, Experiments
+from lifelong_rec.service.learner import Learner, Snapshot
+from lifelong_rec.service.metrics import Metrics
+from lifelong_rec.service.settings import Settings
+from lifelong_rec.service.snapshots import SnapshotStore
+from lifelong_rec.store import EventLog
+
+log = logging.getLogger("lifelong_rec.service")
+
+WATCH_CAP_SECONDS = 600.0
+REWARD_OF_KIND = {"click": 1.0, "cart": 0.3, "purchase": 1.0}  # watch and rating: by value
+
+
+class NotFound(LookupError):
+    """An id the service does not know (404)."""
+
+
+class Conflict(RuntimeError):
+    """A request that contradicts the service's state (409)."""
+
+
+class NotReady(RuntimeError):
+    """Nothing to serve yet (503)."""
+
+
+@dataclass(frozen=True)
+class Ingested:
+    accepted: int
+    rejections: list[dict[str, object]]
+    first_offset: int | None
+    duplicate: bool
+
+
+class Engine:
+    """The service's state. ``start`` restores and starts learning; ``stop`` persists."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.log = EventLog(settings.db)
+        label, factory = parse_model(settings.model)
+        self.model_spec = label
+        self.default_policy = self._make_policy(settings.policy)
+        self.learner = Learner(
+            db=str(settings.db),
+            store=SnapshotStore(settings.snapshots),
+            factory=with_catalog(factory, self.log.catalog()),
+            strategy=settings.strategy,
+            publish_seconds=settings.publish_seconds,
+            persist_seconds=settings.persist_seconds,
+            learn_batch=settings.learn_batch,
+            keep_snapshots=settings.keep_snapshots,
+            on_publish=self._published,
+        )
+        self.decisions = DecisionStore(settings.db)
+        self.experiments = Experiments(settings.db, self._make_policy)
+        self._wording: Wording | None = None
+
+    def start(self) -> None:
+        if self.settings.token is None:
+            log.warning(
+                "no token is set: anyone who can reach the service can write to it "
+                "(set LIFELONG_REC_TOKEN)"
+            )
+        self.learner.start()
+
+    def stop(self) -> None:
+        self.learner.stop()
+        self.decisions.close()
+        self.experiments.close()
+        self.log.close()
+
+    # -------------------------------------------------------------- events
+
+    def ingest(self, rows: list[dict[str, object]], key: str | None) -> Ingested:
+        """Clean, then append durably; rejected rows go to the quarantine with their reason."""
+        now = time.time()
+        frame = pd.DataFrame(
+            {
+                "user": [row["user"] for row in rows],
+                "item": [row["item"] for row in rows],
+                "timestamp": [
+                    now if row.get("timestamp") is None else row["timestamp"] for row in rows
+                ],
+                "kind": [row.get("kind") or "view" for row in rows],
+                "value": [np.nan if row.get("value") is None else row["value"] for row in rows],
+            }
+        )
+        contexts = sorted({name for row in rows for name in (row.get("context") or {})})
+        for name in contexts:
+            frame[name] = [(row.get("context") or {}).get(name, np.nan) for row in rows]
+        cleaned = clean(frame, source="http", context_columns=contexts, name="POST /events")
+        appended = None
+        if len(cleaned.events):
+            appended = self.log.append(cleaned.events, key=key, source="http")
+            if not appended.duplicate:
+                self.metrics.events.inc(len(cleaned.events))
+            self.learner.wake()
+        if len(cleaned.rejected):
+            self.log.quarantine(cleaned.rejected)
+        rejections = [
+            {"index": int(line) - 1, "field": field or "", "reason": reason, "detail": detail}
+            for line, reason, field, detail in zip(
+                cleaned.rejected.line,
+                cleaned.rejected.reason,
+                cleaned.rejected.field,
+                cleaned.rejected.detail,
+                strict=True,
+            )
+        ]
+        for rejection in rejections:
+            self.metrics.rejected.labels(rejection["reason"]).inc()
+        return Ingested(
+            accepted=len(cleaned.events),
+            rejections=rejections,
+            first_offset=None if appended is None else appended.first_offset,
+            duplicate=bool(appended and appended.duplicate),
+        )
+
+    # -------------------------------------------------------------- serving
+
+    def snapshot(self) -> Snapshot:
+        snapshot = self.learner.current
+        if snapshot.model is None:
+            raise NotReady("no model yet: the event log is empty or the learner is catching up")
+        return snapshot
+
+    def recommend(self, user: str, k: int, explain: bool) -> dict[str, object]:
+        """The user's slate: the model's candidates, re-ranked by the user's policy (their
+        experiment arm's, or the default one), logged with propensities."""
+        snapshot = self.snapshot()
+        model = snapshot.model
+        assignment = self.experiments.assign(user)
+        experiment = arm = None
+        policy = self.default_policy
+        if assignment is not None:
+            running, index = assignment
+            experiment, arm = running.name, running.arms[index].name
+            policy = self.experiments.policies[index]
+        pool = k if isinstance(policy, Greedy) else max(k, self.settings.candidates)
+        ranked = model.recommend([user], k=pool)
+        listed = ranked.items[0] != ""
+        candidates, scores = ranked.items[0][listed], ranked.scores[0][listed]
+        decision_id = uuid.uuid4().hex
+        result = {
+            "user": user,
+            "model_version": snapshot.name,
+            "decision_id": decision_id,
+            "policy": policy.name,
+            "experiment": experiment,
+            "arm": arm,
+            "fallback": bool(ranked.fallback[0]),
+            "method": None,
+            "items": [],
+        }
+        if not len(candidates):
+            return result
+        policy.k = min(k, len(candidates))  # the slate length of this request
+        decisions = policy.decide(
+            [user], candidates, scores[None, :].astype(np.float64), model_version=snapshot.name
+        )
+        self.decisions.add(Served(decision_id, decisions, experiment, arm, time.time()))
+        self.metrics.decisions.labels(experiment or "", arm or "", policy.name).inc()
+        score_of = dict(zip(candidates.tolist(), scores.tolist(), strict=True))
+        explained = None
+        if explain:
+            (explained,) = explain_decisions(model, decisions, top=3, wording=self.wording())
+            result["method"] = explained[0].method if explained else None
+        for position, item in enumerate(decisions.slates[0].tolist()):
+            entry = {
+                "item": item,
+                "score": score_of[item],
+                "propensity": float(decisions.propensities[0, position]),
+                "exploring": bool(decisions.exploring[0, position]),
+            }
+            if explained is not None:
+                entry["reasons"] = [
+                    {"kind": r.kind, "weight": r.weight, "text": r.text, "item": r.item}
+                    for r in explained[position].reasons
+                ]
+            result["items"].append(entry)
+        return result
+
+    def feedback(self, decision_id: str, rewards: list[dict[str, object]]) -> dict[str, object]:
+        """Rewards for a decision's shown items (the others count as 0), once per decision:
+        appended to the log as events, and learned by the policy that decided."""
+        served = self.decisions.get(decision_id)
+        if served is None:
+            raise NotFound(f"decision {decision_id!r} is unknown")
+        slate = served.decisions.slates[0].tolist()
+        rewarded: dict[str, float] = {}
+        for reward in rewards:
+            if reward["item"] not in slate:
+                raise ValueError(f"rewards: item {reward['item']!r} was not shown in this decision")
+            rewarded[reward["item"]] = rewarded.get(reward["item"], 0.0) + _reward(reward)
+        matrix = rewards_matrix(served, rewarded)
+        if not self.decisions.settle(served, matrix[0].tolist()):
+            raise Conflict(f"decision {decision_id!r} has feedback already")
+        appended = None
+        if rewards:
+            appended = self.log.append(self._reward_events(served, rewards), source="feedback")
+            self.learner.wake()
+        policy = self._policy_of(served)
+        if policy is not None:
+            policy.update(served.decisions, matrix)
+        labels = (served.experiment or "", served.arm or "", served.decisions.policy)
+        self.metrics.reward.labels(*labels).inc(float(matrix.sum()))
+        return {
+            "decision_id": decision_id,
+            "rewards": matrix[0].tolist(),
+            "first_offset": None if appended is None else appended.first_offset,
+        }
+
+    def _reward_events(self, served: Served, rewards: list[dict[str, object]]) -> EventBatch:
+        d = served.decisions
+        position = {item: p for p, item in enumerate(d.slates[0].tolist())}
+        kinds = kind_codes(np.array([r["kind"] for r in rewards])).astype(np.uint8)
+        values = np.array([np.nan if r.get("value") is None else r["value"] for r in rewards])
+        rows = [position[r["item"]] for r in rewards]
+        return EventBatch(
+            user=np.full(len(rewards), d.users[0]),
+            item=np.array([r["item"] for r in rewards]),
+            timestamp=np.full(len(rewards), time.time()),
+            kind=kinds,
+            value=values,
+            weight=EventWeights().weights(kinds, values),
+            policy=np.full(len(rewards), d.policy),
+            model_version=np.full(len(rewards), d.model_version or ""),
+            propensity=d.propensities[0, rows],
+            context={"position": np.array(rows, dtype=np.float64) + 1},
+        )
+
+    def _policy_of(self, served: Served) -> Policy | None:
+        """The policy object that made a decision, if it is still live."""
+        running = self.experiments.running
+        if served.experiment is None:
+            return self.default_policy
+        if running is not None and running.name == served.experiment:
+            names = [arm.name for arm in running.arms]
+            return self.experiments.policies[names.index(served.arm)]
+        return None  # an experiment that has stopped: its policies are gone
+
+    # -------------------------------------------------------------- catalogue
+
+    def put_item(self, item: str, title: str, text: str, categories: list[str]) -> bool:
+        """Add or replace an item's metadata; True when the serving model can rank it."""
+        catalog = Catalog.from_records(
+            [{"item": item, "title": title, "text": text, "categories": categories}]
+        )
+        self.log.upsert_catalog(catalog)
+        self._wording = None
+        model = self.learner.current.model
+        if model is not None and getattr(model, "text_encoder", None):
+            self.learner.add_items(catalog)
+            deadline = time.monotonic() + 2.0  # a text model ranks it after the next publish
+            while time.monotonic() < deadline and not self.knows(item):
+                time.sleep(0.01)
+        return self.knows(item)
+
+    def knows(self, item: str) -> bool:
+        model = self.learner.current.model
+        return model is not None and model.items_.lookup([item])[0] >= 0
+
+    def item(self, item: str) -> dict[str, object]:
+        catalog = self.log.catalog()
+        rows = np.flatnonzero(catalog.item == item)
+        if not len(rows) and not self.knows(item):
+            raise NotFound(f"item {item!r} is unknown")
+        row = int(rows[0]) if len(rows) else None
+        return {
+            "item": item,
+            "title": "" if row is None else str(catalog.title[row]),
+            "text": "" if row is None else str(catalog.text[row]),
+            "categories": [] if row is None else list(catalog.categories[row]),
+            "recommendable": self.knows(item),
+        }
+
+    def similar(self, item: str, k: int) -> dict[str, object]:
+        snapshot = self.snapshot()
+        if not self.knows(item):
+            raise NotFound(f"item {item!r} is unknown to the serving model")
+        similar = snapshot.model.similar_items(item, k)
+        titles = self.wording().titles([name for name, _ in similar]) if similar else []
+        return {
+            "item": item,
+            "model_version": snapshot.name,
+            "items": [
+                {"item": name, "score": score, "title": str(title)}
+                for (name, score), title in zip(similar, titles, strict=True)
+            ],
+        }
+
+    def wording(self) -> Wording:
+        """Titles and categories from the log's catalogue, rebuilt after it changes."""
+        if self._wording is None:
+            self._wording = Wording(self.log.catalog(), self.settings.verb)
+        return self._wording
+
+    # -------------------------------------------------------------- models and experiments
+
+    def models(self) -> dict[str, object]:
+        serving = self.learner.current
+        return {
+            "serving_version": serving.name,
+            "pinned": self.learner.pinned,
+            "learner_offset": self.learner.offset,
+            "log_end": self.log.end_offset,
+            "snapshots": [
+                info.to_dict() | {"serving": info.version == serving.version}
+                for info in self.learner.store.list()
+            ],
+        }
+
+    def activate(self, version: str) -> dict[str, object]:
+        if version == "latest":
+            self.learner.activate(None)
+        else:
+            if not version.isdigit():
+                raise ValueError(f"version: {version!r} is neither a number nor 'latest'")
+            try:
+                self.learner.activate(int(version))
+            except KeyError:
+                raise NotFound(f"no snapshot {version}") from None
+        return self.models()
+
+    def create_experiment(self, name: str, arms: list[dict[str, object]]) -> None:
+        arms = [
+            Arm(a["name"], a.get("policy") or "greedy", float(a.get("weight", 1.0))) for a in arms
+        ]
+        try:
+            self.experiments.create(name, arms)
+        except RuntimeError as error:
+            raise Conflict(str(error)) from None
+
+    def _make_policy(self, spec: str | None) -> Policy:
+        return Greedy(k=1) if spec is None else parse_policy(spec, k=1)
+
+    def _published(self, snapshot: Snapshot) -> None:
+        self.metrics.version.set(snapshot.version)
+
+
+def _reward(reward: dict[str, object]) -> float:
+    """A reward in [0, 1] from what the user did: click 1, cart 0.3, purchase 1; watch
+    seconds over a 10-minute cap; a rating over 5."""
+    kind, value = reward["kind"], reward.get("value")
+    if kind == "watch":
+        return min(float(value or 0.0), WATCH_CAP_SECONDS) / WATCH_CAP_SECONDS
+    if kind == "rating":
+        return min(max(float(value or 0.0) / 5.0, 0.0), 1.0)
+    return REWARD_OF_KIND[kind]

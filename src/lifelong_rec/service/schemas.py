@@ -1,0 +1,213 @@
+"""Request and response schemas of the HTTP API (separate models for what comes in and out)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag
+
+from lifelong_rec.events import KIND_NAMES
+
+MAX_ID_LENGTH = 256
+MAX_TEXT_LENGTH = 10_000
+MAX_TITLE_LENGTH = 1_000
+MAX_CATEGORIES = 50
+MAX_CONTEXT_KEYS = 32
+
+Id = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^[^\x00-\x1f]+$")
+]
+Kind = Literal[tuple(KIND_NAMES)]  # type: ignore[valid-type]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ------------------------------------------------------------------------------ events
+
+
+class EventIn(Strict):
+    """One event. ``timestamp`` is Unix seconds (the server's clock when absent)."""
+
+    user: Id
+    item: Id
+    kind: Kind = "view"  # type: ignore[valid-type]
+    timestamp: float | None = Field(None, ge=0, le=32_503_680_000)  # up to year 3000
+    value: float | None = Field(None, allow_inf_nan=False)
+    context: dict[Name, float] | None = Field(None, max_length=MAX_CONTEXT_KEYS)
+
+
+class EventsIn(Strict):
+    """A batch of events, appended whole or not at all. ``key`` makes a retry safe: a batch
+    whose key the log has already seen is not appended again."""
+
+    events: list[EventIn] = Field(min_length=1)
+    key: Id | None = None
+
+
+def _shape(value: object) -> str:
+    return "batch" if isinstance(value, dict) and "events" in value else "event"
+
+
+EventsBody = Annotated[
+    Annotated[EventsIn, Tag("batch")] | Annotated[EventIn, Tag("event")],
+    Discriminator(_shape),
+]
+
+
+class Rejection(BaseModel):
+    index: int = Field(description="position of the event in the request (0-based)")
+    field: str
+    reason: str
+    detail: str
+
+
+class EventsOut(BaseModel):
+    accepted: int
+    rejected: int
+    rejections: list[Rejection]
+    first_offset: int | None = Field(description="log offset of the first accepted event")
+    duplicate: bool = Field(description="the batch key was seen before: nothing appended")
+
+
+# ------------------------------------------------------------------------------ recommendations
+
+
+class ReasonOut(BaseModel):
+    kind: str
+    weight: float
+    text: str
+    item: str | None
+
+
+class RecommendedItem(BaseModel):
+    item: str
+    score: float
+    propensity: float
+    exploring: bool
+    reasons: list[ReasonOut] | None = None
+
+
+class RecommendationsOut(BaseModel):
+    user: str
+    model_version: str
+    decision_id: str
+    policy: str
+    experiment: str | None
+    arm: str | None
+    fallback: bool = Field(description="the user got the cold-start fallback (popularity)")
+    method: str | None = Field(None, description="how the explanations split the scores")
+    items: list[RecommendedItem]
+
+
+# ------------------------------------------------------------------------------ feedback
+
+
+class RewardIn(Strict):
+    item: Id
+    kind: Literal["click", "cart", "purchase", "watch", "rating"] = "click"
+    value: float | None = Field(None, ge=0, le=1e9, allow_inf_nan=False)
+
+
+class FeedbackIn(Strict):
+    """What the user did with a decision's items; shown items not named count as reward 0.
+    One feedback per decision."""
+
+    decision_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+    rewards: list[RewardIn] = Field(default_factory=list, max_length=1_000)
+
+
+class FeedbackOut(BaseModel):
+    decision_id: str
+    rewards: list[float] = Field(description="the reward of each shown item, by position")
+    first_offset: int | None
+
+
+# ------------------------------------------------------------------------------ items
+
+
+class ItemIn(Strict):
+    title: Annotated[str, StringConstraints(max_length=MAX_TITLE_LENGTH)] = ""
+    text: Annotated[str, StringConstraints(max_length=MAX_TEXT_LENGTH)] = ""
+    categories: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(
+        default_factory=list, max_length=MAX_CATEGORIES
+    )
+
+
+class ItemOut(BaseModel):
+    item: str
+    title: str
+    text: str
+    categories: list[str]
+    recommendable: bool = Field(description="the serving model can rank the item now")
+
+
+class SimilarItem(BaseModel):
+    item: str
+    score: float
+    title: str
+
+
+class SimilarOut(BaseModel):
+    item: str
+    model_version: str
+    items: list[SimilarItem]
+
+
+# ------------------------------------------------------------------------------ models
+
+
+class SnapshotOut(BaseModel):
+    version: int
+    offset: int
+    created_at: float
+    model: str
+    serving: bool
+
+
+class ModelsOut(BaseModel):
+    serving_version: str | None
+    pinned: bool = Field(description="serving stays on an activated snapshot")
+    learner_offset: int
+    log_end: int
+    snapshots: list[SnapshotOut]
+
+
+# ------------------------------------------------------------------------------ experiments
+
+
+class ArmIn(Strict):
+    name: Name
+    policy: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    weight: float = Field(1.0, gt=0, le=1e6)
+
+
+class ExperimentIn(Strict):
+    """An A/B test: users split between arms by a stable hash of (experiment, user)."""
+
+    name: Name
+    arms: list[ArmIn] = Field(min_length=2, max_length=10)
+
+
+class ArmResult(BaseModel):
+    name: str
+    policy: str
+    weight: float
+    decisions: int
+    impressions: int = Field(description="shown items of decisions with feedback")
+    positives: int = Field(description="shown items with a reward > 0")
+    reward: float
+    rate: float | None = Field(description="positives / impressions")
+    difference: float | None = Field(None, description="rate minus the first arm's rate")
+    interval: list[float] | None = Field(None, description="95 % interval of the difference")
+    p_value: float | None = None
+
+
+class ExperimentOut(BaseModel):
+    name: str
+    running: bool
+    created_at: float
+    stopped_at: float | None
+    arms: list[ArmResult]
