@@ -67,7 +67,8 @@ class Engine:
         self.learner = Learner(
             db=str(settings.db),
             store=SnapshotStore(settings.snapshots),
-            factory=with_catalog(factory, self.log.catalog()),
+            # The catalogue as it is when a model is made (a text model reads it).
+            factory=lambda: with_catalog(factory, self.log.catalog())(),
             strategy=settings.strategy,
             publish_seconds=settings.publish_seconds,
             persist_seconds=settings.persist_seconds,
@@ -272,9 +273,9 @@ class Engine:
         )
         self.log.upsert_catalog(catalog)
         self._wording = None
+        self.learner.add_items(catalog)
         model = self.learner.current.model
         if model is not None and getattr(model, "text_encoder", None):
-            self.learner.add_items(catalog)
             deadline = time.monotonic() + 2.0  # a text model ranks it after the next publish
             while time.monotonic() < deadline and not self.knows(item):
                 time.sleep(0.01)

@@ -185,7 +185,7 @@ class Learner:
         with self._items_lock:
             items, self._items = self._items, []
         model = self.strategy.model
-        for catalog in items:
+        for catalog in items:  # (before the first fit, the factory reads them from the log)
             if model is not None and getattr(model, "text_encoder", None):
                 model.add_items(catalog)
                 self._dirty = True
