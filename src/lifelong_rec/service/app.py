@@ -82,10 +82,7 @@ def _handle_errors(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [
-            {"field": ".".join(str(part) for part in e["loc"]), "problem": e["msg"]}
-            for e in exc.errors()
-        ]
+        problems = [_problem(e) for e in exc.errors()]
         summary = "; ".join(f"{p['field']}: {p['problem']}" for p in problems[:5])
         return JSONResponse(
             {"detail": summary, "errors": problems},
@@ -109,3 +106,12 @@ def _handle_errors(app: FastAPI) -> None:
     @app.exception_handler(ValueError)
     async def bad_value(request: Request, exc: ValueError) -> JSONResponse:
         return error(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc))
+
+
+def _problem(error: dict[str, object]) -> dict[str, str]:
+    """One validation error as the field it is about and what is wrong with it."""
+    loc = error["loc"]
+    if error["type"] == "json_invalid":  # loc is ("body", position): not a field
+        reason = error.get("ctx", {}).get("error", error["msg"])
+        return {"field": "body", "problem": f"invalid JSON at character {loc[-1]}: {reason}"}
+    return {"field": ".".join(str(part) for part in loc), "problem": str(error["msg"])}

@@ -62,7 +62,10 @@ class Experiments:
         self._db = sqlite3.connect(db, timeout=30.0, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the connection
+        # Held from the "another is running" check to the start or stop, so two concurrent
+        # requests cannot both start (or both stop) an experiment.
+        self._switch = threading.Lock()
         self._make_policy = make_policy
         self.running: Experiment | None = None
         self.policies: list[Policy] = []
@@ -90,41 +93,42 @@ class Experiments:
         RuntimeError
             Another experiment is running.
         """
-        if self.running is not None:
-            raise RuntimeError(f"experiment {self.running.name!r} is running; stop it first")
-        if len({arm.name for arm in arms}) != len(arms):
-            raise ValueError("arms: arm names must be distinct")
-        for arm in arms:
-            try:
-                self._make_policy(arm.policy)
-            except (ValueError, TypeError) as error:
-                raise ValueError(f"arms: {arm.name}: {error}") from None
-        experiment = Experiment(name, tuple(arms), time.time())
-        with self._lock:
-            try:
-                self._db.execute(
-                    "INSERT INTO experiments(name, arms, created_at) VALUES (?, ?, ?)",
-                    (name, json.dumps([arm.__dict__ for arm in arms]), experiment.created_at),
-                )
-            except sqlite3.IntegrityError:
-                raise ValueError(f"name: an experiment {name!r} exists already") from None
-        self._start(experiment)
-        return experiment
+        with self._switch:
+            if self.running is not None:
+                raise RuntimeError(f"experiment {self.running.name!r} is running; stop it first")
+            if len({arm.name for arm in arms}) != len(arms):
+                raise ValueError("arms: arm names must be distinct")
+            for arm in arms:
+                try:
+                    self._make_policy(arm.policy)
+                except (ValueError, TypeError) as error:
+                    raise ValueError(f"arms: {arm.name}: {error}") from None
+            experiment = Experiment(name, tuple(arms), time.time())
+            with self._lock:
+                try:
+                    self._db.execute(
+                        "INSERT INTO experiments(name, arms, created_at) VALUES (?, ?, ?)",
+                        (name, json.dumps([arm.__dict__ for arm in arms]), experiment.created_at),
+                    )
+                except sqlite3.IntegrityError:
+                    raise ValueError(f"name: an experiment {name!r} exists already") from None
+            self._start(experiment)
+            return experiment
 
     def stop(self, name: str) -> Experiment:
         """Stop the running experiment ``name``. Raises KeyError if it is not running."""
-        if self.running is None or self.running.name != name:
-            raise KeyError(f"experiment {name!r} is not running")
-        stopped = time.time()
-        with self._lock:
-            self._db.execute(
-                "UPDATE experiments SET stopped_at = ? WHERE name = ?", (stopped, name)
-            )
-        experiment = Experiment(
-            self.running.name, self.running.arms, self.running.created_at, stopped
-        )
-        self.running, self.policies = None, []
-        return experiment
+        with self._switch:
+            running = self.running
+            if running is None or running.name != name:
+                raise KeyError(f"experiment {name!r} is not running")
+            stopped = time.time()
+            with self._lock:
+                self._db.execute(
+                    "UPDATE experiments SET stopped_at = ? WHERE name = ?", (stopped, name)
+                )
+            # ``policies`` stays: a request that read ``running`` just before still indexes it
+            self.running = None
+            return Experiment(running.name, running.arms, running.created_at, stopped)
 
     def assign(self, user: str) -> tuple[Experiment, int] | None:
         """The running experiment and the user's arm in it, if one runs."""
@@ -137,7 +141,7 @@ class Experiments:
 
     def _start(self, experiment: Experiment) -> None:
         self.policies = [self._make_policy(arm.policy) for arm in experiment.arms]
-        self.running = experiment
+        self.running = experiment  # after the policies: readers read ``running`` first
 
 
 def compare(experiment: Experiment, results: dict[str, dict[str, float]]) -> list[dict]:

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    field_validator,
+)
 
 from lifelong_rec.events import KIND_NAMES
 
@@ -14,11 +23,38 @@ MAX_TITLE_LENGTH = 1_000
 MAX_CATEGORIES = 50
 MAX_CONTEXT_KEYS = 32
 
-Id = Annotated[
-    str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^[^\x00-\x1f]+$")
-]
+# No control characters (C0, DEL, C1): they break logs, CSV exports and terminals.
+ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]+$"
+Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)]
 Kind = Literal[tuple(KIND_NAMES)]  # type: ignore[valid-type]
-Name = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+def _not_dots(name: str) -> str:
+    # "." and ".." are path segments clients remove: /experiments/../stop is sent as /stop
+    if not name.strip("."):
+        raise ValueError(f"{name!r} is not a name (dots only)")
+    return name
+
+
+Name = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$"),
+    AfterValidator(_not_dots),
+]
+# Columns an event has besides its context: a context feature named like one would overwrite
+# it when the row is cleaned (a client could forge a user, a policy or a propensity).
+RESERVED_CONTEXT = frozenset(
+    "user item timestamp kind value weight policy model_version propensity".split()
+)
+
+
+def _not_reserved(name: str) -> str:
+    if name in RESERVED_CONTEXT:
+        raise ValueError(f"{name!r} is an event column, not a context feature")
+    return name
+
+
+ContextName = Annotated[Name, AfterValidator(_not_reserved)]
 
 
 class Strict(BaseModel):
@@ -36,7 +72,7 @@ class EventIn(Strict):
     kind: Kind = "view"  # type: ignore[valid-type]
     timestamp: float | None = Field(None, ge=0, le=32_503_680_000)  # up to year 3000
     value: float | None = Field(None, allow_inf_nan=False)
-    context: dict[Name, float] | None = Field(None, max_length=MAX_CONTEXT_KEYS)
+    context: dict[ContextName, float] | None = Field(None, max_length=MAX_CONTEXT_KEYS)
 
 
 class EventsIn(Strict):
@@ -117,6 +153,17 @@ class FeedbackIn(Strict):
 
     decision_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
     rewards: list[RewardIn] = Field(default_factory=list, max_length=1_000)
+
+    @field_validator("rewards")
+    @classmethod
+    def _one_per_item(cls, rewards: list[RewardIn]) -> list[RewardIn]:
+        # Rewards of one item were summed (a click and a purchase: 2), past the [0, 1] that
+        # policies learn from; Thompson sampling then failed after the feedback was stored.
+        named = [reward.item for reward in rewards]
+        twice = sorted({item for item in named if named.count(item) > 1})
+        if twice:
+            raise ValueError(f"item {twice[0]!r} is named twice: one reward per shown item")
+        return rewards
 
 
 class FeedbackOut(BaseModel):

@@ -27,7 +27,7 @@ def post_events(body: EventsBody, engine: EngineDep) -> JSONResponse:
     events, key = (body.events, body.key) if isinstance(body, EventsIn) else ([body], None)
     if len(events) > engine.settings.max_batch:
         raise HTTPException(
-            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            status.HTTP_413_CONTENT_TOO_LARGE,
             f"events: {len(events)} events, over the batch limit of {engine.settings.max_batch}",
         )
     ingested = engine.ingest([event.model_dump() for event in events], key)

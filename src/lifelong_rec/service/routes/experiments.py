@@ -30,7 +30,9 @@ def experiments(engine: EngineDep) -> list[dict[str, object]]:
 def create(body: ExperimentIn, engine: EngineDep) -> dict[str, object]:
     """Start an A/B test: users are split between the arms' policies by a stable hash."""
     engine.create_experiment(body.name, [arm.model_dump() for arm in body.arms])
-    return _out(engine, engine.experiments.running)
+    # by name, not ``experiments.running``: a stop may already have come in meanwhile
+    (created,) = [e for e in engine.experiments.list() if e.name == body.name]
+    return _out(engine, created)
 
 
 @router.post(

@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from lifelong_rec.service.deps import EngineDep, Writer
-from lifelong_rec.service.schemas import MAX_ID_LENGTH, ItemIn, ItemOut, SimilarOut
+from lifelong_rec.service.schemas import ID_PATTERN, MAX_ID_LENGTH, ItemIn, ItemOut, SimilarOut
 
 router = APIRouter(tags=["items"])
-ItemId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH)]
+ItemId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)]
 
 
 @router.put("/items/{item_id}", response_model=ItemOut, dependencies=[Writer])

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from lifelong_rec.service.deps import EngineDep
-from lifelong_rec.service.schemas import MAX_ID_LENGTH, RecommendationsOut
+from lifelong_rec.service.schemas import ID_PATTERN, MAX_ID_LENGTH, RecommendationsOut
 
 router = APIRouter(tags=["recommendations"])
 
@@ -18,7 +18,7 @@ router = APIRouter(tags=["recommendations"])
     responses={503: {"description": "no model has learned anything yet"}},
 )
 async def recommendations(
-    user_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH)],
+    user_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)],
     engine: EngineDep,
     k: Annotated[int, Query(ge=1, le=1_000)] = 10,
     explain: bool = False,
