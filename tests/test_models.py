@@ -251,5 +251,6 @@ def test_models_from_specs():
     assert parse_model("bpr(optimizer=adam)")[1]().optimizer == "adam"
     with pytest.raises(ValueError, match="unknown model 'svd'"):
         parse_model("svd")
-    with pytest.raises(ValueError, match="parameters go in parentheses"):
-        parse_model("mf(factors=8")
+    for unclosed in ("mf(factors=8", "mf("):  # "mf(" used to pass as plain "mf"
+        with pytest.raises(ValueError, match="parameters go in parentheses"):
+            parse_model(unclosed)

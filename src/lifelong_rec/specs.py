@@ -29,13 +29,13 @@ def parse_spec(spec: str, choices: Mapping[str, type], what: str) -> tuple[type,
     if not isinstance(spec, str):
         raise TypeError(f"{what}: expected a spec string, got {spec!r}")
     text = spec.strip()
-    name, _, rest = text.partition("(")
+    name, opened, rest = text.partition("(")
     name = name.strip()
     if name not in choices:
         raise ValueError(f"unknown {what} {name!r}; use {', '.join(sorted(choices))}")
     chosen = choices[name]
     params: dict[str, object] = {}
-    if not rest:
+    if not opened:
         return chosen, params
     if not rest.endswith(")"):
         raise ValueError(f"{what} {spec!r}: parameters go in parentheses, name(a=1, b=2)")
