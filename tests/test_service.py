@@ -265,11 +265,6 @@ def test_a_body_over_the_limit_is_413(client: httpx.Client) -> None:
     assert f"over the limit of {MAX_BODY_BYTES} bytes" in response.json()["detail"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="metrics.py BodyLimitMiddleware raises _TooLarge inside receive(); FastAPI turns "
-    "any non-HTTPException from reading the body into 400 'There was an error parsing the body'",
-)
 def test_a_streamed_body_over_the_limit_is_413(client: httpx.Client) -> None:
     """Without a Content-Length the limit applies to the bytes as they arrive."""
 

@@ -58,13 +58,19 @@ class DecisionStore:
         The event log's file; the table lives next to the events.
     memory : int
         Decisions kept in memory for fast feedback (older ones are read back from SQLite).
+        Each is two objects the garbage collector tracks, and a full collection walks them
+        all: 200,000 decisions paused serving for ~130 ms, 20,000 for ~10 ms.
     """
 
-    def __init__(self, db: str | Path, memory: int = 200_000) -> None:
+    def __init__(self, db: str | Path, memory: int = 20_000) -> None:
         self._db = sqlite3.connect(db, timeout=30.0, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
-        self._lock = threading.Lock()  # guards the connection, _recent and _pending
+        # Two locks, so that serving never waits for a write: ``_lock`` guards the in-memory
+        # state (_recent, _pending) for a few microseconds at a time; ``_write_lock`` guards
+        # the connection and keeps writes in order, and is held through the commits.
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._recent: OrderedDict[str, Served] = OrderedDict()
         self._memory = memory
         self._pending: list[Served] = []  # served, not written yet
@@ -78,7 +84,7 @@ class DecisionStore:
         """Remember a decision; it reaches SQLite and the log within about 20 ms."""
         with self._lock:
             self._recent[served.id] = served
-            while len(self._recent) > self._memory:
+            if len(self._recent) > self._memory:
                 self._recent.popitem(last=False)
             self._pending.append(served)
         self._arrived.set()
@@ -86,8 +92,9 @@ class DecisionStore:
     def get(self, decision_id: str) -> Served | None:
         with self._lock:
             served = self._recent.get(decision_id)
-            if served is not None:
-                return served
+        if served is not None:
+            return served
+        with self._write_lock:
             row = self._db.execute(
                 "SELECT id, user, experiment, arm, policy, model_version, slate, propensities, "
                 "exploring, features, created_at, rewards FROM decisions WHERE id = ?",
@@ -97,7 +104,7 @@ class DecisionStore:
 
     def settle(self, served: Served, rewards: list[float]) -> bool:
         """Record a decision's feedback once; False if it had feedback already."""
-        with self._lock:
+        with self._write_lock:
             if served.rewards is not None:
                 return False
             self._flush_locked()
@@ -112,12 +119,12 @@ class DecisionStore:
 
     def flush(self) -> None:
         """Write every pending decision now."""
-        with self._lock:
+        with self._write_lock:
             self._flush_locked()
 
     def results(self, experiment: str) -> dict[str, dict[str, float]]:
         """Per arm: decisions, impressions (shown items with feedback), positives, reward."""
-        with self._lock:
+        with self._write_lock:
             self._flush_locked()
             rows = self._db.execute(
                 "SELECT arm, rewards FROM decisions WHERE experiment = ?", (experiment,)
@@ -139,7 +146,7 @@ class DecisionStore:
         self._closing = True
         self._arrived.set()
         self._writer.join(timeout=10)
-        with self._lock:
+        with self._write_lock:
             self._flush_locked()
             self._db.close()
         self._log.close()
@@ -151,11 +158,13 @@ class DecisionStore:
             self._arrived.wait()
             self._arrived.clear()
             time.sleep(0.02)  # gather what arrives meanwhile into the same commit
-            with self._lock:
+            with self._write_lock:
                 self._flush_locked()
 
     def _flush_locked(self) -> None:
-        batch, self._pending = self._pending, []
+        """Write what is pending (the caller holds ``_write_lock``)."""
+        with self._lock:
+            batch, self._pending = self._pending, []
         self._write(batch)
 
     def _write(self, batch: list[Served]) -> None:
@@ -172,8 +181,7 @@ class DecisionStore:
                 rows,
             )
             self._db.execute("COMMIT")
-            impressions = [s.decisions.to_events(s.created_at) for s in batch]
-            self._log.append(_concat(impressions), source="decisions")
+            self._log.append(impressions(batch), source="decisions")
         except Exception:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
@@ -230,8 +238,35 @@ def _from_row(row: tuple) -> Served:
     return served
 
 
-def _concat(batches: list[EventBatch]) -> EventBatch:
-    return EventBatch.concat(batches) if len(batches) > 1 else batches[0]
+def impressions(batch: list[Served]) -> EventBatch:
+    """The impression events of decisions, in the order they were served.
+
+    ``Decisions.to_events`` for each decision, computed once per group of decisions with the
+    same policy, model version and slate length (in steady state one group): per decision,
+    it costs more than all the other work of writing it.
+    """
+    groups: dict[tuple[str, str | None, int], list[int]] = {}
+    for number, served in enumerate(batch):
+        d = served.decisions
+        groups.setdefault((d.policy, d.model_version, d.k), []).append(number)
+    parts, order = [], []
+    for (policy, version, k), numbers in groups.items():
+        rows = [batch[number].decisions for number in numbers]
+        joined = Decisions(
+            users=np.concatenate([d.users for d in rows]),
+            slates=np.concatenate([d.slates for d in rows]),
+            propensities=np.concatenate([d.propensities for d in rows]),
+            policy=policy,
+            params={},
+            model_version=version,
+            explored=np.concatenate([d.explored for d in rows]),
+            exploring=np.concatenate([d.exploring for d in rows]),
+        )
+        parts.append(joined.to_events(np.array([batch[n].created_at for n in numbers])))
+        order.append(np.repeat(numbers, k))  # the decision of each event
+    if len(parts) == 1:
+        return parts[0]
+    return EventBatch.concat(parts).take(np.argsort(np.concatenate(order), kind="stable"))
 
 
 def rewards_matrix(served: Served, rewarded: dict[str, float]) -> np.ndarray:

@@ -7,6 +7,7 @@ shape responses; everything with state happens here.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 import uuid
@@ -19,7 +20,7 @@ from lifelong_rec.data import clean
 from lifelong_rec.events import Catalog, EventBatch, EventWeights, kind_codes
 from lifelong_rec.explain import explain_decisions
 from lifelong_rec.models import Wording, parse_model, with_catalog
-from lifelong_rec.policy import Greedy, Policy, parse_policy
+from lifelong_rec.policy import Decisions, Greedy, Policy, parse_policy
 from lifelong_rec.service.decisions import DecisionStore, Served, rewards_matrix
 from lifelong_rec.service.experiments import Arm, Experiments
 from lifelong_rec.service.learner import Learner, Snapshot
@@ -87,8 +88,14 @@ class Engine:
                 "(set LIFELONG_REC_TOKEN)"
             )
         self.learner.start()
+        # What is loaded by now (modules, the app, the restored model) lives as long as the
+        # service: frozen, it is out of the collector's sight. A full collection walked its
+        # ~300,000 objects and stalled every request in flight for 100-200 ms.
+        gc.collect()
+        gc.freeze()
 
     def stop(self) -> None:
+        gc.unfreeze()
         self.learner.stop()
         self.decisions.close()
         self.experiments.close()
@@ -177,14 +184,18 @@ class Engine:
             "method": None,
             "items": [],
         }
-        if not len(candidates):
+        if not len(candidates):  # nothing to show (an empty catalogue): no decision to log
+            result["decision_id"] = None
             return result
-        policy.k = min(k, len(candidates))  # the slate length of this request
-        decisions = policy.decide(
-            [user], candidates, scores[None, :].astype(np.float64), model_version=snapshot.name
-        )
+        if type(policy) is Greedy and policy.uniform_share == 0:
+            decisions = _model_ranking(policy, user, candidates[:k], snapshot.name)
+        else:
+            policy.k = min(k, len(candidates))  # the slate length of this request
+            decisions = policy.decide(
+                [user], candidates, scores[None, :].astype(np.float64), model_version=snapshot.name
+            )
         self.decisions.add(Served(decision_id, decisions, experiment, arm, time.time()))
-        self.metrics.decisions.labels(experiment or "", arm or "", policy.name).inc()
+        self.metrics.count_decision(experiment or "", arm or "", policy.name)
         score_of = dict(zip(candidates.tolist(), scores.tolist(), strict=True))
         explained = None
         if explain:
@@ -226,7 +237,12 @@ class Engine:
             self.learner.wake()
         policy = self._policy_of(served)
         if policy is not None:
-            policy.update(served.decisions, matrix)
+            try:  # the feedback is stored and logged: a policy that fails must not undo it
+                policy.update(served.decisions, matrix)
+            except Exception:
+                log.exception(
+                    "policy %s could not learn from decision %s", policy.name, decision_id
+                )
         labels = (served.experiment or "", served.arm or "", served.decisions.policy)
         self.metrics.reward.labels(*labels).inc(float(matrix.sum()))
         return {
@@ -361,6 +377,21 @@ class Engine:
 
     def _published(self, snapshot: Snapshot) -> None:
         self.metrics.version.set(snapshot.version)
+
+
+def _model_ranking(policy: Greedy, user: str, slate: np.ndarray, version: str) -> Decisions:
+    """What ``policy.decide`` returns for candidates already in score order (the model's
+    ranking): the first ``k``, each with propensity 1, none exploring. Built directly: the
+    general ``decide`` costs about a fifth of a plain request."""
+    return Decisions(
+        users=[user],
+        slates=slate[None, :],
+        propensities=np.ones((1, len(slate))),
+        policy=policy.name,
+        params=policy.get_params() | {"k": len(slate)},
+        model_version=version,
+        explored=[False],
+    )
 
 
 def _reward(reward: dict[str, object]) -> float:

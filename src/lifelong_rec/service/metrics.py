@@ -50,6 +50,31 @@ class Metrics:
         self.reward = Counter(
             "lifelong_rec_reward", "reward fed back", ["experiment", "arm", "policy"], registry=r
         )
+        # Children by label values: ``labels()`` validates and locks on every call, which is
+        # a measurable share of a recommendation's cost. The label sets are small.
+        self._request_children: dict[tuple[str, str, int], tuple] = {}
+        self._decision_children: dict[tuple[str, str, str], object] = {}
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count a request and time it, by its method, route template and status."""
+        children = self._request_children.get((method, route, status))
+        if children is None:
+            children = (
+                self.requests.labels(method, route, str(status)),
+                self.latency.labels(method, route),
+            )
+            self._request_children[method, route, status] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def count_decision(self, experiment: str, arm: str, policy: str) -> None:
+        """Count a served decision of an experiment arm's (or the default) policy."""
+        child = self._decision_children.get((experiment, arm, policy))
+        if child is None:
+            child = self._decision_children[experiment, arm, policy] = self.decisions.labels(
+                experiment, arm, policy
+            )
+        child.inc()
 
 
 class MetricsMiddleware:
@@ -76,16 +101,19 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
-            method = scope["method"]
-            self.metrics.requests.labels(method, template, str(status)).inc()
-            self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)
+            template = getattr(scope.get("route"), "path", "unmatched")
+            seconds = time.perf_counter() - started
+            self.metrics.observe_request(scope["method"], template, status, seconds)
 
 
 class BodyLimitMiddleware:
-    """Rejects a request body over ``limit`` bytes with 413, by its Content-Length or, when it
-    is streamed, as soon as the bytes read pass the limit."""
+    """Rejects a request body over ``limit`` bytes with 413: at once by its Content-Length,
+    or, for a streamed (chunked) body, as soon as the bytes read pass the limit.
+
+    A streamed body is read here, whole, before the app sees it: an error raised from inside
+    the app's ``receive`` would reach the endpoint's body parsing, which FastAPI answers with
+    400 whatever the error.
+    """
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -95,29 +123,41 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        streamed = False
         for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+            if name == b"content-length":  # the server reads no more than it says
+                if value.isdigit() and int(value) > self.limit:
+                    await _too_large(send, self.limit)
+                    return
+                await self.app(scope, receive, send)
+                return
+            streamed |= name == b"transfer-encoding"
+        if not streamed:  # no body
+            await self.app(scope, receive, send)
+            return
+        chunks, seen = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            seen += len(chunks[-1])
+            if seen > self.limit:
                 await _too_large(send, self.limit)
                 return
-        seen = 0
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        delivered = False
 
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
-            return message
+        async def replay() -> Message:
+            nonlocal delivered
+            if delivered:
+                return await receive()  # after the body: the disconnect
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await _too_large(send, self.limit)
-
-
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 async def _too_large(send: Send, limit: int) -> None:

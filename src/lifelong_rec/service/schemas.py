@@ -129,7 +129,7 @@ class RecommendedItem(BaseModel):
 class RecommendationsOut(BaseModel):
     user: str
     model_version: str
-    decision_id: str
+    decision_id: str | None = Field(description="for POST /feedback; null for an empty list")
     policy: str
     experiment: str | None
     arm: str | None
