@@ -189,16 +189,21 @@ class Learner:
             if model is not None and getattr(model, "text_encoder", None):
                 model.add_items(catalog)
                 self._dirty = True
-        batch = self.log.read(self.offset, self.offset + self.learn_batch)
-        if not len(batch):
+        stop = min(self.log.end_offset, self.offset + self.learn_batch)
+        if stop <= self.offset:
             self.caught_up.set()
             return bool(items)
+        # Only what models learn from: impressions (weight 0) change no score, and would make
+        # every served list cost a read, a learn and a publish.
+        batch = self.log.read(self.offset, stop, positive=True)
+        self.offset = stop
+        if not len(batch):
+            return True
         if self.strategy.model is None:
             self.strategy.warm_up(batch)
         else:
             self.strategy.observe(batch)
             self.strategy.end_block(batch, np.zeros(len(batch)))
-        self.offset += len(batch)
         self._dirty = True
         return True
 

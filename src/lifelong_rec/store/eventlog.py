@@ -282,14 +282,19 @@ class EventLog:
 
     # ------------------------------------------------------------------ reading
 
-    def read(self, start: int = 0, stop: int | None = None) -> EventBatch:
-        """Events with offsets ``start`` <= offset < ``stop`` (to the end when None), in order."""
+    def read(
+        self, start: int = 0, stop: int | None = None, *, positive: bool = False
+    ) -> EventBatch:
+        """Events with offsets ``start`` <= offset < ``stop`` (to the end when None), in order;
+        with ``positive=True`` only those of weight > 0 (what a model learns from: a learner
+        then skips the impressions the service logs, ten per served list)."""
         if start < 0 or (stop is not None and stop < start):
             raise ValueError(f"bad offset range [{start}, {stop})")
+        where = "seq >= ? AND seq < ?" + (" AND weight > 0" if positive else "")
         with self._lock:
             rows = self._db.execute(
                 "SELECT user, item, ts, kind, value, weight, policy, model_version, "
-                "propensity, context FROM events WHERE seq >= ? AND seq < ? ORDER BY seq",
+                f"propensity, context FROM events WHERE {where} ORDER BY seq",
                 (start, 2**62 if stop is None else stop),
             ).fetchall()
             self._sync("users", self._users)
