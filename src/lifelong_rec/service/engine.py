@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,7 +24,7 @@ from lifelong_rec.explain import explain_decisions
 from lifelong_rec.models import Wording, parse_model, with_catalog
 from lifelong_rec.policy import Decisions, Greedy, Policy, parse_policy
 from lifelong_rec.service.decisions import DecisionStore, Served, rewards_matrix
-from lifelong_rec.service.experiments import Arm, Experiments
+from lifelong_rec.service.experiments import Arm, Experiment, Experiments
 from lifelong_rec.service.learner import Learner, Snapshot
 from lifelong_rec.service.metrics import Metrics
 from lifelong_rec.service.settings import Settings
@@ -62,21 +64,9 @@ class Engine:
         self.settings = settings
         self.metrics = Metrics()
         self.log = EventLog(settings.db)
-        label, factory = parse_model(settings.model)
-        self.model_spec = label
         self.default_policy = self._make_policy(settings.policy)
-        self.learner = Learner(
-            db=str(settings.db),
-            store=SnapshotStore(settings.snapshots),
-            # The catalogue as it is when a model is made (a text model reads it).
-            factory=lambda: with_catalog(factory, self.log.catalog())(),
-            strategy=settings.strategy,
-            publish_seconds=settings.publish_seconds,
-            persist_seconds=settings.persist_seconds,
-            learn_batch=settings.learn_batch,
-            keep_snapshots=settings.keep_snapshots,
-            on_publish=self._published,
-        )
+        self.learner = self._new_learner(settings.model, settings.snapshots, self._published)
+        self.arm_learners: dict[str, Learner] = {}  # model spec of an experiment arm -> learner
         self.decisions = DecisionStore(settings.db)
         self.experiments = Experiments(settings.db, self._make_policy)
         self._wording: Wording | None = None
@@ -88,6 +78,8 @@ class Engine:
                 "(set LIFELONG_REC_TOKEN)"
             )
         self.learner.start()
+        if self.experiments.running is not None:
+            self._arm_models(self.experiments.running)
         # What is loaded by now (modules, the app, the restored model) lives as long as the
         # service: frozen, it is out of the collector's sight. A full collection walked its
         # ~300,000 objects and stalled every request in flight for 100-200 ms.
@@ -97,6 +89,8 @@ class Engine:
     def stop(self) -> None:
         gc.unfreeze()
         self.learner.stop()
+        for learner in self.arm_learners.values():
+            learner.stop()
         self.decisions.close()
         self.experiments.close()
         self.log.close()
@@ -150,24 +144,28 @@ class Engine:
 
     # -------------------------------------------------------------- serving
 
-    def snapshot(self) -> Snapshot:
-        snapshot = self.learner.current
+    def snapshot(self, model: str | None = None) -> Snapshot:
+        """The serving snapshot of the service's model, or of an experiment arm's ``model``."""
+        learner = self.learner if model is None else self.arm_learners[model]
+        snapshot = learner.current
         if snapshot.model is None:
-            raise NotReady("no model yet: the event log is empty or the learner is catching up")
+            what = "the model" if model is None else f"the arm's model {model!r}"
+            raise NotReady(f"no model yet: {what} has learned nothing yet (or is catching up)")
         return snapshot
 
     def recommend(self, user: str, k: int, explain: bool) -> dict[str, object]:
         """The user's slate: the model's candidates, re-ranked by the user's policy (their
         experiment arm's, or the default one), logged with propensities."""
-        snapshot = self.snapshot()
-        model = snapshot.model
         assignment = self.experiments.assign(user)
-        experiment = arm = None
+        experiment = arm = arm_model = None
         policy = self.default_policy
         if assignment is not None:
             running, index = assignment
             experiment, arm = running.name, running.arms[index].name
             policy = self.experiments.policies[index]
+            arm_model = running.arms[index].model
+        snapshot = self.snapshot(arm_model)
+        model = snapshot.model
         pool = k if isinstance(policy, Greedy) else max(k, self.settings.candidates)
         ranked = model.recommend([user], k=pool)
         listed = ranked.items[0] != ""
@@ -364,13 +362,54 @@ class Engine:
         return self.models()
 
     def create_experiment(self, name: str, arms: list[dict[str, object]]) -> None:
+        """Start an A/B test between policies, models, or both. An arm with its own model gets
+        its own learner over the same log (its snapshots in a folder of their own); until it
+        has caught up, its users get 503 with Retry-After."""
         arms = [
-            Arm(a["name"], a.get("policy") or "greedy", float(a.get("weight", 1.0))) for a in arms
-        ]
+            Arm(a["name"], a.get("policy") or "greedy", float(a.get("weight", 1.0)),
+                a.get("model"))
+            for a in arms
+        ]  # fmt: skip
         try:
-            self.experiments.create(name, arms)
+            experiment = self.experiments.create(name, arms)
         except RuntimeError as error:
             raise Conflict(str(error)) from None
+        self._arm_models(experiment)
+
+    def stop_experiment(self, name: str) -> Experiment:
+        try:
+            experiment = self.experiments.stop(name)
+        except KeyError as error:
+            raise NotFound(str(error.args[0])) from None
+        for spec in {arm.model for arm in experiment.arms if arm.model}:
+            self.arm_learners.pop(spec).stop()  # its snapshots stay on disk for a later test
+        return experiment
+
+    def _arm_models(self, experiment: Experiment) -> None:
+        """A learner for every model an arm names (the service's own model included: an arm
+        that names it still learns apart, so the arms stay comparable)."""
+        for spec in {arm.model for arm in experiment.arms if arm.model}:
+            if spec not in self.arm_learners:
+                folder = self.settings.snapshots / "arms" / re.sub(r"[^A-Za-z0-9]+", "-", spec)
+                learner = self._new_learner(spec, folder, None)
+                learner.start()
+                self.arm_learners[spec] = learner
+
+    def _new_learner(self, spec: str, folder: Path, on_publish: object) -> Learner:
+        _, factory = parse_model(spec)
+        settings = self.settings
+        return Learner(
+            db=str(settings.db),
+            store=SnapshotStore(folder),
+            # The catalogue as it is when a model is made (a text model reads it).
+            factory=lambda: with_catalog(factory, self.log.catalog())(),
+            strategy=settings.strategy,
+            publish_seconds=settings.publish_seconds,
+            persist_seconds=settings.persist_seconds,
+            learn_batch=settings.learn_batch,
+            keep_snapshots=settings.keep_snapshots,
+            on_publish=on_publish,
+        )
 
     def _make_policy(self, spec: str | None) -> Policy:
         return Greedy(k=1) if spec is None else parse_policy(spec, k=1)

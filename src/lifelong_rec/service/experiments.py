@@ -1,8 +1,10 @@
-"""A/B tests between policies: a stable split of users, and live results.
+"""A/B tests between policies and models: a stable split of users, and live results.
 
 One experiment runs at a time. A user's arm is a stable hash of (experiment, user): the same
 user always sees the same arm, across requests and restarts. Each arm has its own policy
-object, learning from its own traffic. Results are read from the decisions table, so they
+object, learning from its own traffic; an arm that names a model is served by a learner of its
+own over the same log (the engine starts it), so every model learns from all events and the
+arms differ only in what they serve. Results are read from the decisions table, so they
 survive a restart; arms are compared with the first arm by a two-proportion test on the
 share of shown items with a positive reward.
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from lifelong_rec.evaluate.simulate.stats import two_proportion_test
+from lifelong_rec.models import parse_model
 from lifelong_rec.policy import Policy
 
 _SCHEMA = """
@@ -33,6 +36,7 @@ class Arm:
     name: str
     policy: str  # a parse_policy spec
     weight: float
+    model: str | None = None  # a parse_model spec: None serves the service's own model
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,8 @@ class Experiments:
             for arm in arms:
                 try:
                     self._make_policy(arm.policy)
+                    if arm.model is not None:
+                        parse_model(arm.model)
                 except (ValueError, TypeError) as error:
                     raise ValueError(f"arms: {arm.name}: {error}") from None
             experiment = Experiment(name, tuple(arms), time.time())
@@ -157,6 +163,7 @@ def compare(experiment: Experiment, results: dict[str, dict[str, float]]) -> lis
         entry = {
             "name": arm.name,
             "policy": arm.policy,
+            "model": arm.model,
             "weight": arm.weight,
             "decisions": int(counts["decisions"]),
             "impressions": impressions,

@@ -226,8 +226,13 @@ class ModelsOut(BaseModel):
 
 
 class ArmIn(Strict):
+    """An arm: a policy (None: the model's own ranking) over a model (None: the service's)."""
+
     name: Name
     policy: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    model: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = Field(
+        None, description="a model spec; the arm gets its own learner over the same log"
+    )
     weight: float = Field(1.0, gt=0, le=1e6)
 
 
@@ -241,6 +246,7 @@ class ExperimentIn(Strict):
 class ArmResult(BaseModel):
     name: str
     policy: str
+    model: str | None
     weight: float
     decisions: int
     impressions: int = Field(description="shown items of decisions with feedback")

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, status
 
 from lifelong_rec.service.deps import EngineDep, Writer
-from lifelong_rec.service.engine import Engine, NotFound
+from lifelong_rec.service.engine import Engine
 from lifelong_rec.service.experiments import Experiment, compare
 from lifelong_rec.service.schemas import ExperimentIn, ExperimentOut
 
@@ -28,7 +28,8 @@ def experiments(engine: EngineDep) -> list[dict[str, object]]:
     responses={409: {"description": "another experiment is running"}},
 )
 def create(body: ExperimentIn, engine: EngineDep) -> dict[str, object]:
-    """Start an A/B test: users are split between the arms' policies by a stable hash."""
+    """Start an A/B test: users are split between the arms (each a policy, and optionally
+    a model of its own) by a stable hash of (experiment, user)."""
     engine.create_experiment(body.name, [arm.model_dump() for arm in body.arms])
     # by name, not ``experiments.running``: a stop may already have come in meanwhile
     (created,) = [e for e in engine.experiments.list() if e.name == body.name]
@@ -44,11 +45,8 @@ def create(body: ExperimentIn, engine: EngineDep) -> dict[str, object]:
 def stop(
     name: Annotated[str, Path(min_length=1, max_length=64)], engine: EngineDep
 ) -> dict[str, object]:
-    try:
-        experiment = engine.experiments.stop(name)
-    except KeyError as error:
-        raise NotFound(str(error.args[0])) from None
-    return _out(engine, experiment)
+    """Stop the experiment: its users go back to the default policy and model."""
+    return _out(engine, engine.stop_experiment(name))
 
 
 def _out(engine: Engine, experiment: Experiment) -> dict[str, object]:

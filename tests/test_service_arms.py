@@ -1,0 +1,88 @@
+"""A/B tests between models: an arm with a model of its own is served by its own learner over
+the same log (in-process, through FastAPI's TestClient)."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi.testclient import TestClient
+
+from lifelong_rec.data import synthetic_stream
+from lifelong_rec.events import kind_names
+from lifelong_rec.service import Settings, create_app
+
+
+def _rows(events) -> list[dict[str, object]]:
+    return [
+        {"user": str(u), "item": str(i), "kind": str(k), "timestamp": float(t)}
+        for u, i, k, t in zip(
+            events.user, events.item, kind_names(events.kind), events.timestamp, strict=True
+        )
+    ]
+
+
+def _serving(client: TestClient, user: str, deadline: float) -> dict[str, object]:
+    while True:
+        answer = client.get(f"/users/{user}/recommendations", params={"k": 5})
+        if answer.status_code == 200:
+            return answer.json()
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+        assert time.monotonic() < deadline, answer.json()
+        time.sleep(0.05)
+
+
+def test_model_arms_serve_their_own_model_and_report_per_arm(tmp_path):
+    data = synthetic_stream(n_users=120, n_items=100, n_events=4_000, seed=1)
+    settings = Settings(db=tmp_path / "events.db", publish_seconds=0.05, persist_seconds=0.2)
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/events", json={"events": _rows(data.events)}).status_code == 200
+        arms = [{"name": "mf"}, {"name": "knn", "model": "itemknn(neighbours=20)"}]
+        created = client.post("/experiments", json={"name": "models", "arms": arms})
+        assert created.status_code == 201
+        assert [arm["model"] for arm in created.json()["arms"]] == [None, "itemknn(neighbours=20)"]
+
+        deadline = time.monotonic() + 30
+        seen: dict[str, set[str]] = {"mf": set(), "knn": set()}
+        for user in map(str, sorted(set(data.events.user.tolist()))[:40]):
+            listed = _serving(client, user, deadline)
+            seen[listed["arm"]].add(listed["model_version"].split("-v")[0])
+            feedback = {"decision_id": listed["decision_id"],
+                        "rewards": [{"item": listed["items"][0]["item"]}]}  # fmt: skip
+            assert client.post("/feedback", json=feedback).status_code == 200
+        assert seen == {"mf": {"mf"}, "knn": {"itemknn"}}  # each arm serves its own model
+
+        (result,) = client.get("/experiments").json()
+        by_arm = {arm["name"]: arm for arm in result["arms"]}
+        assert by_arm["mf"]["decisions"] + by_arm["knn"]["decisions"] == 40
+        assert by_arm["knn"]["positives"] == by_arm["knn"]["decisions"]  # one click each
+        assert by_arm["knn"]["interval"] is not None
+
+        # the arm's learner keeps learning the log: a new user's events reach its model
+        knn_user = next(f"new-{n}" for n in range(1_000)
+                        if _arm_of(client, f"new-{n}") == "knn")  # fmt: skip
+        item = str(data.events.item[0])
+        event = {"user": knn_user, "item": item, "kind": "purchase"}
+        assert client.post("/events", json=event).status_code == 200
+        deadline = time.monotonic() + 5
+        while _serving(client, knn_user, deadline)["fallback"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+
+        stopped = client.post("/experiments/models/stop")
+        assert stopped.status_code == 200 and stopped.json()["running"] is False
+        after = client.get(f"/users/{knn_user}/recommendations").json()
+        assert after["arm"] is None and after["model_version"].startswith("mf-v")
+        assert (tmp_path / "events.db.snapshots" / "arms").is_dir()
+
+
+def test_an_arm_with_an_unknown_model_is_refused(tmp_path):
+    with TestClient(create_app(Settings(db=tmp_path / "events.db"))) as client:
+        arms = [{"name": "a"}, {"name": "b", "model": "svd"}]
+        answer = client.post("/experiments", json={"name": "x", "arms": arms})
+        assert (
+            answer.status_code == 422 and "arms: b: unknown model 'svd'" in answer.json()["detail"]
+        )
+
+
+def _arm_of(client: TestClient, user: str) -> str:
+    return client.get(f"/users/{user}/recommendations", params={"k": 1}).json()["arm"]
