@@ -240,3 +240,13 @@ def test_catalog_records_round_trip_and_titles():
 def test_catalog_rejects_duplicate_items():
     with pytest.raises(ValueError, match="unique"):
         Catalog.from_records([{"item": "a"}, {"item": "a"}])
+
+
+def test_to_records_gives_the_rows_post_events_reads():
+    batch = EventBatch.from_columns(
+        ["u1", "u2"], ["i1", "i2"], [1.7e9, 1.7e9 + 1], ["view", "rating"], [float("nan"), 4.0]
+    )
+    assert batch.to_records() == [
+        {"user": "u1", "item": "i1", "kind": "view", "timestamp": 1.7e9},
+        {"user": "u2", "item": "i2", "kind": "rating", "timestamp": 1.7e9 + 1, "value": 4.0},
+    ]

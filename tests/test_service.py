@@ -10,15 +10,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -27,9 +22,9 @@ import pytest
 import schemathesis
 from prometheus_client.parser import text_string_to_metric_families
 from schemathesis.checks import not_a_server_error
+from serve_process import ServeProcess
 
 from lifelong_rec.data import synthetic_stream
-from lifelong_rec.events import kind_names
 from lifelong_rec.policy import policy_names
 from lifelong_rec.service import Settings, create_app
 from lifelong_rec.store import EventLog
@@ -44,36 +39,14 @@ START_SECONDS = 90.0
 
 # ------------------------------------------------------------------------------ the server
 
-
-@dataclass
-class Server:
-    url: str
-    db: Path
-    process: subprocess.Popen
-    output: Path
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+Server = ServeProcess
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_server(folder: Path, **settings: object) -> Server:
-    """``lifelong-rec serve`` in a subprocess, with ``LIFELONG_REC_<NAME>`` settings; returns
-    once ``/healthz`` answers."""
+def start_server(folder: Path, **settings: object) -> ServeProcess:
+    """``lifelong-rec serve`` with ``LIFELONG_REC_<NAME>`` settings; returns once ``/healthz``
+    answers."""
     folder.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("LIFELONG_REC_")}
-    env = inherited | {
+    env = {
         "LIFELONG_REC_TOKEN": TOKEN,
         "LIFELONG_REC_PUBLISH_SECONDS": "0.05",
         "LIFELONG_REC_MAX_BATCH": str(MAX_BATCH),
@@ -81,47 +54,14 @@ def start_server(folder: Path, **settings: object) -> Server:
         "LIFELONG_REC_MAX_K": str(MAX_K),
     }
     env |= {f"LIFELONG_REC_{name.upper()}": str(value) for name, value in settings.items()}
-    output = folder / "server.log"
-    db = folder / "events.db"
-    command = [sys.executable, "-m", "lifelong_rec.cli", "serve", "--db", str(db)]
-    command += ["--port", str(port), "--log-level", "warning"]
-    with open(output, "wb") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    server = Server(f"http://127.0.0.1:{port}", db, process, output)
-    deadline = time.monotonic() + START_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            break
-        try:
-            if httpx.get(f"{server.url}/healthz", timeout=1.0).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    server.stop()
-    raise RuntimeError(f"the server did not start:\n{output.read_text()[-3000:]}")
+    server = ServeProcess(folder / "events.db", env, folder / "server.log")
+    server.wait_healthy(START_SECONDS)
+    return server
 
 
 def stream_rows(n_events: int = 6_000) -> list[dict[str, object]]:
     """The synthetic stream's events as ``POST /events`` rows."""
-    events = synthetic_stream(n_users=200, n_items=150, n_events=n_events, seed=0).events
-    return [
-        {
-            "user": user,
-            "item": item,
-            "kind": kind,
-            "timestamp": timestamp,
-            "value": None if math.isnan(value) else value,
-        }
-        for user, item, kind, timestamp, value in zip(
-            events.user.tolist(),
-            events.item.tolist(),
-            kind_names(events.kind).tolist(),
-            events.timestamp.tolist(),
-            events.value.tolist(),
-            strict=True,
-        )
-    ]
+    return synthetic_stream(n_users=200, n_items=150, n_events=n_events, seed=0).events.to_records()
 
 
 def post_stream(client: httpx.Client, rows: list[dict[str, object]], batch: int = 2_000) -> None:

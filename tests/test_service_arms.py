@@ -8,17 +8,7 @@ import time
 from fastapi.testclient import TestClient
 
 from lifelong_rec.data import synthetic_stream
-from lifelong_rec.events import kind_names
 from lifelong_rec.service import Settings, create_app
-
-
-def _rows(events) -> list[dict[str, object]]:
-    return [
-        {"user": str(u), "item": str(i), "kind": str(k), "timestamp": float(t)}
-        for u, i, k, t in zip(
-            events.user, events.item, kind_names(events.kind), events.timestamp, strict=True
-        )
-    ]
 
 
 def _serving(client: TestClient, user: str, deadline: float) -> dict[str, object]:
@@ -35,7 +25,7 @@ def test_model_arms_serve_their_own_model_and_report_per_arm(tmp_path):
     data = synthetic_stream(n_users=120, n_items=100, n_events=4_000, seed=1)
     settings = Settings(db=tmp_path / "events.db", publish_seconds=0.05, persist_seconds=0.2)
     with TestClient(create_app(settings)) as client:
-        assert client.post("/events", json={"events": _rows(data.events)}).status_code == 200
+        assert client.post("/events", json={"events": data.events.to_records()}).status_code == 200
         arms = [{"name": "mf"}, {"name": "knn", "model": "itemknn(neighbours=20)"}]
         created = client.post("/experiments", json={"name": "models", "arms": arms})
         assert created.status_code == 201

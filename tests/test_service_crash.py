@@ -15,11 +15,7 @@ every check holds wherever it lands.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -27,6 +23,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from serve_process import ServeProcess
 
 from lifelong_rec.data import synthetic_stream
 from lifelong_rec.events import kind_names
@@ -45,57 +42,18 @@ def _batches() -> list[list[dict[str, object]]]:
     """``N_BATCHES`` batches of ``BATCH`` events from the synthetic shop, as JSON rows."""
     events = synthetic_stream(n_users=300, n_items=200, n_events=32_000, seed=SEED).events
     assert len(events) >= N_BATCHES * BATCH
-    kinds = kind_names(events.kind)
-    rows = []
-    for i in range(N_BATCHES * BATCH):
-        row = {
-            "user": str(events.user[i]),
-            "item": str(events.item[i]),
-            "kind": str(kinds[i]),
-            "timestamp": float(events.timestamp[i]),
-        }
-        if np.isfinite(events.value[i]):
-            row["value"] = float(events.value[i])
-        rows.append(row)
+    rows = events.take(slice(0, N_BATCHES * BATCH)).to_records()
     return [rows[b * BATCH : (b + 1) * BATCH] for b in range(N_BATCHES)]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class _Server:
-    """``lifelong-rec serve`` on a free loopback port, snapshots every 0.2 s."""
-
-    def __init__(self, db: Path, life: int) -> None:
-        self.url = f"http://127.0.0.1:{_free_port()}"
-        self.log = db.with_name(f"server-{life}.log")
-        env = os.environ | {
-            "LIFELONG_REC_PUBLISH_SECONDS": "0.1",
-            "LIFELONG_REC_PERSIST_SECONDS": "0.2",
-            "LIFELONG_REC_KEEP_SNAPSHOTS": "1000",  # every snapshot stays for the checks
-        }
-        env.pop("LIFELONG_REC_TOKEN", None)
-        with open(self.log, "w") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "lifelong_rec", "serve", "--db", str(db), "--port",
-                 self.url.rsplit(":", 1)[1], "--log-level", "warning"],
-                stdout=out, stderr=subprocess.STDOUT, env=env,
-            )  # fmt: skip
-
-    def wait_healthy(self, client: httpx.Client) -> None:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"the server exited:\n{self.log.read_text()}"
-            try:
-                if client.get(self.url + "/healthz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"no /healthz after {STARTUP_SECONDS} s:\n{self.log.read_text()}")
+def _serve(db: Path, life: int) -> ServeProcess:
+    """The server on ``db``, snapshots every 0.2 s, no token."""
+    env = {
+        "LIFELONG_REC_PUBLISH_SECONDS": "0.1",
+        "LIFELONG_REC_PERSIST_SECONDS": "0.2",
+        "LIFELONG_REC_KEEP_SNAPSHOTS": "1000",  # every snapshot stays for the checks
+    }
+    return ServeProcess(db, env, db.with_name(f"server-{life}.log"))
 
 
 def _post(client: httpx.Client, url: str, events: list[dict], key: str) -> dict | None:
@@ -115,7 +73,9 @@ def _newest(snapshots: Path) -> SnapshotInfo | None:
     return SnapshotInfo(**json.loads(manifests[-1].read_text())) if manifests else None
 
 
-def _kill_later(server: _Server, snapshots: Path, after: int, delay: float, in_write: bool) -> None:
+def _kill_later(
+    server: ServeProcess, snapshots: Path, after: int, delay: float, in_write: bool
+) -> None:
     """SIGKILL the server ``delay`` seconds after it has written a snapshot newer than
     ``after``, so that every kill has a snapshot of its own life to restore; ``in_write``,
     then as soon as it starts writing the next one (a partial snapshot to clean up)."""
@@ -155,9 +115,9 @@ def test_sigkill_at_random_moments_loses_nothing_and_restores_snapshots(tmp_path
         for life in range(KILLS + 1):
             newest = _newest(snapshots)
             planted = _plant_partial_snapshot(snapshots)
-            server = _Server(db, life)
+            server = _serve(db, life)
             try:
-                server.wait_healthy(client)
+                server.wait_healthy(STARTUP_SECONDS)
                 assert not planted.exists(), "a partial snapshot survived the restart"
                 own = f"-{server.process.pid}"  # the new server's own write, in progress
                 stale = [p for p in snapshots.glob(".tmp-*") if not p.name.endswith(own)]

@@ -12,7 +12,6 @@ pytest.importorskip("torch")
 from fastapi.testclient import TestClient
 
 from lifelong_rec.data import synthetic_stream
-from lifelong_rec.events import kind_names
 from lifelong_rec.service import Settings, create_app
 
 MODEL = "transformer(epochs=2, dim=16, max_len=10, explain_steps=8)"
@@ -21,12 +20,7 @@ MODEL = "transformer(epochs=2, dim=16, max_len=10, explain_steps=8)"
 def test_a_new_item_is_ranked_and_explained_through_its_text(tmp_path):
     data = synthetic_stream(n_users=100, n_items=80, n_events=3_000, seed=0)
     events = data.events
-    rows = [
-        {"user": str(u), "item": str(i), "kind": str(k), "timestamp": float(t)}
-        for u, i, k, t in zip(
-            events.user, events.item, kind_names(events.kind), events.timestamp, strict=True
-        )
-    ]
+    rows = events.to_records()
     settings = Settings(db=tmp_path / "events.db", model=MODEL, publish_seconds=0.05)
     with TestClient(create_app(settings)) as client:
         catalogue = data.catalog

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -181,6 +182,17 @@ class EventBatch:
     def kind_names(self) -> np.ndarray:
         """Kind names, shape (n,)."""
         return kind_names(self.kind)
+
+    def to_records(self) -> list[dict[str, object]]:
+        """The rows as JSON-ready dicts with the keys the service's ``POST /events`` reads:
+        user, item, kind (by name), timestamp, and value where it is not NaN."""
+        columns = zip(self.user.tolist(), self.item.tolist(), self.kind_names.tolist(),
+                      self.timestamp.tolist(), self.value.tolist(), strict=True)  # fmt: skip
+        return [
+            {"user": user, "item": item, "kind": kind, "timestamp": timestamp}
+            | ({} if math.isnan(value) else {"value": value})
+            for user, item, kind, timestamp, value in columns
+        ]
 
     @property
     def has_decisions(self) -> bool:
