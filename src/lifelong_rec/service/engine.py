@@ -300,7 +300,7 @@ class Engine:
         return model is not None and model.items_.lookup([item])[0] >= 0
 
     def item(self, item: str) -> dict[str, object]:
-        catalog = self.log.catalog()
+        catalog = self.wording().catalog  # the log's catalogue, read once per change
         rows = np.flatnonzero(catalog.item == item)
         if not len(rows) and not self.knows(item):
             raise NotFound(f"item {item!r} is unknown")
