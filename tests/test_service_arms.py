@@ -11,14 +11,10 @@ from lifelong_rec.data import synthetic_stream
 from lifelong_rec.service import Settings, create_app
 
 
-def _serving(client: TestClient, user: str, deadline: float) -> dict[str, object]:
-    while True:
-        answer = client.get(f"/users/{user}/recommendations", params={"k": 5})
-        if answer.status_code == 200:
-            return answer.json()
-        assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
-        assert time.monotonic() < deadline, answer.json()
-        time.sleep(0.05)
+def _serving(client: TestClient, user: str) -> dict[str, object]:
+    answer = client.get(f"/users/{user}/recommendations", params={"k": 5})
+    assert answer.status_code == 200, answer.json()
+    return answer.json()
 
 
 def test_model_arms_serve_their_own_model_and_report_per_arm(tmp_path):
@@ -26,25 +22,36 @@ def test_model_arms_serve_their_own_model_and_report_per_arm(tmp_path):
     settings = Settings(db=tmp_path / "events.db", publish_seconds=0.05, persist_seconds=0.2)
     with TestClient(create_app(settings)) as client:
         assert client.post("/events", json={"events": data.events.to_records()}).status_code == 200
+        deadline = time.monotonic() + 30
+        while client.get("/models").json()["serving_version"] is None:
+            assert time.monotonic() < deadline, "the service's model never published"
+            time.sleep(0.02)
         arms = [{"name": "mf"}, {"name": "knn", "model": "itemknn(neighbours=20)"}]
         created = client.post("/experiments", json={"name": "models", "arms": arms})
         assert created.status_code == 201
         assert [arm["model"] for arm in created.json()["arms"]] == [None, "itemknn(neighbours=20)"]
 
+        # Until the arm's learner has published, nobody is counted: all get the default.
+        users = list(map(str, sorted(set(data.events.user.tolist()))[:40]))
         deadline = time.monotonic() + 30
+        while (early := _serving(client, users[0]))["arm"] is None:
+            assert early["model_version"].startswith("mf-v") and early["experiment"] is None
+            assert time.monotonic() < deadline, "the arm's learner never published"
+            time.sleep(0.02)
+        _click_first(client, early)
         seen: dict[str, set[str]] = {"mf": set(), "knn": set()}
-        for user in map(str, sorted(set(data.events.user.tolist()))[:40]):
-            listed = _serving(client, user, deadline)
+        for user in users:
+            listed = _serving(client, user)
             seen[listed["arm"]].add(listed["model_version"].split("-v")[0])
-            feedback = {"decision_id": listed["decision_id"],
-                        "rewards": [{"item": listed["items"][0]["item"]}]}  # fmt: skip
-            assert client.post("/feedback", json=feedback).status_code == 200
+            _click_first(client, listed)
         assert seen == {"mf": {"mf"}, "knn": {"itemknn"}}  # each arm serves its own model
 
         (result,) = client.get("/experiments").json()
         by_arm = {arm["name"]: arm for arm in result["arms"]}
-        assert by_arm["mf"]["decisions"] + by_arm["knn"]["decisions"] == 40
-        assert by_arm["knn"]["positives"] == by_arm["knn"]["decisions"]  # one click each
+        # the 40 users, and the first counted request of the wait above
+        assert by_arm["mf"]["decisions"] + by_arm["knn"]["decisions"] == 41
+        for counted in by_arm.values():  # one click each
+            assert counted["positives"] == counted["decisions"] > 0
         assert by_arm["knn"]["interval"] is not None
 
         # the arm's learner keeps learning the log: a new user's events reach its model
@@ -54,7 +61,7 @@ def test_model_arms_serve_their_own_model_and_report_per_arm(tmp_path):
         event = {"user": knn_user, "item": item, "kind": "purchase"}
         assert client.post("/events", json=event).status_code == 200
         deadline = time.monotonic() + 5
-        while _serving(client, knn_user, deadline)["fallback"]:
+        while _serving(client, knn_user)["fallback"]:
             assert time.monotonic() < deadline
             time.sleep(0.02)
 
@@ -72,6 +79,12 @@ def test_an_arm_with_an_unknown_model_is_refused(tmp_path):
         assert (
             answer.status_code == 422 and "arms: b: unknown model 'svd'" in answer.json()["detail"]
         )
+
+
+def _click_first(client: TestClient, listed: dict[str, object]) -> None:
+    feedback = {"decision_id": listed["decision_id"],
+                "rewards": [{"item": listed["items"][0]["item"]}]}  # fmt: skip
+    assert client.post("/feedback", json=feedback).status_code == 200
 
 
 def _arm_of(client: TestClient, user: str) -> str:

@@ -159,7 +159,7 @@ class Engine:
         assignment = self.experiments.assign(user)
         experiment = arm = arm_model = None
         policy = self.default_policy
-        if assignment is not None:
+        if assignment is not None and self._arms_ready(assignment[0]):
             running, index = assignment
             experiment, arm = running.name, running.arms[index].name
             policy = self.experiments.policies[index]
@@ -363,8 +363,8 @@ class Engine:
 
     def create_experiment(self, name: str, arms: list[dict[str, object]]) -> None:
         """Start an A/B test between policies, models, or both. An arm with its own model gets
-        its own learner over the same log (its snapshots in a folder of their own); until it
-        has caught up, its users get 503 with Retry-After."""
+        its own learner over the same log (its snapshots in a folder of their own); the test
+        starts counting once every such learner has published (see ``_arms_ready``)."""
         arms = [
             Arm(a["name"], a.get("policy") or "greedy", float(a.get("weight", 1.0)),
                 a.get("model"))
@@ -384,6 +384,13 @@ class Engine:
         for spec in {arm.model for arm in experiment.arms if arm.model}:
             self.arm_learners.pop(spec).stop()  # its snapshots stay on disk for a later test
         return experiment
+
+    def _arms_ready(self, experiment: Experiment) -> bool:
+        """Whether every model an arm names has a learner that has published. Until then the
+        experiment counts nobody and everyone gets the default policy and model: the arms
+        start together, and no request waits for an arm's model to learn the log."""
+        learners = [self.arm_learners.get(arm.model) for arm in experiment.arms if arm.model]
+        return all(learner is not None and learner.current.model for learner in learners)
 
     def _arm_models(self, experiment: Experiment) -> None:
         """A learner for every model an arm names (the service's own model included: an arm

@@ -106,7 +106,7 @@ class Experiments:
                 try:
                     self._make_policy(arm.policy)
                     if arm.model is not None:
-                        parse_model(arm.model)
+                        parse_model(arm.model)[1]()  # made once: its parameters are checked
                 except (ValueError, TypeError) as error:
                     raise ValueError(f"arms: {arm.name}: {error}") from None
             experiment = Experiment(name, tuple(arms), time.time())
