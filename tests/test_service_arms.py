@@ -76,9 +76,12 @@ def test_an_arm_with_an_unknown_model_is_refused(tmp_path):
     with TestClient(create_app(Settings(db=tmp_path / "events.db"))) as client:
         arms = [{"name": "a"}, {"name": "b", "model": "svd"}]
         answer = client.post("/experiments", json={"name": "x", "arms": arms})
-        assert (
-            answer.status_code == 422 and "arms: b: unknown model 'svd'" in answer.json()["detail"]
-        )
+        assert answer.status_code == 422
+        assert "arms: b: unknown model 'svd'" in answer.json()["detail"]
+        arms[1]["model"] = "mf(factors=-1)"  # parses, but no model can be made of it
+        answer = client.post("/experiments", json={"name": "x", "arms": arms})
+        assert answer.status_code == 422 and "arms: b: factors" in answer.json()["detail"]
+        assert client.get("/experiments").json() == []
 
 
 def _click_first(client: TestClient, listed: dict[str, object]) -> None:
