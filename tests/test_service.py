@@ -178,6 +178,21 @@ def test_rejected_rows_are_listed_and_the_rest_appended(
     assert sorted(appended.item.tolist()) == ["i00003", "i00006"]
 
 
+def test_a_resent_batch_quarantines_its_rejected_rows_once(
+    client: httpx.Client, server: Server
+) -> None:
+    events = [
+        {"user": "ingest-u7", "item": "i00007"},
+        {"user": "ingest-u7", "item": "i00008", "timestamp": 2.0},  # before 1990
+    ]
+    for _ in range(2):
+        response = client.post("/events", json={"events": events, "key": "batch-ingest-7"})
+        assert response.status_code == 200 and response.json()["rejected"] == 1
+    with EventLog(server.db) as log:
+        kept = log.rejected()
+    assert sum("ingest-u7" in raw for raw in kept.raw.tolist()) == 1
+
+
 def test_a_batch_with_every_row_rejected_is_422(client: httpx.Client) -> None:
     response = client.post("/events", json={"user": "ingest-u3", "item": "i1", "timestamp": 5.0})
     assert response.status_code == 422

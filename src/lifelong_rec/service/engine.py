@@ -121,8 +121,8 @@ class Engine:
             if not appended.duplicate:
                 self.metrics.events.inc(len(cleaned.events))
             self.learner.wake()
-        if len(cleaned.rejected):
-            self.log.quarantine(cleaned.rejected)
+        if len(cleaned.rejected) and not (appended and appended.duplicate):
+            self.log.quarantine(cleaned.rejected)  # once per batch key, like the events
         rejections = [
             {"index": int(line) - 1, "field": field or "", "reason": reason, "detail": detail}
             for line, reason, field, detail in zip(
