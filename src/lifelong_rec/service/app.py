@@ -16,7 +16,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from lifelong_rec import __version__
-from lifelong_rec.service.engine import Conflict, Engine, NotFound, NotReady
+from lifelong_rec.service.engine import Engine
+from lifelong_rec.service.errors import Conflict, NotFound, NotReady
 from lifelong_rec.service.metrics import BodyLimitMiddleware, MetricsMiddleware
 from lifelong_rec.service.routes import (
     events,

@@ -24,6 +24,7 @@ from lifelong_rec.explain import explain_decisions
 from lifelong_rec.models import Wording, parse_model, with_catalog
 from lifelong_rec.policy import Decisions, Greedy, Policy, parse_policy
 from lifelong_rec.service.decisions import DecisionStore, Served, rewards_matrix
+from lifelong_rec.service.errors import Conflict, NotFound, NotReady
 from lifelong_rec.service.experiments import Arm, Experiment, Experiments
 from lifelong_rec.service.learner import Learner, Snapshot
 from lifelong_rec.service.metrics import Metrics
@@ -35,18 +36,6 @@ log = logging.getLogger("lifelong_rec.service")
 
 WATCH_CAP_SECONDS = 600.0
 REWARD_OF_KIND = {"click": 1.0, "cart": 0.3, "purchase": 1.0}  # watch and rating: by value
-
-
-class NotFound(LookupError):
-    """An id the service does not know (404)."""
-
-
-class Conflict(RuntimeError):
-    """A request that contradicts the service's state (409)."""
-
-
-class NotReady(RuntimeError):
-    """Nothing to serve yet (503)."""
 
 
 @dataclass(frozen=True)
