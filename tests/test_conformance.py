@@ -1,10 +1,14 @@
-"""The contract every recommender keeps, run for every registered model automatically.
+"""The contract every recommender and every exploration policy keeps, run for every
+registered model and policy automatically.
 
 A new model class joins this suite by subclassing Recommender (and may give small, fast
-parameters through ``_unit_test_params``).
+parameters through ``_unit_test_params``); a new policy, by subclassing Policy with a ``name``.
 """
 
 from __future__ import annotations
+
+import copy
+import json
 
 import numpy as np
 import pytest
@@ -12,6 +16,7 @@ import pytest
 from lifelong_rec.data import synthetic_stream
 from lifelong_rec.events import EventBatch
 from lifelong_rec.models import REASON_KINDS, Recommender, registered_models
+from lifelong_rec.policy import Decisions, Policy, registered_policies
 
 MODELS = sorted(registered_models().items())
 
@@ -240,3 +245,124 @@ def test_bad_arguments_raise_clear_errors(model_class, stream, call, error, mess
 def test_an_untrained_model_says_so(model_class):
     with pytest.raises(RuntimeError, match="has not learned anything yet"):
         _new(model_class).recommend(["u"])
+
+
+# ------------------------------------------------------------------------------ policies
+#
+# The contract every exploration policy keeps, run for every registered policy: its learned
+# state and random generator survive save and load (and copy), so that it goes on deciding
+# exactly as before.
+
+POLICIES = sorted(registered_policies().items())
+
+
+@pytest.fixture(params=[cls for _, cls in POLICIES], ids=[name for name, _ in POLICIES])
+def policy_class(request) -> type[Policy]:
+    return request.param
+
+
+def _policy_inputs(n: int, m: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    return {
+        "users": [f"u{i}" for i in range(n)],
+        "candidates": [f"i{j}" for j in range(m)],
+        "scores": rng.normal(size=(n, m)),
+        "user_features": rng.normal(size=(n, 2)),
+        "item_features": rng.normal(size=(m, 3)),
+    }
+
+
+def _rewards(decisions: Decisions, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    rewards = rng.integers(0, 2, size=decisions.slates.shape).astype(float)
+    rewards[rng.random(rewards.shape) < 0.3] = np.nan
+    return rewards
+
+
+def _trained_policy(policy_class: type[Policy]) -> Policy:
+    """A policy with learned state and a generator well past its seed."""
+    policy = policy_class(k=3, uniform_share=0.2, seed=11)
+    for batch in range(3):
+        decisions = policy.decide(**_policy_inputs(8, 9, batch))
+        policy.update(decisions, _rewards(decisions, batch))
+    return policy
+
+
+def _saved(policy: Policy, folder) -> tuple[dict, dict[str, np.ndarray]]:
+    policy.save(folder)
+    with np.load(folder / "arrays.npz", allow_pickle=False) as stored:
+        arrays = {key: stored[key] for key in stored.files}
+    return json.loads((folder / "policy.json").read_text()), arrays
+
+
+def _same_decisions(a: Decisions, b: Decisions) -> bool:
+    return (
+        np.array_equal(a.users, b.users)
+        and np.array_equal(a.slates, b.slates)
+        and np.array_equal(a.propensities, b.propensities)
+        and np.array_equal(a.explored, b.explored)
+        and np.array_equal(a.exploring, b.exploring)
+        and (a.features is None) == (b.features is None)
+        and (a.features is None or np.array_equal(a.features, b.features))
+        and (a.policy, a.params, a.model_version) == (b.policy, b.params, b.model_version)
+    )
+
+
+def _decide_twice_alike(first: Policy, second: Policy) -> None:
+    """Both decide alike, then learn the same rewards and decide alike again (also for a
+    per-call k and for marginals, which draw from the generator too)."""
+    inputs = _policy_inputs(7, 10, seed=40)
+    one, two = first.decide(**inputs), second.decide(**inputs)
+    assert _same_decisions(one, two)
+    first.update(one, _rewards(one, 41))
+    second.update(two, _rewards(two, 41))
+    assert _same_decisions(first.decide(**inputs, k=5), second.decide(**inputs, k=5))
+    assert np.array_equal(first.marginals(**inputs), second.marginals(**inputs))
+    assert _same_decisions(first.decide(**inputs), second.decide(**inputs))
+
+
+def test_policy_state_equal_after_save_and_load(policy_class, tmp_path):
+    policy = _trained_policy(policy_class)
+    manifest, arrays = _saved(policy, tmp_path / "before")
+    assert manifest["name"] == policy.name and manifest["params"] == policy.get_params()
+    loaded = Policy.load(tmp_path / "before")
+    assert type(loaded) is policy_class and loaded.get_params() == policy.get_params()
+    assert loaded._rng.bit_generator.state == policy._rng.bit_generator.state
+    manifest_again, arrays_again = _saved(loaded, tmp_path / "after")
+    assert manifest_again == manifest
+    assert arrays.keys() == arrays_again.keys()
+    for name in arrays:
+        assert arrays[name].dtype == arrays_again[name].dtype, name
+        assert np.array_equal(arrays[name], arrays_again[name]), name
+
+
+def test_policy_decides_identically_after_load(policy_class, tmp_path):
+    policy = _trained_policy(policy_class)
+    policy.save(tmp_path / "policy")
+    loaded = policy_class.load(tmp_path / "policy")
+    _decide_twice_alike(policy, loaded)
+
+
+def test_policy_untrained_round_trip(policy_class, tmp_path):
+    policy = policy_class(k=2, seed=3)
+    policy.save(tmp_path / "policy")
+    _decide_twice_alike(policy, Policy.load(tmp_path / "policy"))
+
+
+def test_policy_copy_and_deepcopy_decide_identically_and_independently(policy_class):
+    policy = _trained_policy(policy_class)
+    twin, deep = policy.copy(), copy.deepcopy(policy)
+    assert type(twin) is type(deep) is policy_class
+    before = {name: array.copy() for name, array in policy._get_state().items()}
+    _decide_twice_alike(twin, deep)  # learning on the copies ...
+    after = policy._get_state()  # ... leaves the original as it was
+    assert before.keys() == after.keys()
+    assert all(np.array_equal(before[name], after[name]) for name in before)
+    _decide_twice_alike(policy, policy.copy())
+
+
+def test_policy_load_refuses_another_policy_class(policy_class, tmp_path):
+    _trained_policy(policy_class).save(tmp_path / "policy")
+    other = next(cls for _, cls in POLICIES if not issubclass(policy_class, cls))
+    with pytest.raises(ValueError, match=f"holds a '{policy_class.name}' policy"):
+        other.load(tmp_path / "policy")

@@ -1,4 +1,5 @@
-"""Exploration policies: propensities, slates, learning, events, rewards and specs."""
+"""Exploration policies: propensities, slates, per-call slate lengths, learning, events, reward
+specifications and specs (saving and loading: tests/test_policy_state.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from scipy.special import logsumexp
 
 from lifelong_rec.events import EventBatch, Kind
 from lifelong_rec.policy import (
+    REWARD_PRESETS,
     BernoulliThompson,
     Context,
     Decision,
@@ -22,14 +24,13 @@ from lifelong_rec.policy import (
     LinearThompson,
     LinUCB,
     Policy,
+    RewardSpec,
     Softmax,
     UniformRandom,
-    click_reward,
     parse_policy,
     plackett_luce_marginals,
     policy_names,
-    purchase_reward,
-    watch_reward,
+    reward_spec,
 )
 from lifelong_rec.policy.ridge import candidate_means
 
@@ -118,37 +119,43 @@ def test_params_are_json_and_clones_behave_identically():
 # ------------------------------------------------------------------------------ propensities
 
 
-@settings(max_examples=200, deadline=None, derandomize=True)
+@settings(max_examples=250, deadline=None, derandomize=True)
 @given(
     name=st.sampled_from(sorted(SPECS)),
     n=st.integers(1, 3),
     m=st.integers(1, 7),
-    k=st.integers(1, 4),
+    default_k=st.integers(1, 4),
+    call_k=st.one_of(st.none(), st.integers(1, 5)),
     uniform_share=st.sampled_from([0.0, 0.2, 1.0]),
     scale=st.sampled_from([0.0, 1.0, 30.0, 3000.0]),
     seed=st.integers(0, 1_000),
 )
 def test_propensities_are_distributions_over_items_per_position(
-    name, n, m, k, uniform_share, scale, seed
+    name, n, m, default_k, call_k, uniform_share, scale, seed
 ):
-    k = min(k, m)
-    policy = _trained(_policy(name, k=k, uniform_share=uniform_share, seed=seed), m, seed)
+    """For the constructor's k and for a per-call k (``call_k``), longer or shorter."""
+    default_k = min(default_k, m)
+    k = default_k if call_k is None else min(call_k, m)
+    policy = _policy(name, k=default_k, uniform_share=uniform_share, seed=seed)
+    policy = _trained(policy, m, seed)
     inputs = _inputs(n, m, seed, scale)
-    marginals = policy.marginals(**inputs)
+    per_call = {} if call_k is None else {"k": k}
+    marginals = policy.marginals(**inputs, **per_call)
     assert marginals.shape == (n, m, k)
     assert np.all(marginals >= 0) and np.all(marginals <= 1 + 1e-12)
     np.testing.assert_allclose(marginals.sum(axis=1), 1.0, atol=1e-9)
     # Softmax estimates the positions past its exact ones: "softmax" too, when k = 4.
-    exact = policy.exact_positions(m) if isinstance(policy, Softmax) else k
+    exact = policy.exact_positions(m, k) if isinstance(policy, Softmax) else k
     if name in ("thompson", "lin-thompson"):
         exact = 0
     # An item fills at most one position (up to the Monte-Carlo error where exact positions
     # meet estimated ones: 300 or 1,000 draws, Rao-Blackwellised).
     mixed = isinstance(policy, Softmax) and exact < k
     assert np.all(marginals.sum(axis=2) <= 1 + (0.1 if mixed else 1e-9))
-    decisions = policy.decide(**inputs)
+    decisions = policy.decide(**inputs, **per_call)
     assert decisions.slates.shape == decisions.propensities.shape == decisions.exploring.shape
-    assert decisions.slates.shape == (n, k)
+    assert decisions.slates.shape == (n, k) and decisions.params["k"] == k
+    assert policy.k == default_k
     assert all(len(set(row)) == k for row in decisions.slates.tolist())
     assert np.all(decisions.propensities > 0) and np.all(decisions.propensities <= 1 + 1e-12)
     # Where the marginals are exact, the logged propensities are the marginals of the shown.
@@ -678,10 +685,6 @@ def _update(policy: Policy, rewards: object):
     return lambda: policy.update(Greedy(k=2).decide(["u"], ["a", "b"]), rewards)
 
 
-def _update(policy: Policy, rewards: object):
-    return lambda: policy.update(Greedy(k=2).decide(["u"], ["a", "b"]), rewards)
-
-
 BAD_INPUTS = [
     (_decide(Greedy(k=2), scores=np.zeros((3, 5))), "scores: expected shape \\(3, 4\\)"),
     (_decide(Greedy(k=2), scores=np.full((3, 4), np.nan)), "scores must be finite"),
@@ -691,6 +694,10 @@ BAD_INPUTS = [
     (_decide(LinUCB(k=2), user_features=np.zeros((2, 2))), "user_features: expected shape"),
     (_decide(LinUCB(k=2), item_features=np.ones((4, 2)) * np.inf), "item_features must be"),
     (_decide(Greedy(k=2), model_version=3), "model_version must be a str"),
+    (_decide(Greedy(k=2), k=5), "k=5 is larger than the 4 candidates"),
+    (_decide(Greedy(k=2), k=0), "k must be a positive integer, got 0"),
+    (_decide(Softmax(k=2), k=2.0), "k must be a positive integer, got 2.0"),
+    (lambda: Greedy(k=2).marginals(["u"], ["a"], k=True), "k must be a positive integer"),
     (lambda: EpsilonGreedy(epsilon=1.5), "epsilon must be in \\[0, 1\\]"),
     (lambda: EpsilonGreedy(epsilon=-0.1), "epsilon must be in \\[0, 1\\]"),
     (lambda: Greedy(k=0), "k must be a positive integer"),
@@ -702,10 +709,18 @@ BAD_INPUTS = [
     (_update(Greedy(k=2), np.ones((1, 3))), "rewards: expected shape \\(1, 2\\)"),
     (_update(Greedy(k=2), [[np.inf, 0.0]]), "rewards must be finite"),
     (_update(BernoulliThompson(k=2), [[2.0, 0.0]]), "rewards must be in \\[0, 1\\]"),
-    (lambda: purchase_reward(EventBatch.empty(), {"buy": 1.0}), "weights: 'buy' is not"),
-    (lambda: purchase_reward(EventBatch.empty(), {"purchase": 2.0}), "purchase'\\] must be in"),
-    (lambda: watch_reward(EventBatch.empty(), cap_seconds=0), "cap_seconds must be finite"),
-    (lambda: click_reward(EventBatch.empty(), kinds=["klick"]), "kinds: 'klick' is not"),
+    (lambda: RewardSpec(purchase=2.0), "RewardSpec.purchase must be in \\[0, 1\\]"),
+    (lambda: RewardSpec(click=-0.1), "RewardSpec.click must be in \\[0, 1\\]"),
+    (lambda: RewardSpec(click=np.nan), "RewardSpec.click must be in \\[0, 1\\]"),
+    (lambda: RewardSpec(watch_cap_seconds=0), "RewardSpec.watch_cap_seconds must be finite"),
+    (lambda: RewardSpec(rating_max=np.inf), "RewardSpec.rating_max must be finite"),
+    (lambda: RewardSpec().rewards(["klick"]), "kinds: 'klick' is not an event kind"),
+    (lambda: RewardSpec().rewards([1, 8]), "kinds: 8 is not an event kind code"),
+    (lambda: RewardSpec().rewards([[1]]), "kinds: expected shape \\(n,\\)"),
+    (lambda: RewardSpec().rewards([0.5]), "kinds must be kind names or integer codes"),
+    (lambda: RewardSpec().rewards(["click"], [1.0, 2.0]), "values: expected shape \\(1,\\)"),
+    (lambda: RewardSpec().rewards(["watch"], ["long"]), "values must be numbers"),
+    (lambda: reward_spec("sports"), "unknown reward preset 'sports'; use one of ecommerce, news"),
     (
         lambda: Decisions(
             ["u"], [["a", "b"]], [[1.0, 1.0]], "greedy", {}, None, [False], None, [True, False]
@@ -721,10 +736,116 @@ def test_bad_input_raises_a_value_error_naming_the_argument(call, pattern):
         call()
 
 
+# ------------------------------------------------------------------------------ per-call k
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_k_per_call_gives_slates_of_that_length_and_leaves_the_policy_k(name):
+    """The service once set ``policy.k`` per request on a shared policy: a race between
+    requests of different lengths. The length now travels with the call."""
+    policy = _trained(_policy(name, k=3, uniform_share=0.2, seed=4), m=8)
+    inputs = _inputs(5, 8, seed=6)
+    for k in (1, 5, 8, 3):
+        decisions = policy.decide(**inputs, k=k)
+        assert decisions.slates.shape == decisions.propensities.shape == (5, k)
+        assert decisions.exploring.shape == (5, k) and decisions.params["k"] == k
+        assert all(len(set(row)) == k for row in decisions.slates.tolist())
+        assert np.all(decisions.propensities > 0) and np.all(decisions.propensities <= 1 + 1e-12)
+        if decisions.features is not None:
+            assert decisions.features.shape[:2] == (5, k)
+        assert policy.marginals(**inputs, k=k).shape == (5, 8, k)
+        assert policy.k == 3
+    assert policy.decide(**inputs).slates.shape == (5, 3)  # None: the constructor's k
+    # A learner takes the rewards of slates of any length.
+    policy.update(decisions, np.ones(decisions.slates.shape))
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_a_per_call_k_decides_as_a_policy_built_with_that_k(name):
+    """Same seed, same calls: a per-call k of 4 on a k=2 policy draws what a k=4 policy does
+    (no hidden use of the constructor's k)."""
+    inputs = _inputs(6, 7, seed=2)
+    asked = _policy(name, k=2, uniform_share=0.3, seed=9).decide(**inputs, k=4)
+    built = _policy(name, k=4, uniform_share=0.3, seed=9).decide(**inputs)
+    assert np.array_equal(asked.slates, built.slates)
+    assert np.array_equal(asked.propensities, built.propensities)
+    assert np.array_equal(asked.exploring, built.exploring)
+    assert asked.params == built.params
+
+
 # ------------------------------------------------------------------------------ rewards
 
+KINDS = np.array(["view", "click", "cart", "purchase", "rating", "watch", "skip", "impression"])
 
-def test_rewards_from_events_are_in_zero_one():
+# (preset, kind, value, reward): every kind, and the value rules at their edges.
+PRESET_CASES = [
+    ("ecommerce", "view", np.nan, 0.0),
+    ("ecommerce", "click", np.nan, 0.1),
+    ("ecommerce", "cart", 2.0, 0.3),  # a weight kind ignores its value
+    ("ecommerce", "purchase", 49.99, 1.0),
+    ("ecommerce", "rating", 4.0, 0.8),
+    ("ecommerce", "rating", 7.0, 1.0),
+    ("ecommerce", "rating", np.nan, 0.0),
+    ("ecommerce", "watch", 600.0, 0.0),
+    ("ecommerce", "skip", np.nan, 0.0),
+    ("ecommerce", "impression", np.nan, 0.0),
+    ("news", "click", np.nan, 0.3),
+    ("news", "watch", 15.0, 0.25),  # dwell: seconds on the article, full at 60 s
+    ("news", "watch", 60.0, 1.0),
+    ("news", "watch", 3_600.0, 1.0),
+    ("news", "watch", np.nan, 0.0),
+    ("news", "watch", -5.0, 0.0),
+    ("news", "purchase", np.nan, 0.0),
+    ("news", "rating", 5.0, 0.0),
+    ("news", "impression", np.nan, 0.0),
+    ("video", "watch", 150.0, 0.25),  # full at ten minutes
+    ("video", "watch", 600.0, 1.0),
+    ("video", "watch", np.inf, 1.0),
+    ("video", "watch", np.nan, 0.0),
+    ("video", "click", np.nan, 0.1),
+    ("video", "rating", 2.5, 0.5),
+    ("video", "rating", -1.0, 0.0),
+    ("video", "cart", np.nan, 0.0),
+    ("video", "skip", 3.0, 0.0),
+]
+
+
+@pytest.mark.parametrize("preset, kind, value, expected", PRESET_CASES)
+def test_reward_presets(preset, kind, value, expected):
+    spec = reward_spec(preset)
+    assert spec.reward(kind, value) == pytest.approx(expected, abs=1e-12)
+    code = int(Kind[kind.upper()])
+    assert spec.rewards(np.array([code], dtype=np.uint8), [value]).tolist() == pytest.approx(
+        [expected], abs=1e-12
+    )
+
+
+def test_every_preset_rewards_every_kind_in_zero_one_and_orders_the_funnel():
+    assert sorted(REWARD_PRESETS) == ["ecommerce", "news", "video"]
+    values = [np.nan, -1.0, 0.0, 1.0, 3.0, 59.0, 1e9, np.inf]
+    kinds = np.repeat(KINDS, len(values))
+    for name, spec in REWARD_PRESETS.items():
+        assert reward_spec(name) is spec
+        rewards = spec.rewards(kinds, np.tile(values, len(KINDS)))
+        assert rewards.shape == (len(kinds),) and np.all((rewards >= 0) & (rewards <= 1)), name
+        assert spec.reward("impression") == spec.reward("skip") == 0.0
+    shop = reward_spec("ecommerce")
+    assert 0 < shop.click < shop.cart < shop.purchase == 1.0
+    assert reward_spec("news").watch_cap_seconds < reward_spec("video").watch_cap_seconds
+    with pytest.raises(TypeError):
+        REWARD_PRESETS["mine"] = RewardSpec()  # type: ignore[index]
+
+
+def test_the_default_spec_is_the_service_rule():
+    spec = RewardSpec()
+    rewards = spec.rewards(
+        ["click", "cart", "purchase", "watch", "watch", "rating", "impression"],
+        [None, None, None, 300.0, 1_200.0, 4.0, None],
+    )
+    np.testing.assert_allclose(rewards, [1.0, 0.3, 1.0, 0.5, 1.0, 0.8, 0.0])
+
+
+def test_rewards_take_names_or_codes_and_event_batches():
     events = EventBatch.from_columns(
         ["u"] * 6,
         ["a", "b", "c", "d", "e", "f"],
@@ -732,8 +853,22 @@ def test_rewards_from_events_are_in_zero_one():
         ["impression", "click", "cart", "purchase", "watch", "watch"],
         [np.nan, 1.0, np.nan, 30.0, 120.0, 9_000.0],
     )
-    assert click_reward(events).tolist() == [0, 1, 0, 0, 0, 0]
-    assert click_reward(events, kinds=("click", "purchase")).tolist() == [0, 1, 0, 1, 0, 0]
-    assert purchase_reward(events).tolist() == [0, 0.1, 0.3, 1.0, 0, 0]
-    assert purchase_reward(events, {"cart": 0.5}).tolist() == [0, 0, 0.5, 0, 0, 0]
-    assert watch_reward(events, cap_seconds=600).tolist() == [0, 0, 0, 0, 0.2, 1.0]
+    spec = reward_spec("ecommerce")
+    assert spec.rewards_of(events).tolist() == pytest.approx([0, 0.1, 0.3, 1.0, 0, 0])
+    video = reward_spec("video")
+    assert video.rewards_of(events).tolist() == pytest.approx([0, 0.1, 0, 0, 0.2, 1.0])
+    assert np.array_equal(video.rewards(events.kind, events.value), video.rewards_of(events))
+    names = np.array(["impression", "click", "cart", "purchase", "watch", "watch"])
+    assert np.array_equal(video.rewards(names, events.value), video.rewards_of(events))
+    assert spec.rewards([]).shape == (0,)
+    assert spec.rewards_of(EventBatch.empty()).shape == (0,)
+    with pytest.raises(TypeError, match="events must be an EventBatch"):
+        spec.rewards_of(names)  # type: ignore[arg-type]
+
+
+def test_reward_specs_are_frozen_and_compare_by_value():
+    spec = RewardSpec(click=0.1, cart=0.3, purchase=1.0, rating=1.0, watch=0.0)
+    assert spec == reward_spec("ecommerce")
+    with pytest.raises(AttributeError):
+        spec.click = 0.5  # type: ignore[misc]
+    assert set(spec.weights()) == set(KINDS)

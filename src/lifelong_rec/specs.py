@@ -39,7 +39,9 @@ def parse_spec(spec: str, choices: Mapping[str, type], what: str) -> tuple[type,
         return chosen, params
     if not rest.endswith(")"):
         raise ValueError(f"{what} {spec!r}: parameters go in parentheses, name(a=1, b=2)")
-    allowed = set(inspect.signature(chosen.__init__).parameters) - {"self"}
+    # ``chosen`` is a class, so this is its own __init__ (mypy reads it as type.__init__).
+    init = chosen.__init__  # type: ignore[misc]
+    allowed = set(inspect.signature(init).parameters) - {"self"}
     for entry in filter(None, (part.strip() for part in rest[:-1].split(","))):
         key, equals, value = (part.strip() for part in entry.partition("="))
         if not equals or key not in allowed:

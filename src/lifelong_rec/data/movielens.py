@@ -10,6 +10,7 @@ import pandas as pd
 
 from lifelong_rec.data.cleaning import as_text
 from lifelong_rec.data.errors import InputError
+from lifelong_rec.data.report import Rejected
 from lifelong_rec.data.tables import RawTable, read_checked, read_csv
 from lifelong_rec.events import Catalog
 
@@ -83,7 +84,7 @@ def read_movielens(path: str | Path) -> tuple[RawTable, Catalog]:
     return table, catalog
 
 
-def _read_double_colon(path: Path, names: list[str]) -> tuple[pd.DataFrame, np.ndarray, object]:
+def _read_double_colon(path: Path, names: list[str]) -> tuple[pd.DataFrame, np.ndarray, Rejected]:
     # The .dat files separate fields with "::" (and titles may contain a single ':'); they are
     # latin-1. Replace the separator by a tab, which never occurs in them, and read as TSV.
     data = read_checked(path, "latin-1").replace(b"::", b"\t")

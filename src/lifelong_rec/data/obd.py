@@ -58,9 +58,10 @@ def read_obd(path: str | Path, behavior: str | None = None) -> tuple[RawTable, C
         )
     if behavior is None:
         behavior = next((p for p in (log.parent.parent.name,) if p in POLICIES), "behavior")
-    user_features = sorted(c for c in frame if c.startswith("user_feature_"))
+    columns = [str(c) for c in frame.columns]  # read_csv's names, str already
+    user_features = sorted(c for c in columns if c.startswith("user_feature_"))
     affinities = sorted(
-        (c for c in frame if c.startswith("user-item_affinity_")),
+        (c for c in columns if c.startswith("user-item_affinity_")),
         key=lambda c: int(c.rsplit("_", 1)[1]),
     )
     click = frame["click"]
@@ -98,7 +99,10 @@ def _catalog(path: Path) -> Catalog:
     frame, _, _ = read_csv(path, delimiter=",")
     if "item_id" not in frame:
         raise InputError("item_context.csv has no item_id column", path=path)
-    categories = sorted(c for c in frame if c.startswith("item_feature_") and c != "item_feature_0")
+    columns = [str(c) for c in frame.columns]  # read_csv's names, str already
+    categories = sorted(
+        c for c in columns if c.startswith("item_feature_") and c != "item_feature_0"
+    )
     numeric = pd.to_numeric(frame.get("item_feature_0", pd.Series(dtype=str)), errors="coerce")
     return Catalog(
         item=as_text(frame["item_id"]),

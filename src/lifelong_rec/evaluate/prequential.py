@@ -30,6 +30,8 @@ import time
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import numpy as np
@@ -139,10 +141,10 @@ class P1Report:
     def result(self, model: str, strategy: str) -> StrategyResult | None:
         return next((r for r in self.results if r.model == model and r.strategy == strategy), None)
 
-    def lifelong_ratios(self) -> dict[str, dict[str, float]]:
+    def lifelong_ratios(self) -> dict[str, dict[str, dict[str, float]]]:
         """Per model: NDCG@k of each incremental strategy over retrain@1's, and retrain@1's
         update seconds over the incremental strategy's (the lifelong claim of PROTOCOLS.md)."""
-        ratios: dict[str, dict[str, float]] = {}
+        ratios: dict[str, dict[str, dict[str, float]]] = {}
         for result in self.results:
             reference = self.result(result.model, "retrain@1")
             if reference is None or not result.strategy.startswith(("incremental", "naive")):
@@ -240,7 +242,7 @@ def _run_strategy(
         if strategy.cadence == "row":
             for row in range(lo, hi):
                 if not stream.repeat[row]:
-                    ranked = _rank_rows(strategy.model, stream, history, row, row + 1, columns)
+                    ranked = _rank_rows(strategy.trained, stream, history, row, row + 1, columns)
                     ranks[row], unknown[row] = ranked[0][0], ranked[1][0]
                 history.add(stream.user[row : row + 1], stream.item[row : row + 1], np.ones(1))
                 event = block.take(slice(row - lo, row - lo + 1))  # the harness's work, untimed
@@ -249,7 +251,7 @@ def _run_strategy(
                 update += time.perf_counter() - tick
         else:
             ranks[lo:hi], unknown[lo:hi] = _rank_rows(
-                strategy.model, stream, history, lo, hi, columns
+                strategy.trained, stream, history, lo, hi, columns
             )
             history.add(stream.user[lo:hi], stream.item[lo:hi], np.ones(hi - lo))
         served = ~stream.repeat[lo:hi]
@@ -278,7 +280,7 @@ def _run_strategy(
         update_seconds=float(block_update.sum()),
         warmup_seconds=warmup_seconds,
         peak_memory_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        backward_transfer=_backward_transfer(strategy.model, stream, ranks, k, columns),
+        backward_transfer=_backward_transfer(strategy.trained, stream, ranks, k, columns),
         drift_detections=drift.detections if drift is not None else 0,
         new_items=_new_items(stream, ranks, scored, k),
         per_block=_per_block(stream, ranks, k) | {"update_seconds": block_update.tolist()},
@@ -427,7 +429,7 @@ def _in_processes(jobs: list, run: Callable, workers: int) -> list[StrategyResul
     context = multiprocessing.get_context("fork")
     results: dict[int, StrategyResult] = {}
     pending = list(jobs)
-    running: dict[int, tuple[multiprocessing.Process, object]] = {}
+    running: dict[int, tuple[BaseProcess, Connection]] = {}
     while pending or running:
         while pending and len(running) < workers:
             job = pending.pop(0)
@@ -437,10 +439,10 @@ def _in_processes(jobs: list, run: Callable, workers: int) -> list[StrategyResul
             sender.close()
             running[job[0]] = (process, receiver)
         ready = multiprocessing.connection.wait([r for _, r in running.values()])
-        for index, (process, receiver) in list(running.items()):
+        for index, (child, receiver) in list(running.items()):
             if receiver in ready:
                 ok, payload = receiver.recv()
-                process.join()
+                child.join()
                 del running[index]
                 if not ok:
                     raise RuntimeError(f"strategy {jobs[index][1]} failed:\n{payload}")

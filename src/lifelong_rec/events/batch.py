@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 
 import numpy as np
@@ -13,7 +13,7 @@ from lifelong_rec.events.ids import as_ids
 from lifelong_rec.events.kinds import EventWeights, Kind, kind_codes, kind_names
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, init=False)
 class EventBatch:
     """A batch of events as parallel numpy columns, one row per event.
 
@@ -47,33 +47,43 @@ class EventBatch:
     kind: np.ndarray
     value: np.ndarray
     weight: np.ndarray
-    context: Mapping[str, np.ndarray] = field(default_factory=dict)
-    policy: np.ndarray | None = None
-    model_version: np.ndarray | None = None
-    propensity: np.ndarray | None = None
+    context: Mapping[str, np.ndarray]
+    policy: np.ndarray
+    model_version: np.ndarray
+    propensity: np.ndarray
 
-    def __post_init__(self) -> None:
-        n = len(self.user)
+    def __init__(
+        self,
+        user: np.ndarray,
+        item: np.ndarray,
+        timestamp: np.ndarray,
+        kind: np.ndarray,
+        value: np.ndarray,
+        weight: np.ndarray,
+        context: Mapping[str, np.ndarray] | None = None,
+        policy: np.ndarray | None = None,
+        model_version: np.ndarray | None = None,
+        propensity: np.ndarray | None = None,
+    ) -> None:
+        # Written out (not the dataclass's) so the optional columns, None here, are arrays
+        # on the batch: "" for policy and model_version, NaN for propensity.
+        n = len(user)
         fix = object.__setattr__  # frozen: normalise the fields once, here
-        fix(self, "user", _column(self.user, str, n, "user"))
-        fix(self, "item", _column(self.item, str, n, "item"))
-        fix(self, "timestamp", _column(self.timestamp, np.float64, n, "timestamp"))
-        fix(self, "kind", _column(self.kind, np.uint8, n, "kind"))
-        fix(self, "value", _column(self.value, np.float64, n, "value"))
-        fix(self, "weight", _column(self.weight, np.float32, n, "weight"))
-        fix(self, "policy", _column(_or(self.policy, "", n), str, n, "policy"))
-        fix(self, "model_version", _column(_or(self.model_version, "", n), str, n, "model_version"))
-        fix(
-            self,
-            "propensity",
-            _column(_or(self.propensity, np.nan, n), np.float64, n, "propensity"),
-        )
-        context = {}
-        for name, values in self.context.items():
+        fix(self, "user", _column(user, str, n, "user"))
+        fix(self, "item", _column(item, str, n, "item"))
+        fix(self, "timestamp", _column(timestamp, np.float64, n, "timestamp"))
+        fix(self, "kind", _column(kind, np.uint8, n, "kind"))
+        fix(self, "value", _column(value, np.float64, n, "value"))
+        fix(self, "weight", _column(weight, np.float32, n, "weight"))
+        fix(self, "policy", _column(_or(policy, "", n), str, n, "policy"))
+        fix(self, "model_version", _column(_or(model_version, "", n), str, n, "model_version"))
+        fix(self, "propensity", _column(_or(propensity, np.nan, n), np.float64, n, "propensity"))
+        features = {}
+        for name, values in (context if context is not None else {}).items():
             values = np.asarray(values)
             dtype = np.float64 if values.dtype.kind in "biuf" else str  # numbers or text
-            context[str(name)] = _column(values, dtype, n, f"context[{name!r}]")
-        fix(self, "context", MappingProxyType(context))
+            features[str(name)] = _column(values, dtype, n, f"context[{name!r}]")
+        fix(self, "context", MappingProxyType(features))
         if n and int(self.kind.max()) >= len(Kind):
             raise ValueError(f"kind: code {int(self.kind.max())} is not a known event kind")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -61,8 +62,13 @@ class Catalog:
             item=as_ids([r["item"] for r in records], "item"),
             title=np.array([str(r.get("title") or "") for r in records], dtype=str),
             text=np.array([str(r.get("text") or "") for r in records], dtype=str),
-            categories=tuple(tuple(r.get("categories") or ()) for r in records),
-            attributes=tuple(dict(r.get("attributes") or {}) for r in records),
+            # Untyped records (JSON): __post_init__ turns each category into a str.
+            categories=tuple(
+                tuple(cast("Iterable[str]", r.get("categories") or ())) for r in records
+            ),
+            attributes=tuple(
+                dict(cast("Mapping[str, object]", r.get("attributes") or {})) for r in records
+            ),
         )
 
     @classmethod

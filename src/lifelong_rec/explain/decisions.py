@@ -31,15 +31,17 @@ def explain_decisions(
         raise TypeError(f"decisions must be Decisions, not {type(decisions).__name__}")
     wording = wording or Wording()
     explained = model.explain_many(decisions.users, decisions.slates, top, wording)
+    exploring = decisions.exploring
+    assert exploring is not None  # Decisions fills it in (all False when not given)
     out = []
     for row, explanations in enumerate(explained):
         shown = []
         for position, explanation in enumerate(explanations):
             propensity = float(decisions.propensities[row, position])
             reasons = explanation.reasons
-            if decisions.exploring[row, position]:
-                exploring = Reason("exploration", 0.0, wording.exploration(propensity))
-                reasons = (exploring, *reasons)
+            if exploring[row, position]:
+                exploration = Reason("exploration", 0.0, wording.exploration(propensity))
+                reasons = (exploration, *reasons)
             shown.append(replace(explanation, reasons=reasons, propensity=propensity))
         out.append(tuple(shown))
     return tuple(out)

@@ -91,9 +91,14 @@ def deletion_test(model: Recommender, users: object, k: int = 10, seed: int = 0)
     known = model.users_.lookup(np.asarray(users, dtype=str)) >= 0
     users = np.asarray(users, dtype=str)[known]
     recommendations = model.recommend(users, k, explain=True, reasons=2)
-    base, top, random, skipped, tested_users, method = [], [], [], 0, 0, ""
+    explained = recommendations.explanations
+    assert explained is not None  # explain=True
+    base: list[np.ndarray] = []
+    top: list[np.ndarray] = []
+    random: list[np.ndarray] = []
+    skipped, tested_users, method = 0, 0, ""
     for row, user in enumerate(users.tolist()):
-        explanations = recommendations.explanations[row]
+        explanations = explained[row]
         if recommendations.fallback[row]:
             skipped += len(explanations)
             continue
@@ -114,16 +119,17 @@ def deletion_test(model: Recommender, users: object, k: int = 10, seed: int = 0)
         top.append(scores[1 : n + 1][np.arange(n), np.arange(n)])
         random.append(scores[n + 1 :][np.arange(n), np.arange(n)])
         tested_users += 1
-    base, top, random = (np.concatenate(part) if part else np.zeros(0)
-                         for part in (base, top, random))  # fmt: skip
-    drop_top, drop_random = base - top, base - random
-    scale = np.maximum(np.abs(base), 1e-12)
+    base_scores, top_scores, random_scores = (
+        np.concatenate(part) if part else np.zeros(0) for part in (base, top, random)
+    )
+    drop_top, drop_random = base_scores - top_scores, base_scores - random_scores
+    scale = np.maximum(np.abs(base_scores), 1e-12)
     mean = lambda values: float(values.mean()) if len(values) else float("nan")  # noqa: E731
     return DeletionTest(
         model=repr(model),
         method=method,
         users=tested_users,
-        pairs=len(base),
+        pairs=len(base_scores),
         skipped=skipped,
         drop_share=mean(drop_top > 0),
         beats_random_share=mean(drop_top > drop_random),

@@ -39,6 +39,19 @@ class Strategy(ABC):
     def name(self) -> str:
         """How reports call the strategy ("frozen", "retrain@10", "incremental@row", ...)."""
 
+    @property
+    def trained(self) -> Recommender:
+        """The model the strategy serves now: :attr:`model`, which :meth:`warm_up` sets.
+
+        Raises
+        ------
+        RuntimeError
+            Before :meth:`warm_up`.
+        """
+        if self.model is None:
+            raise RuntimeError(f"{self!r} has no model yet: call warm_up first")
+        return self.model
+
     def warm_up(self, events: EventBatch) -> None:
         """Train on the events before the stream starts."""
         self.model = self.factory().fit(events)
@@ -160,18 +173,18 @@ class Incremental(Strategy):
 
     def observe(self, event: EventBatch) -> None:
         if self.cadence == "row":
-            self.model.learn(event)
+            self.trained.learn(event)
 
     def end_block(self, block: EventBatch, errors: np.ndarray) -> None:
         if self.cadence == "block":
-            self.model.learn(block)
+            self.trained.learn(block)
         if self.buffer is not None:
             size = math.ceil(self.replay_ratio * len(block))
             if size:
-                self.model.replay(self.buffer.sample(size))
+                self.trained.replay(self.buffer.sample(size))
             if self.drift is not None and self.drift.update(errors):
                 for _ in range(self.consolidation_passes):
-                    self.model.replay(self.buffer.sample(max(size, 1) * 10))
+                    self.trained.replay(self.buffer.sample(max(size, 1) * 10))
             self.buffer.add(block)
         elif self.drift is not None:
             self.drift.update(errors)
@@ -179,7 +192,7 @@ class Incremental(Strategy):
 
     def _anchor(self) -> None:
         if self.pull > 0:
-            self.model.anchor(self.pull)
+            self.trained.anchor(self.pull)
 
 
 def parse_strategy(spec: str, factory: ModelFactory, seed: int = 0) -> Strategy:

@@ -27,6 +27,7 @@ import importlib.util
 import inspect
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -354,7 +355,7 @@ class Recommender(ABC):
             order = np.argsort(-best_scores, axis=1, kind="stable")
             best = np.take_along_axis(best, order, axis=1)
             best_scores = np.take_along_axis(best_scores, order, axis=1)
-            chosen = best.ravel() if candidates is None else item_index[best.ravel()]
+            chosen = best.ravel() if isinstance(item_index, slice) else item_index[best.ravel()]
             names = self.items_.ids(chosen).reshape(best.shape).astype(object)
             names[~np.isfinite(best_scores)] = ""
             top_items[rows, :width] = names
@@ -630,6 +631,7 @@ class Recommender(ABC):
         sentences: dict[tuple, str] = {}
 
         def reason(kind: str, history_item: int, weight: float, item: str, row: int) -> Reason:
+            key: tuple[object, ...]
             if history_item == -2:
                 key = ("popularity", item, bool(trend[row]))
                 if key not in sentences:
@@ -735,7 +737,7 @@ class Recommender(ABC):
         arrays |= {f"popularity.{k}": v for k, v in self.popularity_.state().items()}
         arrays |= {"history_size": self.history_size_}
         arrays |= {f"model.{k}": v for k, v in self._state().items()}
-        np.savez(folder / "arrays.npz", **arrays)
+        np.savez(folder / "arrays.npz", allow_pickle=False, **arrays)
         manifest = {
             "format_version": FORMAT_VERSION,
             "model": type(self).__name__,
@@ -839,6 +841,8 @@ def registered_models() -> dict[str, type[Recommender]]:
 def _ids(values: object, name: str) -> np.ndarray:
     if isinstance(values, str | bytes) or np.isscalar(values):
         raise ValueError(f"{name} must be a sequence of ids, not a single {type(values).__name__}")
+    if not isinstance(values, Iterable):
+        raise TypeError(f"{name} must be a sequence of ids, not {type(values).__name__}")
     return as_ids(values, name)
 
 

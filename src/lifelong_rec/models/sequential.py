@@ -366,8 +366,8 @@ class SequentialTransformer(Recommender):
         count = int(valid_np.sum())
         if not count:
             return torch.zeros((), device=self._device), 0
-        windows = torch.as_tensor(windows, device=self._device)
-        inputs, targets = windows[:, :-1], windows[:, 1:]
+        rows = torch.as_tensor(windows, device=self._device)
+        inputs, targets = rows[:, :-1], rows[:, 1:]
         valid = torch.as_tensor(valid_np, device=self._device)
         self.steps_[0] += 1
         self.net_.train()
@@ -431,6 +431,7 @@ class SequentialTransformer(Recommender):
     ) -> torch.Tensor:
         """KL(snapshot || model) of the next-item distributions over the items the snapshot
         knew, at the valid positions."""
+        assert self._teacher is not None  # called only while distilling from a snapshot
         teacher, known = self._teacher
         support = teacher.interacted[1 : known + 1]  # the items the snapshot was trained on
         with torch.no_grad():
@@ -596,6 +597,8 @@ class SequentialTransformer(Recommender):
         self.steps_ = arrays["steps"].astype(np.int64)
         self._items_in_net = len(self.items_)
         if "catalog.items" in arrays:
+            if self.text_encoder is None:
+                raise ValueError("the saved state holds a catalogue, but text_encoder is None")
             self._set_catalog(
                 ItemTexts(
                     items=arrays["catalog.items"],

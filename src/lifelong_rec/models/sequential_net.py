@@ -61,6 +61,12 @@ class SequenceNet(nn.Module):
         Standard deviation of the initial id embeddings.
     """
 
+    # Buffers (register_buffer), declared for the type checker: nn.Module's __getattr__
+    # would type them Tensor | Module.
+    text: torch.Tensor
+    has_text: torch.Tensor
+    interacted: torch.Tensor
+
     def __init__(
         self,
         capacity: int,

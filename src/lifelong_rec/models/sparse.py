@@ -196,7 +196,8 @@ class GrowingSparse:
     def from_state(
         cls, state: dict[str, np.ndarray], aggregate: str = "sum", dtype: type = np.float32
     ) -> GrowingSparse:
-        matrix = cls(tuple(int(s) for s in state["shape"]), aggregate, dtype)
+        rows, columns = (int(s) for s in state["shape"])
+        matrix = cls((rows, columns), aggregate, dtype)
         matrix._base = sp.csr_matrix(
             (state["data"].astype(dtype), state["indices"], state["indptr"]),
             shape=matrix.shape,

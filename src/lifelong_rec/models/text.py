@@ -105,7 +105,7 @@ class HashingTextEncoder(TextEncoder):
             for feature in words + [f"{a} {b}" for a, b in itertools.pairwise(words)]:
                 rows.append(row)
                 features.append(feature_index.setdefault(feature, len(feature_index)))
-        out = np.zeros((len(texts), self.dim), dtype=np.float64)
+        out: np.ndarray = np.zeros((len(texts), self.dim), dtype=np.float64)
         if features:
             column, sign = self._hash(list(feature_index))
             n_features = len(feature_index)
@@ -357,7 +357,7 @@ class ItemTexts:
     def encode(cls, catalog: Catalog, encoder: str | TextEncoder = "hashing") -> ItemTexts:
         """Embed :func:`item_texts` of every catalogue row with ``encoder`` (a spec or object)."""
         encoder = text_encoder(encoder)
-        embeddings = encoder.encode(item_texts(catalog))
+        embeddings = encoder.encode(item_texts(catalog).tolist())
         return cls(items=catalog.item, embeddings=embeddings, encoder=encoder.spec())
 
     @property

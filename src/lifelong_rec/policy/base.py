@@ -7,8 +7,13 @@ and the candidates. Everything served can so be evaluated off-policy later (P3).
 
 The base class does what every policy shares: input checks, the uniform-random slice of
 traffic (``uniform_share``) and its exact mixture of propensities, flagging the positions that
-exploration filled (``Decisions.exploring``), and processing the users in blocks so that the
-(users, candidates, positions) intermediates stay small.
+exploration filled (``Decisions.exploring``), processing the users in blocks so that the
+(users, candidates, positions) intermediates stay small, and saving, loading and copying the
+learned state (subclasses give their arrays through ``_get_state`` and ``_set_state``).
+
+The slate length ``k`` is the constructor's default; ``decide`` and ``marginals`` take a
+per-call ``k`` that travels in the :class:`Context`, so one policy object can serve requests
+of different lengths at once without any of them changing ``policy.k``.
 """
 
 from __future__ import annotations
@@ -17,14 +22,15 @@ import functools
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar, Self, cast
 
 import numpy as np
 
 from lifelong_rec.checks import check_positive_ints
-from lifelong_rec.events import as_ids
+from lifelong_rec.policy.context import Context, check_probability
 from lifelong_rec.policy.decisions import Decisions
+from lifelong_rec.policy.persistence import SavedPolicy, read_policy, write_policy
 
 #: float64 elements a policy may hold per block of users (32 MiB): bounds peak memory.
 BLOCK_ELEMENTS = 1 << 22
@@ -32,142 +38,18 @@ BLOCK_ELEMENTS = 1 << 22
 _POLICIES: dict[str, type[Policy]] = {}
 
 
-# ------------------------------------------------------------------------------ inputs
-
-
-@dataclass(frozen=True, eq=False)
-class Context:
-    """The checked inputs of one decision batch (what policies decide from).
-
-    Attributes
-    ----------
-    users : array of str, shape (n,)
-    candidates : array of str, shape (m,)
-        Distinct item ids, shared by the batch.
-    scores : array of float64, shape (n, m)
-    user_features : array of float64, shape (n, du)
-        ``du = 0`` when the caller gave none.
-    item_features : array of float64, shape (m, di)
-        ``di = 0`` when the caller gave none.
-    """
-
-    users: np.ndarray
-    candidates: np.ndarray
-    scores: np.ndarray
-    user_features: np.ndarray
-    item_features: np.ndarray
-
-    @classmethod
-    def build(
-        cls,
-        users: object,
-        candidates: object,
-        scores: object = None,
-        user_features: object = None,
-        item_features: object = None,
-        k: int = 1,
-    ) -> Context:
-        """Check and normalise raw inputs.
-
-        Raises
-        ------
-        ValueError
-            Naming the argument: ids that are not a sequence, repeated candidates, fewer
-            candidates than ``k``, a shape that does not fit, NaN or infinite values.
-        """
-        users = _ids(users, "users")
-        candidates = _ids(candidates, "candidates")
-        n, m = len(users), len(candidates)
-        if m < k:
-            raise ValueError(
-                f"k={k} is larger than the {m} candidates: a slate needs k distinct candidates"
-            )
-        unique, counts = np.unique(candidates, return_counts=True)
-        if (counts > 1).any():
-            raise ValueError(f"candidates must be distinct; {unique[counts > 1][0]!r} repeats")
-        if scores is None:
-            scores = np.zeros((n, m))
-        scores = _finite(scores, "scores", (n, m), "(users, candidates)")
-        user_features = (
-            np.zeros((n, 0))
-            if user_features is None
-            else _finite(user_features, "user_features", (n, None), "(users, features)")
-        )
-        item_features = (
-            np.zeros((m, 0))
-            if item_features is None
-            else _finite(item_features, "item_features", (m, None), "(candidates, features)")
-        )
-        return cls(users, candidates, scores, user_features, item_features)
-
-    def __len__(self) -> int:
-        return len(self.users)
-
-    @property
-    def n_candidates(self) -> int:
-        return len(self.candidates)
-
-    def rows(self, rows: slice) -> Context:
-        """The same candidates for a block of the users."""
-        return Context(
-            self.users[rows], self.candidates, self.scores[rows], self.user_features[rows],
-            self.item_features,
-        )  # fmt: skip
-
-
-def _ids(values: object, name: str) -> np.ndarray:
-    if isinstance(values, str | bytes) or np.isscalar(values):
-        raise ValueError(f"{name} must be a sequence of ids, not a single {type(values).__name__}")
-    ids = as_ids(values, name)
-    if np.ndim(values) > 1:
-        raise ValueError(f"{name}: expected a 1-D sequence of ids, got shape {np.shape(values)}")
-    return ids
-
-
-def _finite(values: object, name: str, shape: tuple[int, int | None], axes: str) -> np.ndarray:
-    try:
-        array = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{name} must be numbers: {error}") from None
-    rows, columns = shape
-    if array.ndim != 2 or len(array) != rows or columns not in (None, array.shape[1]):
-        expected = f"({rows}, {columns if columns is not None else 'd'})"
-        raise ValueError(f"{name}: expected shape {expected} {axes}, got {array.shape}")
-    bad = ~np.isfinite(array)
-    if bad.any():
-        raise ValueError(f"{name} must be finite: {int(bad.sum())} NaN or infinite values")
-    return array
-
-
-def check_probability(name: str, value: object) -> None:
-    """Raise ValueError naming ``name`` unless ``value`` is a number in [0, 1]."""
-    if not isinstance(value, int | float | np.integer | np.floating) or isinstance(value, bool):
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-    if not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-
-
-def check_positive(name: str, value: object, allow_zero: bool = False) -> None:
-    """Raise ValueError naming ``name`` unless ``value`` is a finite number > 0 (or >= 0)."""
-    if not isinstance(value, int | float | np.integer | np.floating) or isinstance(value, bool):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    bound = ">= 0" if allow_zero else "> 0"
-    if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
-
-
 # ------------------------------------------------------------------------------ policies
 
 
 class Policy(ABC):
     """Base class of every exploration policy. Subclasses implement ``_decide`` (and, if they
-    learn, ``_update``; if their estimate of an item's value is not the model's score,
-    ``_exploit_scores``).
+    learn, ``_update``, ``_get_state`` and ``_set_state``; if their estimate of an item's value
+    is not the model's score, ``_exploit_scores``).
 
     Parameters
     ----------
     k : int
-        Slate length: positions per decision.
+        Default slate length: positions per decision, when a call gives no ``k``.
     uniform_share : float
         Share of decisions, drawn per decision, that show a uniform-random slate instead
         (flagged ``explored``): an unbiased slice for evaluation. Every propensity is the exact
@@ -178,8 +60,10 @@ class Policy(ABC):
 
     Notes
     -----
-    ``decide`` and ``marginals`` never change what the policy has learned; they do advance its
-    random generator (a fresh draw per decision is what makes a policy random).
+    ``decide`` and ``marginals`` never change what the policy has learned, nor ``k``; they do
+    advance its random generator (a fresh draw per decision is what makes a policy random).
+    A policy is not thread-safe: callers that share one hold a lock around ``decide``,
+    ``update`` and :meth:`copy`, and may save the copy outside the lock.
     """
 
     #: short name used in decisions, logs and specs ("greedy", "linucb", ...)
@@ -195,14 +79,16 @@ class Policy(ABC):
         self.seed = seed
         self._rng = np.random.default_rng(seed)
 
-    def __init_subclass__(cls, **kwargs: object) -> None:
+    def __init_subclass__(cls, register: bool = True, **kwargs: object) -> None:
+        """Registers a concrete policy under its ``name`` for ``parse_policy``, unless
+        ``register=False`` (a policy that cannot be built from a spec alone)."""
         super().__init_subclass__(**kwargs)
-        if not inspect.isabstract(cls) and cls.name:
+        if register and not inspect.isabstract(cls) and cls.name:
             _POLICIES[cls.name] = cls
 
     # -------------------------------------------------------------- parameters
 
-    def get_params(self) -> dict[str, object]:
+    def get_params(self) -> dict[str, Any]:
         """The constructor arguments, read back from the attributes of the same name."""
         names = _parameter_names(type(self))
         return {
@@ -210,13 +96,118 @@ class Policy(ABC):
             for name in names
         }
 
-    def clone(self) -> Policy:
+    def clone(self) -> Self:
         """A new, untrained policy with the same parameters (and so the same seed)."""
         return type(self)(**self.get_params())
+
+    def copy(self) -> Self:
+        """An independent policy in the same state: parameters, learned arrays and random
+        generator, so that it decides exactly as this one would from here on.
+
+        ``copy.deepcopy`` gives the same. Learned arrays are copied; parameters are passed
+        to the constructor as they are (an object parameter, such as a simulator, is shared).
+        To save a shared policy without holding its lock while writing: copy it under the
+        lock, then save the copy.
+        """
+        twin = self.clone()
+        twin._set_state({name: np.array(array) for name, array in self._get_state().items()})
+        twin._rng.bit_generator.state = self._rng.bit_generator.state
+        return twin
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Self:
+        return self.copy()  # one path for both: what save and load keep, nothing else
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({params})"
+
+    # -------------------------------------------------------------- saving
+
+    def save(self, path: str | Path) -> None:
+        """Write the policy to the folder ``path``: ``policy.json`` (format version, name,
+        parameters and the random generator's state) and ``arrays.npz`` (learned state),
+        without pickle. :meth:`load` gives back a policy that decides as this one would.
+
+        Raises
+        ------
+        ValueError
+            If the class is not registered under its ``name`` (it could not be loaded), or a
+            parameter is not a JSON value.
+        """
+        if registered_policies().get(self.name) is not type(self):
+            raise ValueError(
+                f"{type(self).__name__} is not a registered policy (name {self.name!r}): "
+                "it could not be loaded, so it is not saved"
+            )
+        saved = SavedPolicy(
+            name=self.name,
+            params=self.get_params(),
+            rng_state=dict(self._rng.bit_generator.state),
+            arrays=self._get_state(),
+        )
+        write_policy(path, saved)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Self:
+        """Read a policy written by :meth:`save`: of any registered class when called on
+        ``Policy``, of this class (or a subclass) when called on one.
+
+        Raises
+        ------
+        ValueError
+            Naming the file and the problem: a missing file, an unsupported format version,
+            an unknown policy name or one of another class, parameters the policy rejects,
+            missing, extra or inconsistent arrays, a random state that does not fit.
+        """
+        saved = read_policy(path)
+        state_file = Path(path) / "policy.json"
+        policy_class = registered_policies().get(saved.name)
+        if policy_class is None:
+            raise ValueError(
+                f"{state_file}: unknown policy {saved.name!r}; known: {', '.join(policy_names())}"
+            )
+        if not issubclass(policy_class, cls):
+            raise ValueError(
+                f"{state_file}: holds a {saved.name!r} policy ({policy_class.__name__}), "
+                f"not a {cls.__name__}"
+            )
+        try:
+            policy = policy_class(**saved.params)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{state_file}: params: {error}") from None
+        arrays_file = Path(path) / "arrays.npz"
+        try:
+            policy._set_state(dict(saved.arrays))
+        except KeyError as error:
+            raise ValueError(f"{arrays_file}: array {error} is missing") from None
+        except ValueError as error:
+            raise ValueError(f"{arrays_file}: {error}") from None
+        extra = set(saved.arrays) - set(policy._get_state())
+        if extra:
+            raise ValueError(f"{arrays_file}: unexpected arrays {sorted(extra)}")
+        try:
+            policy._rng.bit_generator.state = saved.rng_state
+        except (TypeError, ValueError, KeyError) as error:
+            raise ValueError(
+                f"{state_file}: rng_state does not fit the generator: {error}"
+            ) from None
+        return policy
+
+    def _get_state(self) -> dict[str, np.ndarray]:
+        """The learned state as named arrays (no object arrays); may share memory with the
+        policy (callers copy). Default: nothing learned."""
+        return {}
+
+    def _set_state(self, arrays: dict[str, np.ndarray]) -> None:  # noqa: B027 (an optional hook)
+        """Take the learned state from ``_get_state``'s arrays of an equal policy.
+
+        Raises
+        ------
+        KeyError
+            Naming a missing array.
+        ValueError
+            If the arrays do not fit together.
+        """
 
     # -------------------------------------------------------------- deciding
 
@@ -228,6 +219,8 @@ class Policy(ABC):
         user_features: np.ndarray | None = None,
         item_features: np.ndarray | None = None,
         model_version: str | None = None,
+        *,
+        k: int | None = None,
     ) -> Decisions:
         """One slate of ``k`` distinct candidates per user.
 
@@ -242,6 +235,9 @@ class Policy(ABC):
         item_features : array of float, shape (m, di), optional
         model_version : str, optional
             The version of the model that gave the scores, carried into the decisions.
+        k : int, optional
+            The slate length of this call; None for the constructor's ``k``. ``self.k`` is
+            left as it is, and the decisions' ``params["k"]`` is this call's.
 
         Returns
         -------
@@ -250,13 +246,14 @@ class Policy(ABC):
         Raises
         ------
         ValueError
-            Naming the argument, for ids that are not a sequence, repeated candidates,
-            ``k`` > m, a shape that does not fit, NaN or infinite values.
+            Naming the argument, for ids that are not a sequence, repeated candidates, ``k``
+            that is not a positive integer or is > m, a shape that does not fit, NaN or
+            infinite values.
         """
         if model_version is not None and not isinstance(model_version, str):
             raise ValueError(f"model_version must be a str or None, got {model_version!r}")
-        context = self._context(users, candidates, scores, user_features, item_features)
-        n, k = len(context), self.k
+        context = self._context(users, candidates, scores, user_features, item_features, k)
+        n, k = len(context), context.k
         slates = np.zeros((n, k), dtype=np.int64)
         propensities = np.zeros((n, k))
         explored = np.zeros(n, dtype=bool)
@@ -268,7 +265,7 @@ class Policy(ABC):
             chosen, marginals = self._decide(block)
             if self.uniform_share > 0:
                 flagged = self._rng.random(len(block)) < self.uniform_share
-                chosen[flagged] = self._uniform_slates(int(flagged.sum()), block.n_candidates)
+                chosen[flagged] = self._uniform_slates(int(flagged.sum()), block.n_candidates, k)
                 explored[rows] = flagged
             # After the uniform slice: its slates are judged by the same rule. No random draw.
             exploring[rows] = outside_top_k(self._exploit_scores(block), chosen, k)
@@ -281,7 +278,7 @@ class Policy(ABC):
             slates=context.candidates[slates],
             propensities=propensities,
             policy=self.name,
-            params=self.get_params(),
+            params=self.get_params() | {"k": k},
             model_version=model_version,
             explored=explored,
             features=self._stack_features(features, context),
@@ -295,6 +292,8 @@ class Policy(ABC):
         scores: np.ndarray | None = None,
         user_features: np.ndarray | None = None,
         item_features: np.ndarray | None = None,
+        *,
+        k: int | None = None,
     ) -> np.ndarray:
         """The full marginal distribution of the policy's slates (its action distribution).
 
@@ -307,9 +306,10 @@ class Policy(ABC):
         Returns
         -------
         marginals : array of float64, shape (n, m, k)
+            ``k`` of this call (the constructor's when None).
         """
-        context = self._context(users, candidates, scores, user_features, item_features)
-        out = np.zeros((len(context), context.n_candidates, self.k))
+        context = self._context(users, candidates, scores, user_features, item_features, k)
+        out = np.zeros((len(context), context.n_candidates, context.k))
         for rows in self._blocks(context):
             out[rows] = self._mix(self._marginals(context.rows(rows)))
         return out
@@ -321,8 +321,10 @@ class Policy(ABC):
         scores: object,
         user_features: object,
         item_features: object,
+        k: int | None = None,
     ) -> Context:
-        return Context.build(users, candidates, scores, user_features, item_features, self.k)
+        k = self.k if k is None else k
+        return Context.build(users, candidates, scores, user_features, item_features, k)
 
     def _blocks(self, context: Context) -> Iterator[slice]:
         """Blocks of users small enough for the policy's intermediates."""
@@ -332,7 +334,7 @@ class Policy(ABC):
 
     def _row_elements(self, context: Context) -> int:
         """float64 elements ``_decide`` holds per user (sets the block size)."""
-        return context.n_candidates * self.k
+        return context.n_candidates * context.k
 
     def _mix(self, marginals: np.ndarray) -> np.ndarray:
         if self.uniform_share == 0:
@@ -340,9 +342,9 @@ class Policy(ABC):
         uniform = self.uniform_share / marginals.shape[1]
         return uniform + (1.0 - self.uniform_share) * marginals
 
-    def _uniform_slates(self, n: int, m: int) -> np.ndarray:
+    def _uniform_slates(self, n: int, m: int, k: int) -> np.ndarray:
         """``n`` uniform-random slates of ``k`` distinct indexes into ``m`` candidates."""
-        return top_k(self._rng.random((n, m)), self.k)
+        return top_k(self._rng.random((n, m)), k)
 
     @abstractmethod
     def _decide(self, context: Context) -> tuple[np.ndarray, np.ndarray]:
@@ -350,9 +352,9 @@ class Policy(ABC):
 
         Returns
         -------
-        slates : array of int64, shape (n, k)
+        slates : array of int64, shape (n, context.k)
             Indexes into ``context.candidates``, position 1 first.
-        marginals : array of float64, shape (n, m, k)
+        marginals : array of float64, shape (n, m, context.k)
         """
 
     def _marginals(self, context: Context) -> np.ndarray:
@@ -375,18 +377,20 @@ class Policy(ABC):
         """Features of the shown items, shape (n, k, d), for policies that learn from them."""
         return None
 
-    def _stack_features(self, blocks: list, context: Context) -> np.ndarray | None:
+    def _stack_features(
+        self, blocks: list[np.ndarray | None], context: Context
+    ) -> np.ndarray | None:
         if blocks and blocks[0] is not None:
-            return np.concatenate(blocks)
+            return np.concatenate(cast(list[np.ndarray], blocks))
         if not blocks:  # no users: the feature width still follows the inputs
-            return self._features(context, np.zeros((0, self.k), dtype=np.int64))
+            return self._features(context, np.zeros((0, context.k), dtype=np.int64))
         return None
 
     # -------------------------------------------------------------- learning
 
     def update(self, decisions: Decisions, rewards: np.ndarray) -> None:
         """Learn from the rewards of decisions (the policy's own, or any with the features it
-        needs).
+        needs), of any slate length.
 
         Parameters
         ----------
@@ -518,7 +522,7 @@ def sampled_marginals(samples: np.ndarray, k: int, own: np.ndarray | None = None
 @functools.cache
 def _parameter_names(cls: type) -> tuple[str, ...]:
     """A class's constructor parameters (``inspect.signature`` costs 8 µs: every decision)."""
-    return tuple(p for p in inspect.signature(cls.__init__).parameters if p != "self")
+    return tuple(inspect.signature(cls).parameters)
 
 
 def registered_policies() -> dict[str, type[Policy]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -131,6 +132,11 @@ class Decisions:
         return f"Decisions(policy={self.policy!r}, n={len(self)}, k={self.slates.shape[1]})"
 
     @property
+    def _exploring(self) -> np.ndarray:
+        """``exploring``, typed as what ``__post_init__`` made it: never None."""
+        return cast(np.ndarray, self.exploring)
+
+    @property
     def k(self) -> int:
         """Slate length."""
         return self.slates.shape[1]
@@ -149,7 +155,7 @@ class Decisions:
             model_version=self.model_version,
             explored=bool(self.explored[row]),
             features=None if self.features is None else self.features[row],
-            exploring=self.exploring[row],
+            exploring=self._exploring[row],
         )
 
     def take(self, rows: np.ndarray | slice) -> Decisions:
@@ -163,7 +169,7 @@ class Decisions:
             model_version=self.model_version,
             explored=self.explored[rows],
             features=None if self.features is None else self.features[rows],
-            exploring=self.exploring[rows],
+            exploring=self._exploring[rows],
         )
 
     def to_events(
@@ -217,7 +223,7 @@ class Decisions:
             context={
                 "position": np.tile(np.arange(1, k + 1, dtype=np.float64), n),
                 "explored": np.repeat(self.explored.astype(np.float64), k),
-                "exploring": self.exploring.astype(np.float64).ravel(),
+                "exploring": self._exploring.astype(np.float64).ravel(),
             },
             policy=np.full(n * k, self.policy),
             model_version=np.full(n * k, self.model_version or ""),

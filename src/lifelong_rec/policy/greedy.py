@@ -5,13 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from lifelong_rec.policy.base import (
-    Context,
-    Policy,
-    check_probability,
-    one_hot_marginals,
-    top_k,
-)
+from lifelong_rec.policy.base import Policy, one_hot_marginals, top_k
+from lifelong_rec.policy.context import Context, check_probability
 
 
 class Greedy(Policy):
@@ -31,7 +26,7 @@ class Greedy(Policy):
     name = "greedy"
 
     def _decide(self, context: Context) -> tuple[np.ndarray, np.ndarray]:
-        slates = top_k(context.scores, self.k, stable=True)
+        slates = top_k(context.scores, context.k, stable=True)
         return slates, one_hot_marginals(slates, context.n_candidates)
 
 
@@ -44,8 +39,8 @@ class UniformRandom(Policy):
     name = "random"
 
     def _decide(self, context: Context) -> tuple[np.ndarray, np.ndarray]:
-        n, m = len(context), context.n_candidates
-        return self._uniform_slates(n, m), np.full((n, m, self.k), 1.0 / m)
+        n, m, k = len(context), context.n_candidates, context.k
+        return self._uniform_slates(n, m, k), np.full((n, m, k), 1.0 / m)
 
 
 class EpsilonGreedy(Policy):
@@ -72,12 +67,12 @@ class EpsilonGreedy(Policy):
         self.epsilon = epsilon
 
     def _decide(self, context: Context) -> tuple[np.ndarray, np.ndarray]:
-        n, m = len(context), context.n_candidates
-        greedy = top_k(context.scores, self.k, stable=True)
+        n, m, k = len(context), context.n_candidates, context.k
+        greedy = top_k(context.scores, k, stable=True)
         marginals = (1.0 - self.epsilon) * one_hot_marginals(greedy, m) + self.epsilon / m
         if self.epsilon == 0:  # no draw: epsilon=0 is Greedy, random stream included
             return greedy, marginals
         slates = greedy.copy()
         exploring = self._rng.random(n) < self.epsilon
-        slates[exploring] = self._uniform_slates(int(exploring.sum()), m)
+        slates[exploring] = self._uniform_slates(int(exploring.sum()), m, k)
         return slates, marginals

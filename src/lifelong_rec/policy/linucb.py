@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from lifelong_rec.policy.base import (
-    Context,
-    Policy,
-    check_positive,
-    one_hot_marginals,
-    top_k,
-)
+from lifelong_rec.policy.base import Policy, one_hot_marginals, top_k
+from lifelong_rec.policy.context import Context, check_positive
 from lifelong_rec.policy.decisions import Decisions
 from lifelong_rec.policy.ridge import (
+    ARM_ARRAYS,
     RidgeArms,
     candidate_features,
     candidate_means,
@@ -98,10 +94,10 @@ class LinUCB(Policy):
 
     def _row_elements(self, context: Context) -> int:
         d = 2 + context.user_features.shape[1] + context.item_features.shape[1]
-        return context.n_candidates * (self.k + 4 * d)
+        return context.n_candidates * (context.k + 4 * d)
 
     def _decide(self, context: Context) -> tuple[np.ndarray, np.ndarray]:
-        slates = top_k(self._upper_bounds(context), self.k, stable=True)
+        slates = top_k(self._upper_bounds(context), context.k, stable=True)
         return slates, one_hot_marginals(slates, context.n_candidates)
 
     def _exploit_scores(self, context: Context) -> np.ndarray:
@@ -113,3 +109,9 @@ class LinUCB(Policy):
 
     def _update(self, decisions: Decisions, rewards: np.ndarray) -> None:
         self.arms_.update(*observed(decisions, rewards))
+
+    def _get_state(self) -> dict[str, np.ndarray]:
+        return {f"arms.{name}": array for name, array in self.arms_.state().items()}
+
+    def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
+        self.arms_.set_state({name: arrays[f"arms.{name}"] for name in ARM_ARRAYS})

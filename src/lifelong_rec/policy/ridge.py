@@ -3,11 +3,16 @@ Thompson sampling), and the feature vectors they learn from."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from lifelong_rec.events import IdIndex
-from lifelong_rec.policy.base import Context
+from lifelong_rec.policy.context import Context
 from lifelong_rec.policy.decisions import Decisions
+
+#: the arrays of :meth:`RidgeArms.state`
+ARM_ARRAYS = ("ids", "dimension", "design", "design_inverse", "reward_sums")
 
 
 def candidate_features(context: Context) -> np.ndarray:
@@ -123,6 +128,54 @@ class RidgeArms:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def state(self) -> dict[str, np.ndarray]:
+        """The learned state as named arrays (shared with the arms: copy before changing).
+
+        ``ids`` (a), ``dimension`` (0-d; -1 before the first update), ``design`` and
+        ``design_inverse`` (a, d, d), ``reward_sums`` (a, d). The hybrid model's cache is left
+        out: it is recomputed from these, to the same bits.
+        """
+        return {
+            "ids": self.ids.to_array(),
+            "dimension": np.array(-1 if self.dimension is None else self.dimension),
+            "design": self.design,
+            "design_inverse": self.design_inverse,
+            "reward_sums": self.reward_sums,
+        }
+
+    def set_state(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Take the state of :meth:`state` (the arrays are kept, not copied).
+
+        Raises
+        ------
+        KeyError
+            Naming a missing array.
+        ValueError
+            If the arrays' shapes do not fit together.
+        """
+        ids = np.asarray(arrays["ids"], dtype=str)
+        dimension = int(arrays["dimension"])
+        design = np.asarray(arrays["design"], dtype=np.float64)
+        design_inverse = np.asarray(arrays["design_inverse"], dtype=np.float64)
+        reward_sums = np.asarray(arrays["reward_sums"], dtype=np.float64)
+        a = len(ids)
+        d = max(dimension, 0)
+        if ids.ndim != 1 or len(np.unique(ids)) != a:
+            raise ValueError("ridge arms: ids must be distinct, shape (a,)")
+        if dimension < 0 and a:
+            raise ValueError(f"ridge arms: {a} arms but no dimension")
+        for name, array, shape in (
+            ("design", design, (a, d, d)),
+            ("design_inverse", design_inverse, (a, d, d)),
+            ("reward_sums", reward_sums, (a, d)),
+        ):
+            if array.shape != shape:
+                raise ValueError(f"ridge arms: {name} has shape {array.shape}, expected {shape}")
+        self.ids = IdIndex(ids)
+        self.dimension = None if dimension < 0 else dimension
+        self.design, self.design_inverse, self.reward_sums = design, design_inverse, reward_sums
+        self._shared = None  # computed from the arms just replaced: stale
+
     def check_dimension(self, d: int) -> None:
         """Raise ValueError unless ``d`` features fit what the arms learned from."""
         if self.dimension is not None and d != self.dimension:
@@ -236,7 +289,7 @@ class RidgeArms:
         extra = n - len(self.design)
         if extra <= 0:
             return
-        d, l = self.dimension, self.regularization  # noqa: E741
+        d, l = self.design.shape[1], self.regularization  # noqa: E741 (design: (arms, d, d))
         self.design = np.concatenate([self.design, np.broadcast_to(l * np.eye(d), (extra, d, d))])
         self.design_inverse = np.concatenate(
             [self.design_inverse, np.broadcast_to(np.eye(d) / l, (extra, d, d))]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from lifelong_rec.checks import check_positive_ints
-from lifelong_rec.policy.base import Context, Policy, check_positive, top_k
+from lifelong_rec.policy.base import Policy, top_k
+from lifelong_rec.policy.context import Context, check_positive
 
 #: positions whose marginals have a closed form here (position 3 costs O(m^2) per user)
 EXACT_POSITIONS = 3
@@ -65,53 +66,54 @@ class Softmax(Policy):
         self.propensity_draws = propensity_draws
         self.exact_max_candidates = exact_max_candidates
 
-    def exact_positions(self, m: int) -> int:
-        """How many leading positions have exact propensities among ``m`` candidates."""
+    def exact_positions(self, m: int, k: int | None = None) -> int:
+        """How many leading positions have exact propensities among ``m`` candidates, for
+        slates of ``k`` (the constructor's when None)."""
         closed = EXACT_POSITIONS if m <= self.exact_max_candidates else EXACT_POSITIONS - 1
-        return min(self.k, closed)
+        return min(self.k if k is None else k, closed)
 
     def _row_elements(self, context: Context) -> int:
-        m = context.n_candidates
-        exact = self.exact_positions(m)
-        return m * (self.k + (3 * m if exact >= 3 else 0)) + (
-            4 * m * self.propensity_draws if exact < self.k else 0
+        m, k = context.n_candidates, context.k
+        exact = self.exact_positions(m, k)
+        return m * (k + (3 * m if exact >= 3 else 0)) + (
+            4 * m * self.propensity_draws if exact < k else 0
         )
 
     def _decide(self, context: Context) -> tuple[np.ndarray, np.ndarray]:
         logits = context.scores / self.temperature
-        slates = top_k(logits + self._rng.gumbel(size=logits.shape), self.k)
-        return slates, self._plackett_luce(logits, own=slates)
+        slates = top_k(logits + self._rng.gumbel(size=logits.shape), context.k)
+        return slates, self._plackett_luce(logits, context.k, own=slates)
 
     def _marginals(self, context: Context) -> np.ndarray:
-        return self._plackett_luce(context.scores / self.temperature, own=None)
+        return self._plackett_luce(context.scores / self.temperature, context.k, own=None)
 
-    def _plackett_luce(self, logits: np.ndarray, own: np.ndarray | None) -> np.ndarray:
+    def _plackett_luce(self, logits: np.ndarray, k: int, own: np.ndarray | None) -> np.ndarray:
         n, m = logits.shape
-        exact = self.exact_positions(m)
-        out = np.empty((n, m, self.k))
+        exact = self.exact_positions(m, k)
+        out = np.empty((n, m, k))
         out[:, :, :exact] = plackett_luce_marginals(logits, exact)
-        if exact < self.k:
-            out[:, :, exact:] = self._sampled_positions(logits, exact, own)
+        if exact < k:
+            out[:, :, exact:] = self._sampled_positions(logits, exact, k, own)
         return out
 
     def _sampled_positions(
-        self, logits: np.ndarray, first: int, own: np.ndarray | None
+        self, logits: np.ndarray, first: int, k: int, own: np.ndarray | None
     ) -> np.ndarray:
         """Rao-Blackwellised Monte-Carlo marginals of positions ``first + 1`` to ``k``."""
         n, m = logits.shape
         draws = logits[:, None, :] + self._rng.gumbel(size=(n, self.propensity_draws, m))
-        prefixes = top_k(draws, self.k - 1)  # (n, draws, k - 1): the items before each position
+        prefixes = top_k(draws, k - 1)  # (n, draws, k - 1): the items before each position
         if own is not None:
-            prefixes = np.concatenate([prefixes, own[:, None, : self.k - 1]], axis=1)
+            prefixes = np.concatenate([prefixes, own[:, None, : k - 1]], axis=1)
         remaining = np.broadcast_to(logits[:, None, :], (n, prefixes.shape[1], m)).copy()
         rows, samples = np.ogrid[:n, : prefixes.shape[1]]
-        out = np.empty((n, m, self.k - first))
-        for position in range(self.k):
+        out = np.empty((n, m, k - first))
+        for position in range(k):
             if position >= first:
                 shifted = np.exp(remaining - remaining.max(axis=2, keepdims=True))
                 next_item = shifted / shifted.sum(axis=2, keepdims=True)
                 out[:, :, position - first] = next_item.mean(axis=1)
-            if position < self.k - 1:
+            if position < k - 1:
                 remaining[rows, samples, prefixes[:, :, position]] = -np.inf
         return out
 

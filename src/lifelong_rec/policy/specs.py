@@ -4,6 +4,7 @@ benchmarks."""
 from __future__ import annotations
 
 import inspect
+from typing import Any, cast
 
 from lifelong_rec.policy.base import Policy, registered_policies
 from lifelong_rec.specs import parse_spec
@@ -26,9 +27,11 @@ def parse_policy(spec: str, **defaults: object) -> Policy:
         Naming the policy or parameter, if either is unknown, or a value, if the policy
         rejects it.
     """
-    policy_class, params = parse_spec(spec, registered_policies(), "policy")
-    allowed = set(inspect.signature(policy_class.__init__).parameters) - {"self"}
+    chosen, params = parse_spec(spec, registered_policies(), "policy")
+    policy_class = cast(type[Policy], chosen)  # one of registered_policies()
+    allowed = set(inspect.signature(policy_class).parameters)
     unknown = set(defaults) - allowed
     if unknown:
         raise ValueError(f"policy {policy_class.name!r} has no parameter {sorted(unknown)[0]!r}")
-    return policy_class(**(defaults | params))
+    arguments: dict[str, Any] = defaults | params  # the constructor checks each value
+    return policy_class(**arguments)

@@ -3,19 +3,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 from lifelong_rec.checks import check_positive_ints
 from lifelong_rec.events import IdIndex, as_ids
-from lifelong_rec.policy.base import (
-    Context,
-    Policy,
-    check_positive,
-    sampled_marginals,
-    top_k,
-)
+from lifelong_rec.policy.base import Policy, sampled_marginals, top_k
+from lifelong_rec.policy.context import Context, check_positive
 from lifelong_rec.policy.decisions import Decisions
 from lifelong_rec.policy.ridge import (
+    ARM_ARRAYS,
     RidgeArms,
     candidate_features,
     candidate_means,
@@ -77,7 +75,7 @@ class BernoulliThompson(Policy):
         self.successes_ = np.zeros(0)
         self.failures_ = np.zeros(0)
 
-    def posterior(self, items: object) -> tuple[np.ndarray, np.ndarray]:
+    def posterior(self, items: Iterable[object] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The Beta posterior's parameters for each item (the prior for unknown ones).
 
         Returns
@@ -94,14 +92,14 @@ class BernoulliThompson(Policy):
 
     def _decide(self, context: Context) -> tuple[np.ndarray, np.ndarray]:
         alpha, beta = self.posterior(context.candidates)
-        slates = top_k(self._rng.beta(alpha, beta, size=context.scores.shape), self.k)
+        slates = top_k(self._rng.beta(alpha, beta, size=context.scores.shape), context.k)
         shared = self._rng.beta(alpha, beta, size=(self.propensity_draws, len(alpha)))
-        return slates, sampled_marginals(shared, self.k, own=slates)
+        return slates, sampled_marginals(shared, context.k, own=slates)
 
     def _marginals(self, context: Context) -> np.ndarray:
         alpha, beta = self.posterior(context.candidates)
         shared = self._rng.beta(alpha, beta, size=(self.propensity_draws, len(alpha)))
-        marginals = sampled_marginals(shared, self.k)
+        marginals = sampled_marginals(shared, context.k)
         return np.broadcast_to(marginals, (len(context), *marginals.shape[1:])).copy()
 
     def _exploit_scores(self, context: Context) -> np.ndarray:
@@ -118,6 +116,25 @@ class BernoulliThompson(Policy):
         size = len(self.items_)
         self.successes_ = _grown(self.successes_, size) + np.bincount(index, earned, size)
         self.failures_ = _grown(self.failures_, size) + np.bincount(index, 1.0 - earned, size)
+
+    def _get_state(self) -> dict[str, np.ndarray]:
+        return {
+            "items": self.items_.to_array(),
+            "successes": self.successes_,
+            "failures": self.failures_,
+        }
+
+    def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
+        items = np.asarray(arrays["items"], dtype=str)
+        successes = np.asarray(arrays["successes"], dtype=np.float64)
+        failures = np.asarray(arrays["failures"], dtype=np.float64)
+        if items.ndim != 1 or len(np.unique(items)) != len(items):
+            raise ValueError("items must be distinct ids, shape (items,)")
+        for name, counts in (("successes", successes), ("failures", failures)):
+            if counts.shape != items.shape:
+                raise ValueError(f"{name} has shape {counts.shape}, expected {items.shape}")
+        self.items_ = IdIndex(items)
+        self.successes_, self.failures_ = successes, failures
 
 
 class LinearThompson(Policy):
@@ -173,7 +190,7 @@ class LinearThompson(Policy):
 
     def _row_elements(self, context: Context) -> int:
         d = 2 + context.user_features.shape[1] + context.item_features.shape[1]
-        return context.n_candidates * (self.k + 4 * d + 3 * self.propensity_draws)
+        return context.n_candidates * (context.k + 4 * d + 3 * self.propensity_draws)
 
     def _posterior(self, context: Context) -> tuple[np.ndarray, np.ndarray]:
         """Mean and standard deviation of ``x . theta_a``, each (n, m)."""
@@ -186,11 +203,11 @@ class LinearThompson(Policy):
 
     def _decide(self, context: Context) -> tuple[np.ndarray, np.ndarray]:
         mean, spread = self._posterior(context)
-        slates = top_k(mean + spread * self._rng.standard_normal(mean.shape), self.k)
-        return slates, sampled_marginals(self._draws(mean, spread), self.k, own=slates)
+        slates = top_k(mean + spread * self._rng.standard_normal(mean.shape), context.k)
+        return slates, sampled_marginals(self._draws(mean, spread), context.k, own=slates)
 
     def _marginals(self, context: Context) -> np.ndarray:
-        return sampled_marginals(self._draws(*self._posterior(context)), self.k)
+        return sampled_marginals(self._draws(*self._posterior(context)), context.k)
 
     def _exploit_scores(self, context: Context) -> np.ndarray:
         """The posterior mean ``x . A_a^-1 b_a``, without sampled noise."""
@@ -201,6 +218,12 @@ class LinearThompson(Policy):
 
     def _update(self, decisions: Decisions, rewards: np.ndarray) -> None:
         self.arms_.update(*observed(decisions, rewards))
+
+    def _get_state(self) -> dict[str, np.ndarray]:
+        return {f"arms.{name}": array for name, array in self.arms_.state().items()}
+
+    def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
+        self.arms_.set_state({name: arrays[f"arms.{name}"] for name in ARM_ARRAYS})
 
 
 def _grown(values: np.ndarray, size: int) -> np.ndarray:

@@ -32,7 +32,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -208,7 +208,8 @@ class EventLog:
                     "SELECT id, first_offset, count FROM batches WHERE key = ?", (key,)
                 ).fetchone()
                 if row is not None:
-                    return Appended(*row, duplicate=True)
+                    batch_id, first_offset, count = row
+                    return Appended(batch_id, first_offset, count, duplicate=True)
             (last,) = self._db.execute("SELECT MAX(seq) FROM events").fetchone()
             first = 0 if last is None else last + 1
             cursor = self._db.execute(
@@ -217,6 +218,7 @@ class EventLog:
                 (key, first, len(events), source, time.time()),
             )
             batch_id = cursor.lastrowid
+            assert batch_id is not None  # set by the INSERT just run
             if len(events):
                 users = self._grow("users", self._users, events.user, events.timestamp)
                 items = self._grow("items", self._items, events.item, events.timestamp)
@@ -518,7 +520,7 @@ def _nullable(values: np.ndarray) -> list[float | None]:
     return pd.Series(values).astype(object).where(np.isfinite(values), None).tolist()
 
 
-def _context_json(events: EventBatch) -> list[str | None]:
+def _context_json(events: EventBatch) -> Sequence[str | None]:
     if not events.context:
         return [None] * len(events)
     frame = pd.DataFrame(dict(events.context))
@@ -526,10 +528,12 @@ def _context_json(events: EventBatch) -> list[str | None]:
 
 
 def _context_columns(context: tuple[str | None, ...]) -> dict[str, np.ndarray]:
-    present = [i for i, text in enumerate(context) if text is not None]
+    present = {i: text for i, text in enumerate(context) if text is not None}
     if not present:
         return {}
-    frame = pd.DataFrame.from_records([json.loads(context[i]) for i in present], index=present)
+    frame = pd.DataFrame.from_records(
+        [json.loads(text) for text in present.values()], index=list(present)
+    )
     frame = frame.reindex(range(len(context)))
     columns = {}
     for name in frame.columns:

@@ -183,7 +183,7 @@ class BanditLog:
 
 def _vector(values: object, dtype: type, name: str, n: int | None = None) -> np.ndarray:
     try:
-        array = np.array(values, dtype=dtype)
+        array: np.ndarray = np.array(values, dtype=dtype)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{name}: cannot read as {np.dtype(dtype).name}: {error}") from None
     if array.ndim != 1 or (n is not None and len(array) != n):

@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, SupportsFloat, cast
 
 import numpy as np
 
@@ -89,6 +89,7 @@ def replay(
     events = events.sorted_by_time()
     log = BanditLog.from_events(events, items)
     candidates, m = log.items, log.n_actions
+    assert candidates is not None  # BanditLog fills in the items it is not given
     features = np.hstack([np.eye(log.n_positions)[log.positions], log.contexts])
     shown, clicks = np.zeros(m), np.zeros(m)
     counted, total = 0, 0.0
@@ -213,7 +214,11 @@ def _item_features(catalog: Catalog) -> np.ndarray:
     """One-hot item categories and numeric attributes, shape (n_items, d)."""
     names = sorted({name for attrs in catalog.attributes for name in attrs})
     numeric = np.array(
-        [[float(attrs.get(name, 0.0)) for name in names] for attrs in catalog.attributes]
+        # read_obd's catalogs hold numbers only (item_feature_0)
+        [
+            [float(cast(SupportsFloat, attrs.get(name, 0.0))) for name in names]
+            for attrs in catalog.attributes
+        ]
     ).reshape(len(catalog), len(names))
     width = max((len(c) for c in catalog.categories), default=0)
     columns = [

@@ -6,10 +6,12 @@ One round
 1. The world's users of the round arrive; each goes to the arm that the hash of its id names
    (:func:`assign_arms`), so an arm sees about ``1 / arms`` of the traffic, the same users
    every time, in the same world (same drift, same items) as every other arm.
-2. For each arm: its model scores the live items for its users (scores standardised per user,
-   see :func:`standardised_scores`); its policy turns the scores, the user features and the
-   item features into slates; the world samples position-biased clicks; the policy learns
-   from the clicks (``update``) and the model from the impressions and clicks (``learn``).
+2. For each arm: :func:`~lifelong_rec.policy.serve`, the service's own serving path, turns
+   the arm's model and policy into slates over the live items (the model's top ``pool``,
+   scores standardised per user, the user and item features); the world samples
+   position-biased clicks; the policy learns from the clicks (``update``) and the model
+   follows them through the arm's update :class:`~lifelong_rec.lifelong.Strategy`, as the
+   service's learner does: the positive events of the round are one block.
 3. The oracle's slates (the true top ``k``) give each user's best expected reward; an arm's
    expected regret is the sum, over its users, of that minus the expected reward of the slate
    it showed: it is never negative.
@@ -22,8 +24,9 @@ every arm's model is fitted (the same start for all).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -35,9 +38,13 @@ from lifelong_rec.evaluate.simulate.stats import (
 )
 from lifelong_rec.evaluate.simulate.world import Simulator, SimulatorConfig
 from lifelong_rec.events import EventBatch, as_ids
+from lifelong_rec.lifelong import Strategy, parse_strategy
 from lifelong_rec.models import MatrixFactorization, Recommender
 from lifelong_rec.policy import Context, Policy, UniformRandom, parse_policy
 from lifelong_rec.policy.base import one_hot_marginals, top_k
+from lifelong_rec.policy.decisions import Decisions
+from lifelong_rec.policy.serve import serve
+from lifelong_rec.policy.serve import standardised_scores as standardised_scores  # re-exported
 
 #: simulated seconds per round (the models' clocks: popularity decay, recency)
 ROUND_SECONDS = 3_600.0
@@ -51,7 +58,7 @@ _FNV_PRIME = np.uint64(0x100000001B3)
 # ------------------------------------------------------------------------------ assignment
 
 
-def stable_hash(ids: object, salt: int = 0) -> np.ndarray:
+def stable_hash(ids: Iterable[object] | np.ndarray, salt: int = 0) -> np.ndarray:
     """A hash of each id that is the same in every process and on every machine.
 
     64-bit FNV-1a over the id's UTF-8 bytes (vectorised over the ids, looping over the byte
@@ -79,7 +86,7 @@ def stable_hash(ids: object, salt: int = 0) -> np.ndarray:
     return h ^ (h >> np.uint64(31))
 
 
-def assign_arms(users: object, n_arms: int, salt: int = 0) -> np.ndarray:
+def assign_arms(users: Iterable[object] | np.ndarray, n_arms: int, salt: int = 0) -> np.ndarray:
     """The arm of each user: ``stable_hash(user, salt) % n_arms``, equal shares in expectation.
 
     Examples
@@ -98,7 +105,7 @@ def assign_arms(users: object, n_arms: int, salt: int = 0) -> np.ndarray:
 # ------------------------------------------------------------------------------ the oracle
 
 
-class OraclePolicy(Policy):
+class OraclePolicy(Policy, register=False):
     """The policy that knows the truth: the simulator's best slate for every user.
 
     Not registered with :func:`~lifelong_rec.policy.parse_policy` (it needs the simulator); in
@@ -119,16 +126,15 @@ class OraclePolicy(Policy):
         if not isinstance(simulator, Simulator):
             raise TypeError(f"simulator must be a Simulator, not {type(simulator).__name__}")
         self.simulator = simulator
-        # Set on the instance: a class-level name would register the class in parse_policy,
-        # which cannot build it without a simulator.
-        self.name = "oracle"
+
+    name = "oracle"  # not registered: parse_policy cannot build it without a simulator
 
     def _decide(self, context: Context) -> tuple[np.ndarray, np.ndarray]:
         attraction = self.simulator.attraction(
             self.simulator.user_indexes(context.users),
             self.simulator.item_indexes(context.candidates),
         )
-        slates = top_k(attraction, self.k, stable=True)
+        slates = top_k(attraction, context.k, stable=True)
         return slates, one_hot_marginals(slates, context.n_candidates)
 
 
@@ -321,7 +327,7 @@ class ABReport:
 
         return markdown(self)
 
-    def plot(self, path: object, window: int = 100) -> None:
+    def plot(self, path: str | Path, window: int = 100) -> None:
         """Cumulative clicks, cumulative regret and the rolling click rate, to a PNG."""
         from lifelong_rec.evaluate.simulate.report import plot_curves
 
@@ -339,6 +345,8 @@ def ab_test(
     *,
     warmup_rounds: int = 50,
     model: Callable[[], Recommender] | None = None,
+    strategy: str = "naive@block",
+    pool: int | None = 100,
     level: float = 0.95,
     n_boot: int = 2_000,
 ) -> ABReport:
@@ -360,6 +368,12 @@ def ab_test(
         Rounds of uniform-random slates before the test, the log every model is fitted on.
     model : callable returning a Recommender, optional
         Each arm's model; default ``MatrixFactorization(factors=16, seed=seed)``.
+    strategy : str
+        How each arm's model follows its clicks (``parse_strategy``), the service's
+        ``strategy`` setting: each round's positive events are one block.
+    pool : int or None
+        How many of the model's top live items each policy chooses from, the items a user
+        has clicked left out: the service's ``candidates`` setting (None: every live item).
     level : float
         Confidence level of the intervals.
     n_boot : int
@@ -389,7 +403,9 @@ def ab_test(
     names = [str(name) for name in policies]
     make_model = model or (lambda: MatrixFactorization(factors=16, seed=seed))
     warm_log = _warm_up(world, warmup_rounds, seed)
-    models = [make_model().fit(warm_log) for _ in arms]
+    strategies = [parse_strategy(strategy, make_model, seed=seed) for _ in arms]
+    for follower in strategies:
+        follower.warm_up(warm_log)
     arm_of_user = assign_arms(world.user_ids(np.arange(config.n_users)), len(arms), salt=seed)
 
     series = {key: np.zeros((len(arms), rounds)) for key in
@@ -399,25 +415,21 @@ def ab_test(
     user_impressions = np.zeros(config.n_users)
     for t in range(rounds):
         users, candidates = world.arrivals(), world.live_items()
-        candidate_ids = world.item_ids(candidates)
-        user_features = world.user_features(users)
-        item_features = world.item_features(candidates)
         oracle = world.expected_reward(users, world.oracle_slates(users, candidates))
         timestamp = (warmup_rounds + t) * ROUND_SECONDS
-        for index, (policy, recommender) in enumerate(zip(arms, models, strict=True)):
+        for index, (policy, follower) in enumerate(zip(arms, strategies, strict=True)):
             rows = np.flatnonzero(arm_of_user[users] == index)
             if len(rows) == 0:
                 continue
             begun = time.perf_counter()
-            user_ids = world.user_ids(users[rows])
-            scores = standardised_scores(recommender.score(user_ids, candidate_ids))
-            decisions = policy.decide(
-                user_ids, candidate_ids, scores, user_features[rows], item_features
+            decisions, served, ranks = serve_arm(
+                follower.model, policy, world, users[rows], candidates, config.k, pool
             )
+            rows = rows[served]
             slates = world.item_indexes(decisions.slates.ravel()).reshape(decisions.slates.shape)
             clicks = world.clicks(users[rows], slates)
             policy.update(decisions, clicks)
-            recommender.learn(decisions.to_events(timestamp, clicks))
+            _learn(follower, decisions, clicks, ranks, timestamp)
             seconds[index] += time.perf_counter() - begun
             series["slates"][index, t] = len(rows)
             series["clicks"][index, t] = clicks.sum()
@@ -451,7 +463,7 @@ def ab_test(
         rounds=rounds,
         seed=seed,
         warmup_rounds=warmup_rounds,
-        model=repr(models[0]),
+        model=repr(strategies[0].model),
         arms=results,
         comparisons=comparisons,
         level=level,
@@ -459,35 +471,57 @@ def ab_test(
     )
 
 
-def standardised_scores(scores: np.ndarray) -> np.ndarray:
-    """Model scores centred and scaled per user over the candidates; NaN (an item the model
-    does not know) becomes 0, the user's mean.
-
-    Standardising makes a softmax temperature or a bandit's learned weight on the score mean
-    the same for every user, whether their scores are dot products or, for a user the model
-    does not know, decayed popularity counts. It keeps each user's order, so Greedy is
-    unchanged.
-
-    Parameters
-    ----------
-    scores : array of float, shape (n, m)
+def serve_arm(
+    model: Recommender | None,
+    policy: Policy,
+    world: Simulator,
+    users: np.ndarray,
+    candidates: np.ndarray,
+    k: int,
+    pool: int | None,
+) -> tuple[Decisions, np.ndarray, np.ndarray]:
+    """One arm's slates for ``users`` (simulator indexes) among the live ``candidates``,
+    through :func:`~lifelong_rec.policy.serve`, the service's serving path. The oracle
+    chooses among all of them, the items a user has clicked included (its regret is 0).
 
     Returns
     -------
-    standardised : array of float64, shape (n, m), finite
-
-    Examples
-    --------
-    >>> standardised_scores(np.array([[1.0, np.nan, 3.0]])).tolist()
-    [[-1.0, 0.0, 1.0]]
+    decisions : Decisions
+    served : array of int64
+        Positions in ``users`` of the users that got a slate, in the order of ``decisions``.
+    ranks : array of int64, shape (n, k)
+        Each shown item's rank in the model's own ranking (0: an item it does not know).
     """
-    scores = np.asarray(scores, dtype=np.float64)
-    finite = np.isfinite(scores)
-    count = np.maximum(finite.sum(axis=1, keepdims=True), 1)
-    mean = np.where(finite, scores, 0.0).sum(axis=1, keepdims=True) / count
-    centred = np.where(finite, scores - mean, 0.0)
-    spread = np.sqrt((centred**2).sum(axis=1, keepdims=True) / count)
-    return centred / np.where(spread > 0, spread, 1.0)
+    if model is None:
+        raise ValueError("the arm's strategy has no model: warm it up first")
+    oracle = isinstance(policy, OraclePolicy)
+    decisions, served, _, ranks = serve(
+        model, policy, world.user_ids(users), k, pool=None if oracle else pool,
+        exclude_seen=not oracle,
+        candidates=world.item_ids(candidates), user_features=world.user_features(users),
+        item_features=world.item_features(candidates),
+    ).joined()  # fmt: skip
+    return decisions, served, ranks
+
+
+def _learn(
+    follower: Strategy,
+    decisions: Decisions,
+    clicks: np.ndarray,
+    ranks: np.ndarray,
+    timestamp: float,
+) -> None:
+    """The round's clicks as one block for the arm's strategy, as the service's learner feeds
+    its own: only positive events (impressions change no model), with the errors of
+    test-then-train (1 where the clicked item was outside the model's own top 10)."""
+    events = decisions.to_events(timestamp, clicks)
+    positive = np.flatnonzero(events.weight > 0)
+    if not len(positive):
+        return
+    block = events.take(positive)
+    errors = ((ranks.ravel() == 0) | (ranks.ravel() > 10)).astype(np.float64)[positive]
+    follower.observe(block)
+    follower.end_block(block, errors)
 
 
 def _policy(name: object, entry: PolicyEntry, world: Simulator, k: int, seed: int) -> Policy:

@@ -7,7 +7,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
@@ -178,6 +178,10 @@ def _p_value(p: float) -> str:
     return "<1e-4" if p < 1e-4 else f"{p:.4f}"
 
 
+@overload
+def json_safe(value: dict[Any, Any]) -> dict[str, object]: ...
+@overload
+def json_safe(value: object) -> object: ...
 def json_safe(value: object) -> object:
     """NaN and infinities become null."""
     if isinstance(value, float):

@@ -32,6 +32,7 @@ the world a seed makes is the same whatever the policies show.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -250,11 +251,11 @@ class Simulator:
         """External ids ``"i<index>"`` of item indexes, same shape."""
         return np.char.add("i", np.asarray(items, dtype=np.int64).astype(str))
 
-    def user_indexes(self, ids: object) -> np.ndarray:
+    def user_indexes(self, ids: Iterable[object] | np.ndarray) -> np.ndarray:
         """User indexes of external ids (the inverse of :meth:`user_ids`)."""
         return _indexes(ids, "u", self.config.n_users, "users")
 
-    def item_indexes(self, ids: object) -> np.ndarray:
+    def item_indexes(self, ids: Iterable[object] | np.ndarray) -> np.ndarray:
         """Item indexes of external ids (the inverse of :meth:`item_ids`)."""
         return _indexes(ids, "i", len(self.item_birth_), "items")
 
@@ -444,7 +445,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow for large |x|
 
 
-def _indexes(ids: object, prefix: str, n: int, name: str) -> np.ndarray:
+def _indexes(ids: Iterable[object] | np.ndarray, prefix: str, n: int, name: str) -> np.ndarray:
     values = as_ids(ids, name)
     if len(values) == 0:
         return np.zeros(0, dtype=np.int64)
