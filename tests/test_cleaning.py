@@ -38,6 +38,13 @@ def _clean(rows: list[dict[str, object]], **config: object):
         (_good(user="   "), "missing_id", "user", "user id is empty"),
         (_good(item=None), "missing_id", "item", "item id is empty"),
         (_good(item="x" * 300), "id_too_long", "item", "longer than 256"),
+        # Invisible characters made ids that look alike and are not; U+FFFD is what invalid
+        # UTF-8 decodes to, so two different broken ids became one.
+        (_good(user="adm\u200bin"), "invalid_id", "user", "holds U+200B, a control or invisible"),
+        (_good(user="u\u202e1"), "invalid_id", "user", "holds U+202E"),  # bidi override
+        (_good(item="caf\ufffd"), "invalid_id", "item", "holds U+FFFD, the mark of invalid UTF-8"),
+        (_good(item="a\x85b"), "invalid_id", "item", "holds U+0085"),  # C1 control
+        (_good(item="a\u2028b"), "invalid_id", "item", "holds U+2028"),  # line separator
         (_good(timestamp="yesterday"), "bad_timestamp", "timestamp", "cannot read 'yesterday'"),
         (_good(timestamp=""), "bad_timestamp", "timestamp", "cannot read"),
         (_good(timestamp="1989-12-31T23:59:59Z"), "timestamp_out_of_range", "timestamp", "1990"),
@@ -179,6 +186,23 @@ def test_context_columns_keep_numbers_and_text():
     cleaned = clean(frame, context_columns=["pos", "dev"], config=CleaningConfig(now=NOW))
     assert cleaned.events.context["pos"].tolist() == [1.0, 2.0]
     assert cleaned.events.context["dev"].tolist() == ["ios", ""]
+
+
+@pytest.mark.parametrize("cells", [["1", "inf"], [1.0, float("-inf")], ["1", "-Infinity"]])
+def test_infinite_context_values_are_rejected(cells):
+    # Infinite context values were accepted and stored as null (the log keeps context as JSON).
+    frame = pd.DataFrame([_good(), _good(item="2")]).assign(pos=cells)
+    cleaned = clean(frame, context_columns=["pos"], config=CleaningConfig(now=NOW))
+    assert cleaned.events.context["pos"].tolist() == [1.0]
+    assert cleaned.report.rejected == {"bad_context": 1}
+    assert (cleaned.rejected.field[0], cleaned.rejected.line[0]) == ("pos", 2)
+    assert "not finite" in cleaned.rejected.detail[0]
+
+
+def test_plain_unicode_ids_are_kept():
+    ids = ["café", "東京", "user 1", "👩", "ünïcödé-Ω"]
+    cleaned = _clean([_good(user=user, item=str(n)) for n, user in enumerate(ids)])
+    assert sorted(cleaned.events.user.tolist()) == sorted(ids)
 
 
 def test_missing_required_columns_reject_every_row():

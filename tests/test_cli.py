@@ -220,3 +220,49 @@ def test_simulate_writes_the_ab_report(tmp_path, capsys):
     assert {"p4.json", "p4.md", "p4.png"} <= {p.name for p in out.iterdir()}
     assert main(["simulate", "--policies", "ucb", "--rounds", "5"]) == 2
     assert "unknown policy 'ucb'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- user errors and bugs
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["evaluate", "--data", "synthetic", "--models", "mf(nope=1)"], "--models: model "
+         "'mf(nope=1)': 'nope=1' is not one of"),
+        (["evaluate", "--data", "synthetic", "--models", "mf(factors=0)"], "--models: "),
+        (["evaluate", "--data", "synthetic", "--models", "knn"], "--models: unknown model 'knn'"),
+        (["evaluate", "--data", "synthetic", "--strategies", "retrain@0"], "--strategies: "
+         "strategy 'retrain@0': retrain needs a block count"),
+        (["evaluate", "--data", "synthetic", "--warmup", "1.5"], "--warmup must be between 0 "
+         "and 1"),
+        (["evaluate", "--data", "synthetic", "--blocks", "0"], "--blocks must be >= 1, got 0"),
+        (["evaluate", "--data", "synthetic", "--blocks", "10000000"], "--blocks 10000000: the "
+         "data has"),
+        (["simulate", "--policies", "epsilon(epsilon=7)", "--rounds", "5"], "--policies: "),
+        (["demo", "--users", "0"], "--users must be >= 1, got 0"),
+    ],
+)  # fmt: skip
+def test_bad_specs_and_options_exit_2_with_one_line(tmp_path, capsys, args, message):
+    code = main([*args, *(["--out", str(tmp_path / "out")] if args[0] == "evaluate" else [])])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("lifelong-rec: error: ") and len(err.strip().splitlines()) == 1
+    assert message in err
+
+
+@pytest.mark.parametrize("error", [ValueError("deep inside"), RuntimeError("deep inside")])
+def test_an_internal_error_exits_1_with_its_traceback(tmp_path, capsys, monkeypatch, error):
+    # every ValueError was printed as the user's mistake in one line, hiding the bug
+    with EventLog(tmp_path / "e.db"):
+        pass
+
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr("lifelong_rec.cli.describe", broken)
+    assert main(["stats", "--db", str(tmp_path / "e.db")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):")
+    assert f"{type(error).__name__}: deep inside" in err and "in broken" in err
+    assert "lifelong-rec: internal error" in err.strip().splitlines()[-1]

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import re
+import sys
+import unicodedata
+from typing import Annotated
+
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import StringConstraints, TypeAdapter, ValidationError
 
 from lifelong_rec.events import (
     KIND_NAMES,
@@ -17,6 +23,12 @@ from lifelong_rec.events import (
     as_ids,
     kind_codes,
     kind_names,
+)
+from lifelong_rec.events.ids import (
+    FORBIDDEN_ID_RANGES,
+    ID_PATTERN,
+    has_forbidden_characters,
+    id_problem,
 )
 
 # ------------------------------------------------------------------------------ kinds, weights
@@ -91,6 +103,68 @@ def test_as_ids_canonicalises_ints_strings_and_whole_floats():
 def test_as_ids_rejects_non_ids(values, message):
     with pytest.raises(ValueError, match=message):
         as_ids(values)
+
+
+def _forbidden(code: int) -> bool:
+    return any(low <= code <= high for low, high in FORBIDDEN_ID_RANGES)
+
+
+def test_forbidden_id_characters_cover_every_control_and_invisible_character():
+    # Ids with zero-width spaces or bidi controls looked equal to others and were not; ids
+    # from invalid UTF-8 (U+FFFD) collapsed into one.
+    categories = {"Cc", "Cf", "Cs", "Zl", "Zp"}
+    missed = [
+        f"U+{code:04X}"
+        for code in range(sys.maxunicode + 1)
+        if unicodedata.category(chr(code)) in categories and not _forbidden(code)
+    ]
+    assert missed == [], f"add to FORBIDDEN_ID_RANGES (Unicode {unicodedata.unidata_version})"
+    assert _forbidden(0xFFFD)
+    # nothing visible is forbidden: every forbidden character is one of those categories,
+    # U+FFFD, or unassigned in this Python's Unicode (assigned by a later version)
+    allowed = categories | {"Cn"}
+    extra = [
+        f"U+{code:04X}"
+        for low, high in FORBIDDEN_ID_RANGES
+        for code in range(low, high + 1)
+        if code != 0xFFFD and unicodedata.category(chr(code)) not in allowed
+    ]
+    assert extra == []
+
+
+_SAMPLES = ["u1", "café", "東京", "user 1", "👩", "a-b_c.d", "a\u200bb", "\u202eabc", "a\ufffd",
+            "a\x85", "\u2028", "x\U000e0041", "\U0001d173", "a\x00b", "\t"]  # fmt: skip
+
+
+_API_ID = TypeAdapter(Annotated[str, StringConstraints(pattern=ID_PATTERN)])
+
+
+@pytest.mark.parametrize("text", _SAMPLES)
+def test_the_id_pattern_of_the_api_and_the_rule_of_files_agree(text):
+    # The API checks ids with ID_PATTERN (pydantic's Rust regex), files with the Python
+    # rule: one list of ranges makes both.
+    try:
+        _API_ID.validate_python(text)
+        valid_over_http = True
+    except ValidationError:
+        valid_over_http = False
+    assert valid_over_http == (id_problem(text) is None)
+    assert valid_over_http == (re.match(ID_PATTERN, text) is not None)  # OpenAPI's reading
+    assert has_forbidden_characters(np.array([text])).tolist() == [not valid_over_http]
+
+
+@given(st.lists(st.text(st.characters(blacklist_characters="\x00"), max_size=8), max_size=50))
+def test_the_vectorised_check_agrees_with_the_rule_on_each_id(ids):
+    # has_forbidden_characters only searches ids with a control or non-ASCII character
+    expected = [id_problem(text) is not None for text in ids]
+    assert has_forbidden_characters(np.array(ids, dtype=str)).tolist() == expected
+
+
+def test_id_problem_names_the_character():
+    assert id_problem("adm\u200bin") == "holds U+200B, a control or invisible character"
+    assert id_problem("caf\ufffd") == "holds U+FFFD, the mark of invalid UTF-8"
+    assert id_problem("a\udc80") == "holds U+DC80, a lone surrogate (invalid UTF-16)"
+    assert id_problem("café") is None
 
 
 _ID_TEXT = st.text(st.characters(blacklist_characters="\x00"), max_size=6)

@@ -1,8 +1,11 @@
 """The ``lifelong-rec`` command line: demo, ingest, evaluate, ope, replay, simulate, stats,
 rejected.
 
-A user's mistake (a missing file, a malformed input, a bad option) prints one line naming the
-problem and exits with status 2, never a traceback.
+A user's mistake (a missing file, a malformed input, a bad option, spec or setting) prints one
+line naming the problem and exits with status 2, never a traceback: it is an
+:class:`~lifelong_rec.data.InputError`, raised here or by the loaders, or the ``ValueError`` of
+a step that parses what the user typed (wrapped in :func:`_user_input`). Anything else is a
+bug: its traceback is printed and the status is 1, so it is never taken for the user's fault.
 """
 
 from __future__ import annotations
@@ -12,10 +15,13 @@ import hashlib
 import json
 import sys
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from lifelong_rec import __version__
 from lifelong_rec.data import (
@@ -40,10 +46,15 @@ from lifelong_rec.evaluate.simulate import simulate_report
 from lifelong_rec.events import Catalog, EventBatch
 from lifelong_rec.lifelong import parse_strategy
 from lifelong_rec.models import model_names, parse_model, split_specs, with_catalog
-from lifelong_rec.policy import parse_policy, policy_names
+from lifelong_rec.policy import parse_policy, policy_names, reward_spec
 from lifelong_rec.store import EventLog
 
+if TYPE_CHECKING:  # the service's modules load FastAPI: only `serve` imports them
+    from lifelong_rec.service.settings import Settings
+
 EXIT_USAGE = 2
+EXIT_INTERNAL = 1
+EXIT_STARTUP = 3  # as uvicorn.run: the service did not start
 MODEL_NAMES = model_names()  # names only: the classes would import PyTorch on every command
 OBD_CAMPAIGNS = ("all", "men", "women")
 
@@ -53,11 +64,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (InputError, ValueError) as error:
+    except InputError as error:
         print(f"lifelong-rec: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except Exception:
+        traceback.print_exc()
+        print(
+            "lifelong-rec: internal error: this is a bug, not a mistake of yours; "
+            "please report it with the traceback above",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+T = TypeVar("T")
+
+
+@contextmanager
+def _user_input(option: str) -> Iterator[None]:
+    """Take a ``ValueError`` or ``TypeError`` raised inside as the user's mistake in
+    ``option``: wrap the step that parses or checks what the user typed, and nothing deeper."""
+    try:
+        yield
+    except InputError:
+        raise
+    except (ValueError, TypeError) as error:
+        raise InputError(f"{option}: {error}") from None
+
+
+def _parsed(option: str, parse: Callable[..., T], *args: object, **kwargs: object) -> T:
+    """``parse(*args, **kwargs)``, its ``ValueError`` or ``TypeError`` the user's mistake in
+    ``option``."""
+    with _user_input(option):
+        return parse(*args, **kwargs)
+
+
+def _at_least(minimum: int, **options: int) -> None:
+    """Check integer options, named as their flags without dashes (``batch_size=...``)."""
+    for name, value in options.items():
+        if value < minimum:
+            raise InputError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -294,6 +342,8 @@ def _add_obd_log(command: argparse.ArgumentParser) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    _at_least(1, users=args.users, items=args.items, events=args.events, blocks=args.blocks)
+    _at_least(0, workers=args.workers)
     result = run_demo(
         args.db, args.users, args.items, args.events, args.seed, blocks=args.blocks,
         workers=args.workers, progress=not args.json,
@@ -307,10 +357,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _ingest(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    if args.batch_size < 1:
-        raise InputError("--batch-size must be >= 1")
+    _at_least(1, batch_size=args.batch_size)
+    _parent_folder(args.db, "--db")
     format = args.format or detect_format(args.path)
-    config = _cleaning_config(args, format)
+    config = _parsed("cleaning options", _cleaning_config, args, format)
     data = load(
         args.path,
         format,
@@ -373,15 +423,24 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    events, catalog, name = _evaluation_data(args.data, args.mapping)
-    # models that read item text (the transformer) know the catalogue from the start
-    models = [(label, with_catalog(factory, catalog))
-              for label, factory in map(parse_model, split_specs(args.models))]  # fmt: skip
-    if not models:
+    if not 0 < args.warmup < 1:
+        raise InputError(f"--warmup must be between 0 and 1, got {args.warmup}")
+    _at_least(1, blocks=args.blocks, k=args.k)
+    _at_least(0, workers=args.workers)
+    parsed = [_parsed("--models", parse_model, spec) for spec in split_specs(args.models)]
+    if not parsed:
         raise InputError("--models: none given")
     specs = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    if not specs:
+        raise InputError("--strategies: none given")
     for spec in specs:
-        parse_strategy(spec, models[0][1])  # validates the spec early
+        _parsed("--strategies", parse_strategy, spec, parsed[0][1])  # validates the spec early
+    events, catalog, name = _evaluation_data(args.data, args.mapping)
+    test_rows = len(events) - int(args.warmup * len(events))
+    if test_rows < args.blocks:
+        raise InputError(f"--blocks {args.blocks}: the data has {test_rows} rows after warm-up")
+    # models that read item text (the transformer) know the catalogue from the start
+    models = [(label, with_catalog(factory, catalog)) for label, factory in parsed]
     strategies = {
         (label, spec): partial(parse_strategy, spec, factory)
         for label, factory in models
@@ -423,8 +482,7 @@ def _evaluation_data(spec: str, mapping: str | None) -> tuple[EventBatch, Catalo
 
 
 def _ope(args: argparse.Namespace) -> int:
-    if args.bootstrap < 1:
-        raise InputError("--bootstrap must be >= 1")
+    _at_least(1, bootstrap=args.bootstrap)
     estimators = [name.strip() for name in args.estimators.split(",") if name.strip()]
     if not estimators:
         raise InputError("--estimators: none given")
@@ -433,7 +491,7 @@ def _ope(args: argparse.Namespace) -> int:
             raise InputError(f"--estimators: {name!r} is not one of {', '.join(ESTIMATORS)}")
     evaluated = args.evaluation.split("-")[0]  # bts-logged reads the bts log
     folder = _obd_folder(args.log, args.campaign, {args.behavior, evaluated})
-    report = ope_report(
+    report: dict[str, Any] = ope_report(
         folder, args.campaign, args.behavior, args.evaluation, estimators, args.bootstrap, args.seed
     )
     if args.json:
@@ -473,12 +531,9 @@ def _ope(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    try:
-        parse_policy(args.policy, k=1)  # validates the spec before the log is read
-    except ValueError as error:
-        raise InputError(f"--policy: {error}") from None
+    _parsed("--policy", parse_policy, args.policy, k=1)  # validates it before the log is read
     folder = _obd_folder(args.log, args.campaign, {"random"})
-    report = replay_report(folder, args.campaign, args.policy, seed=args.seed)
+    report: dict[str, Any] = replay_report(folder, args.campaign, args.policy, seed=args.seed)
     if args.json:
         _print_json(report)
         return 0
@@ -505,15 +560,13 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _simulate(args: argparse.Namespace) -> int:
     specs = split_specs(args.policies)
+    if not specs:
+        raise InputError("--policies: none given")
     for spec in specs:
-        if spec != "oracle":
-            try:
-                parse_policy(spec)  # validates every spec before the simulation starts
-            except ValueError as error:
-                raise InputError(f"--policies: {error}") from None
-    if args.rounds < 1:
-        raise InputError(f"--rounds must be a positive integer, got {args.rounds}")
-    report = simulate_report(specs, args.rounds, args.out, seed=args.seed)
+        if spec != "oracle":  # validates every spec before the simulation starts
+            _parsed("--policies", parse_policy, spec)
+    _at_least(1, rounds=args.rounds)
+    report: dict[str, Any] = simulate_report(specs, args.rounds, args.out, seed=args.seed)
     if args.json:
         _print_json(report)
         return 0
@@ -551,23 +604,56 @@ def _interval(bounds: Sequence[float], digits: int = 4) -> str:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from lifelong_rec.service import Settings, create_app
+    from lifelong_rec.service.app import server_config
 
-    settings = Settings(**{
-        key: value
-        for key, value in {"db": args.db, "model": args.model, "strategy": args.strategy,
-                           "policy": args.policy, "snapshots": args.snapshots}.items()
-        if value is not None
-    })  # fmt: skip
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
-    return 0
+    options = {"db": args.db, "model": args.model, "strategy": args.strategy,
+               "policy": args.policy, "snapshots": args.snapshots}  # fmt: skip
+    settings = _service_settings({k: v for k, v in options.items() if v is not None})
+    _parsed("--host", settings.check_exposure, args.host)
+    _parent_folder(settings.db, "--db")
+    # the specs fail here in one line, not in the server's startup with a traceback
+    _, factory = _parsed("--model", parse_model, settings.model)
+    _parsed("--strategy", parse_strategy, settings.strategy, factory)
+    if settings.policy is not None:
+        _parsed("--policy", parse_policy, settings.policy, k=1)
+    _parsed("LIFELONG_REC_REWARDS", reward_spec, settings.rewards)
+    server = uvicorn.Server(server_config(settings, args.host, args.port, args.log_level))
+    server.run()
+    return 0 if server.started else EXIT_STARTUP
+
+
+def _service_settings(options: dict[str, object]) -> Settings:
+    """The service's settings from ``options`` and the ``LIFELONG_REC_*`` variables, their
+    problems in one line (without the values: one may be the token)."""
+    from pydantic import ValidationError
+
+    from lifelong_rec.service.settings import ENV_PREFIX, Settings
+
+    try:
+        return Settings(**options)  # type: ignore[arg-type]
+    except ValidationError as error:
+        problems = []
+        for problem in error.errors(include_input=False, include_url=False):
+            message = problem["msg"].removeprefix("Value error, ")
+            if problem["loc"]:
+                name = str(problem["loc"][0])
+                flag = f"--{name} or " if name in options else ""
+                message = f"setting {name} ({flag}{ENV_PREFIX}{name.upper()}): {message}"
+            problems.append(message)
+        raise InputError("; ".join(problems)) from None
+
+
+def _parent_folder(path: Path, option: str) -> None:
+    """Check that the folder ``path`` would be created in exists."""
+    if not path.parent.is_dir():
+        raise InputError(f"{option} {path}: no such folder {path.parent}")
 
 
 def _stats(args: argparse.Namespace) -> int:
     if not args.db.is_file():
         raise InputError("no such event log", path=args.db)
     with EventLog(args.db) as log:
-        log_stats = log.stats()
+        log_stats: dict[str, Any] = log.stats()
         stream = describe(log.read(0))
         rejected = log.rejected_counts()
     if args.json:

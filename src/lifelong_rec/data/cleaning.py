@@ -17,6 +17,7 @@ import pandas as pd
 
 from lifelong_rec.data.report import REASONS, CleaningReport, Rejected
 from lifelong_rec.events import EventBatch, EventWeights, Kind, kind_codes
+from lifelong_rec.events.ids import has_forbidden_characters, id_problem
 
 # Common spellings of kinds in public data sets and trackers.
 DEFAULT_KIND_ALIASES: Mapping[str, str] = MappingProxyType(
@@ -70,7 +71,9 @@ class CleaningConfig:
         If set, repeated events with the same (user, item, kind) less than this many seconds
         apart are merged into the first one: weights add up, the value is the last one's.
     max_id_length : int
-        Longest accepted user or item id, in characters.
+        Longest accepted user or item id, in characters. Ids may not hold control or invisible
+        characters (see :data:`lifelong_rec.events.ids.FORBIDDEN_ID_RANGES`), whatever the
+        config.
     drop_duplicates : bool
         Reject exact copies of earlier rows.
     sort_by_time : bool
@@ -146,9 +149,10 @@ def clean(
         Where the rows came from (one name, or one per row), for the report and the rejected
         rows.
     lines : array of int, shape (n,), optional
-        Source line of each row (1-based); defaults to 1..n.
+        Where each row is in its source: the 1-based line of a file, or the 0-based index of
+        an event in a request (``service.ingest``); defaults to 1..n.
     context_columns : sequence of str
-        Columns kept as context features.
+        Columns kept as context features: numbers (which must be finite) or text.
     config : CleaningConfig, optional
     malformed : Rejected, optional
         Rows the parser already rejected as malformed; counted in this report.
@@ -169,7 +173,7 @@ def clean(
     propensity = _propensity_column(frame, verdict)
     policy = _text_column(frame, "policy")
     model_version = _text_column(frame, "model_version")
-    context = {name: _context_column(frame[name]) for name in context_columns}
+    context = {name: _context_column(frame[name], name, verdict) for name in context_columns}
 
     parsed = pd.DataFrame(
         {"user": user, "item": item, "timestamp": timestamp, "kind": kind, "value": value}
@@ -330,6 +334,11 @@ def _id_column(
     verdict.reject(~present, "missing_id", name, f"{name} id is empty")
     too_long = np.char.str_len(text) > config.max_id_length
     verdict.reject(too_long, "id_too_long", name, f"{name} id longer than {config.max_id_length}")
+    invalid = has_forbidden_characters(text)
+    if invalid.any():
+        detail = np.full(len(text), "", dtype=object)
+        detail[invalid] = [f"{name} id {id_problem(id_)}" for id_ in text[invalid].tolist()]
+        verdict.reject(invalid, "invalid_id", name, detail.astype(str))
     return text
 
 
@@ -467,13 +476,20 @@ def _text_column(frame: pd.DataFrame, name: str) -> np.ndarray:
     return _present(frame[name])[1]
 
 
-def _context_column(series: pd.Series) -> np.ndarray:
-    if series.dtype.kind in "biuf":
+def _context_column(series: pd.Series, name: str, verdict: _Verdict) -> np.ndarray:
+    """A context feature: numbers, or text when some present cell is not a number. An infinite
+    number is rejected: the log stores context as JSON, where it became null."""
+    if series.dtype.kind in "biu":
         return series.to_numpy()
-    numbers = pd.to_numeric(series, errors="coerce")
-    if numbers.notna().sum() == series.notna().sum():  # all present cells are numbers
-        return numbers.to_numpy(dtype=np.float64)
-    return _present(series)[1]
+    if series.dtype.kind == "f":
+        numbers = series.to_numpy(dtype=np.float64)
+    else:
+        parsed = pd.to_numeric(series, errors="coerce")
+        if parsed.notna().sum() != series.notna().sum():  # some present cell is text
+            return _present(series)[1]
+        numbers = parsed.to_numpy(dtype=np.float64)
+    verdict.reject(np.isinf(numbers), "bad_context", name, f"context {name!r} is not finite")
+    return numbers
 
 
 def _reject_bursts(user: np.ndarray, timestamp: np.ndarray, limit: int, verdict: _Verdict) -> None:

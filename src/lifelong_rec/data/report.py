@@ -10,15 +10,17 @@ from pathlib import Path
 import numpy as np
 
 REASONS: tuple[str, ...] = (
-    "malformed_row",  # the parser could not split the line into the expected columns
+    "malformed_row",  # not split into the expected columns; a request's row: not an event
     "missing_id",  # user or item empty or absent
     "id_too_long",
+    "invalid_id",  # not text, or holds a control or invisible character (events.ids)
     "bad_timestamp",  # not a number and not ISO-8601
     "timestamp_out_of_range",  # before min_time or more than max_future_seconds ahead
     "unknown_kind",
     "bad_value",  # not a number, not finite, or missing where the kind needs one
     "value_out_of_range",
     "bad_propensity",  # not a probability
+    "bad_context",  # a context feature that is not finite (or, in a request, badly named)
     "duplicate",  # an exact copy of an earlier accepted row
     "bot_burst",  # the user had more than max_events_per_second events in one second
 )
@@ -33,7 +35,8 @@ class Rejected:
     source : array of str, shape (n,)
         File (or stream) the row came from.
     line : array of int64, shape (n,)
-        Line in that source (1-based; -1 when unknown).
+        Where the row is in that source: the 1-based line of a file, the 0-based index of
+        the event in a request's ``events`` (source "http ..."), -1 when unknown.
     reason : array of str, shape (n,)
         One of :data:`REASONS`.
     field : array of str, shape (n,)

@@ -3,12 +3,113 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 FORMAT_VERSION = 1
+
+# ------------------------------------------------------------------------------ id characters
+
+# Characters no id may hold, as inclusive code point ranges: the Unicode categories Cc (C0, DEL
+# and C1 controls: they break logs, CSV exports and terminals), Cf (invisible format characters:
+# zero-width spaces and joiners, bidi controls, tags), Cs (surrogates: halves of invalid
+# UTF-16), Zl and Zp (line and paragraph separators), and U+FFFD, what a decoder puts in place
+# of invalid UTF-8 (two different broken ids would collapse into one). Invisible characters
+# make ids that look equal and are not. Unicode 15.1; tests/test_events.py checks the list
+# against the categories of the running Python's ``unicodedata``.
+FORBIDDEN_ID_RANGES: tuple[tuple[int, int], ...] = (
+    (0x0000, 0x001F),
+    (0x007F, 0x009F),
+    (0x00AD, 0x00AD),
+    (0x0600, 0x0605),
+    (0x061C, 0x061C),
+    (0x06DD, 0x06DD),
+    (0x070F, 0x070F),
+    (0x0890, 0x0891),
+    (0x08E2, 0x08E2),
+    (0x180E, 0x180E),
+    (0x200B, 0x200F),
+    (0x2028, 0x202E),
+    (0x2060, 0x2064),
+    (0x2066, 0x206F),
+    (0xD800, 0xDFFF),
+    (0xFEFF, 0xFEFF),
+    (0xFFF9, 0xFFFB),
+    (0xFFFD, 0xFFFD),
+    (0x110BD, 0x110BD),
+    (0x110CD, 0x110CD),
+    (0x13430, 0x1343F),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0001, 0xE0001),
+    (0xE0020, 0xE007F),
+)
+_SURROGATES = (0xD800, 0xDFFF)
+
+
+def _escape(code: int) -> str:
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _character_class(ranges: Iterable[tuple[int, int]]) -> str:
+    return "".join(_escape(a) if a == b else f"{_escape(a)}-{_escape(b)}" for a, b in ranges)
+
+
+# The pattern of a valid id, for JSON schemas and pydantic (whose Rust regex engine cannot name
+# surrogates: it rejects strings holding them before any pattern applies). Escapes that Python's
+# ``re`` and Rust's ``regex`` read alike.
+ID_PATTERN = "^[^" + _character_class(r for r in FORBIDDEN_ID_RANGES if r != _SURROGATES) + "]+$"
+_FORBIDDEN = re.compile("[" + _character_class(FORBIDDEN_ID_RANGES) + "]")
+
+
+def id_problem(text: str) -> str | None:
+    """What makes ``text`` no id, if a character does: its first forbidden one, named.
+
+    Examples
+    --------
+    >>> id_problem("user\\u200b1"), id_problem("usér 1")
+    ('holds U+200B, a control or invisible character', None)
+    """
+    found = _FORBIDDEN.search(text)
+    if found is None:
+        return None
+    code = ord(found.group())
+    if code == 0xFFFD:
+        return "holds U+FFFD, the mark of invalid UTF-8"
+    if _SURROGATES[0] <= code <= _SURROGATES[1]:
+        return f"holds U+{code:04X}, a lone surrogate (invalid UTF-16)"
+    return f"holds U+{code:04X}, a control or invisible character"
+
+
+def has_forbidden_characters(ids: np.ndarray) -> np.ndarray:
+    """Whether each id holds a character no id may hold, shape (n,), bool.
+
+    Vectorised: only ids with a control or a non-ASCII character are searched one by one (a
+    search of every id cost 0.6 s per million).
+    """
+    ids = np.ascontiguousarray(ids, dtype=str)
+    found = np.zeros(len(ids), dtype=bool)
+    if not len(ids) or ids.dtype.itemsize == 0:
+        return found
+    # numpy pads each id with NULs to the longest one: a NUL counts only before the id's end
+    # (trailing NULs are lost already, when the ids became a numpy array)
+    codes = ids.view(np.uint32).reshape(len(ids), -1)
+    width = codes.shape[1]
+    step = max(1, 2**22 // width)  # a few MB of temporaries per block
+    for start in range(0, len(ids), step):
+        block = codes[start : start + step]
+        nuls = np.count_nonzero(block == 0, axis=1)
+        suspect = nuls > width - np.char.str_len(ids[start : start + step])
+        suspect |= np.count_nonzero(block < 0x20, axis=1) > nuls  # another C0 control
+        suspect |= block.max(axis=1) >= 0x7F  # DEL, or not ASCII
+        for row in np.flatnonzero(suspect).tolist():
+            found[start + row] = _FORBIDDEN.search(ids[start + row]) is not None
+    return found
 
 
 def as_ids(values: Iterable[object] | np.ndarray, name: str = "id") -> np.ndarray:
@@ -93,8 +194,7 @@ class IdIndex:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, IdIndex) and np.array_equal(self._ids, other._ids)
 
-    def __hash__(self) -> None:  # mutable: not hashable
-        raise TypeError("IdIndex is mutable and not hashable")
+    __hash__ = None  # type: ignore[assignment]  # mutable: not hashable
 
     def copy(self) -> IdIndex:
         clone = IdIndex()

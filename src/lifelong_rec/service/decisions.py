@@ -200,7 +200,7 @@ def _to_row(served: Served) -> tuple:
         d.model_version or "",
         json.dumps(d.slates[0].tolist()),
         json.dumps(d.propensities[0].tolist()),
-        json.dumps(d.exploring[0].tolist()),
+        json.dumps([] if d.exploring is None else d.exploring[0].tolist()),
         features,
         served.created_at,
     )
@@ -221,17 +221,16 @@ def _from_row(row: tuple) -> Served:
         created_at,
         rewards,
     ) = row
-    slate = json.loads(slate)
     decisions = Decisions(
-        users=[user],
-        slates=[slate],
-        propensities=[json.loads(propensities)],
+        users=np.array([user]),
+        slates=np.array([json.loads(slate)]),
+        propensities=np.array([json.loads(propensities)], dtype=np.float64),
         policy=policy,
         params={},
         model_version=version or None,
-        explored=[False],
-        features=None if features is None else [json.loads(features)],
-        exploring=[json.loads(exploring)],
+        explored=np.zeros(1, dtype=bool),
+        features=None if features is None else np.array([json.loads(features)]),
+        exploring=np.array([json.loads(exploring)], dtype=bool),
     )
     served = Served(id_, decisions, experiment, arm, created_at)
     served.rewards = None if rewards is None else json.loads(rewards)

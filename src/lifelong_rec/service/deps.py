@@ -1,14 +1,23 @@
-"""Dependencies the routes share: the engine, and the bearer token of write endpoints."""
+"""Dependencies the routes share: the engine, and the bearer token of write endpoints, which
+:class:`TokenMiddleware` checks before a write's body is read."""
 
 from __future__ import annotations
 
 import hmac
+import json
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lifelong_rec.service.engine import Engine
+
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+UNAUTHORIZED = "a valid bearer token is required (Authorization: Bearer <token>)"
+# An unauthorised body larger than this (or of unknown length) is not drained: the 401
+# closes the connection instead of keeping it alive, which would read the whole body.
+_DRAIN_BYTES = 65_536
 
 _bearer = HTTPBearer(auto_error=False, description="the service's token (LIFELONG_REC_TOKEN)")
 
@@ -26,7 +35,12 @@ async def require_token(
     engine: EngineDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    """Write endpoints need ``Authorization: Bearer <token>`` when a token is configured."""
+    """Write endpoints need ``Authorization: Bearer <token>`` when a token is configured.
+
+    :class:`TokenMiddleware` has checked it already for every write method, before the body
+    was read; this dependency declares the security scheme in the OpenAPI document and
+    guards a write endpoint of any other method.
+    """
     expected = engine.settings.token
     if expected is None:
         return
@@ -34,10 +48,62 @@ async def require_token(
         credentials.credentials.encode(), expected.encode()
     ):
         raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "a valid bearer token is required (Authorization: Bearer <token>)",
-            headers={"WWW-Authenticate": "Bearer"},
+            status.HTTP_401_UNAUTHORIZED, UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"}
         )
 
 
 Writer = Depends(require_token)
+
+
+class TokenMiddleware:
+    """Answers 401 to a write (POST, PUT, PATCH or DELETE) without ``Authorization: Bearer
+    <token>`` before any byte of its body is read: FastAPI parses and validates a body before
+    it runs the dependencies, so an anonymous client could make the service parse
+    megabytes, and learn from a 422 what a valid write looks like. A pure ASGI middleware.
+
+    The comparison takes constant time. ``token`` None lets every request through.
+    """
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.token = None if token is None else token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self.token is None
+            or scope["type"] != "http"
+            or scope["method"] not in WRITE_METHODS
+            or self._authorized(scope)
+        ):
+            await self.app(scope, receive, send)
+            return
+        body = json.dumps({"detail": UNAUTHORIZED, "field": "Authorization"}).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"www-authenticate", b"Bearer"),
+        ]
+        if _body_may_exceed(scope, _DRAIN_BYTES):
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": 401, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def _authorized(self, scope: Scope) -> bool:
+        assert self.token is not None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, credentials = value.partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(
+                    credentials.strip(), self.token
+                )
+        return False
+
+
+def _body_may_exceed(scope: Scope, size: int) -> bool:
+    """Whether the request's body may be longer than ``size`` bytes, by its headers."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return not value.isdigit() or int(value) > size
+        if name == b"transfer-encoding":
+            return True
+    return False

@@ -22,8 +22,6 @@ from pathlib import Path
 import numpy as np
 
 from lifelong_rec.evaluate.simulate.stats import two_proportion_test
-from lifelong_rec.models import parse_model
-from lifelong_rec.policy import Policy
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS experiments(
@@ -56,28 +54,24 @@ class Experiment:
         position = int.from_bytes(digest, "big") / 2.0**64
         weights = np.array([arm.weight for arm in self.arms])
         edges = np.cumsum(weights) / weights.sum()
-        return int(min(np.searchsorted(edges, position, side="right"), len(self.arms) - 1))
+        return min(int(np.searchsorted(edges, position, side="right")), len(self.arms) - 1)
 
 
 class Experiments:
-    """The experiments table, and a policy per arm of the running one."""
+    """The experiments table: what ran, with which arms, and what runs now.
 
-    def __init__(self, db: str | Path, make_policy: callable) -> None:
+    Not the live state: the engine holds the running experiment's policies and learners in
+    one object it swaps, and serialises starts and stops.
+    """
+
+    def __init__(self, db: str | Path) -> None:
         self._db = sqlite3.connect(db, timeout=30.0, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()  # guards the connection
-        # Held from the "another is running" check to the start or stop, so two concurrent
-        # requests cannot both start (or both stop) an experiment.
-        self._switch = threading.Lock()
-        self._make_policy = make_policy
-        self.running: Experiment | None = None
-        self.policies: list[Policy] = []
-        for experiment in self.list():
-            if experiment.running:
-                self._start(experiment)
 
     def list(self) -> list[Experiment]:
+        """Every experiment, oldest first."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT name, arms, created_at, stopped_at FROM experiments ORDER BY created_at"
@@ -87,70 +81,52 @@ class Experiments:
             for name, arms, created, stopped in rows
         ]
 
-    def create(self, name: str, arms: list[Arm]) -> Experiment:
-        """Start an experiment.
+    def get(self, name: str) -> Experiment | None:
+        return next((e for e in self.list() if e.name == name), None)
 
-        Raises
-        ------
-        ValueError
-            A name used before, arm names that repeat, or a policy spec that does not parse.
-        RuntimeError
-            Another experiment is running.
-        """
-        with self._switch:
-            if self.running is not None:
-                raise RuntimeError(f"experiment {self.running.name!r} is running; stop it first")
-            if len({arm.name for arm in arms}) != len(arms):
-                raise ValueError("arms: arm names must be distinct")
-            for arm in arms:
-                try:
-                    self._make_policy(arm.policy)
-                    if arm.model is not None:
-                        parse_model(arm.model)[1]()  # made once: its parameters are checked
-                except (ValueError, TypeError) as error:
-                    raise ValueError(f"arms: {arm.name}: {error}") from None
-            experiment = Experiment(name, tuple(arms), time.time())
-            with self._lock:
-                try:
-                    self._db.execute(
-                        "INSERT INTO experiments(name, arms, created_at) VALUES (?, ?, ?)",
-                        (name, json.dumps([arm.__dict__ for arm in arms]), experiment.created_at),
-                    )
-                except sqlite3.IntegrityError:
-                    raise ValueError(f"name: an experiment {name!r} exists already") from None
-            self._start(experiment)
-            return experiment
+    def exists(self, name: str) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM experiments WHERE name = ?", (name,)).fetchone()
+        return row is not None
+
+    def running(self) -> Experiment | None:
+        """The experiment that has not been stopped, if any."""
+        return next((e for e in self.list() if e.running), None)
+
+    def create(self, name: str, arms: tuple[Arm, ...]) -> Experiment:
+        """Record a new running experiment. Raises KeyError if ``name`` was used before."""
+        experiment = Experiment(name, arms, time.time())
+        with self._lock:
+            try:
+                self._db.execute(
+                    "INSERT INTO experiments(name, arms, created_at) VALUES (?, ?, ?)",
+                    (name, json.dumps([arm.__dict__ for arm in arms]), experiment.created_at),
+                )
+            except sqlite3.IntegrityError:
+                raise KeyError(f"an experiment {name!r} exists already") from None
+        return experiment
 
     def stop(self, name: str) -> Experiment:
-        """Stop the running experiment ``name``. Raises KeyError if it is not running."""
-        with self._switch:
-            running = self.running
-            if running is None or running.name != name:
-                raise KeyError(f"experiment {name!r} is not running")
-            stopped = time.time()
-            with self._lock:
-                self._db.execute(
-                    "UPDATE experiments SET stopped_at = ? WHERE name = ?", (stopped, name)
-                )
-            # ``policies`` stays: a request that read ``running`` just before still indexes it
-            self.running = None
-            return Experiment(running.name, running.arms, running.created_at, stopped)
-
-    def assign(self, user: str) -> tuple[Experiment, int] | None:
-        """The running experiment and the user's arm in it, if one runs."""
-        experiment = self.running
-        return None if experiment is None else (experiment, experiment.arm_of(user))
+        """Record that ``name`` stopped now. Raises KeyError if it is not running."""
+        stopped = time.time()
+        with self._lock:
+            changed = self._db.execute(
+                "UPDATE experiments SET stopped_at = ? WHERE name = ? AND stopped_at IS NULL",
+                (stopped, name),
+            ).rowcount
+        experiment = self.get(name)
+        if not changed or experiment is None:
+            raise KeyError(f"experiment {name!r} is not running")
+        return experiment
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def _start(self, experiment: Experiment) -> None:
-        self.policies = [self._make_policy(arm.policy) for arm in experiment.arms]
-        self.running = experiment  # after the policies: readers read ``running`` first
 
-
-def compare(experiment: Experiment, results: dict[str, dict[str, float]]) -> list[dict]:
+def compare(
+    experiment: Experiment, results: dict[str, dict[str, float]]
+) -> list[dict[str, object]]:
     """Per arm: counts, rate of positive shown items, and the difference to the first arm
     with its 95 % interval and p-value (two-proportion test)."""
     out = []
@@ -160,7 +136,7 @@ def compare(experiment: Experiment, results: dict[str, dict[str, float]]) -> lis
             arm.name, {"decisions": 0, "impressions": 0, "positives": 0, "reward": 0.0}
         )
         impressions, positives = int(counts["impressions"]), int(counts["positives"])
-        entry = {
+        entry: dict[str, object] = {
             "name": arm.name,
             "policy": arm.policy,
             "model": arm.model,

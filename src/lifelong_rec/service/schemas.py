@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -12,21 +12,27 @@ from pydantic import (
     Field,
     StringConstraints,
     Tag,
+    TypeAdapter,
     field_validator,
 )
 
+from lifelong_rec.data.cleaning import DEFAULT_KIND_ALIASES
 from lifelong_rec.events import KIND_NAMES
+from lifelong_rec.events.ids import ID_PATTERN
 
 MAX_ID_LENGTH = 256
 MAX_TEXT_LENGTH = 10_000
 MAX_TITLE_LENGTH = 1_000
 MAX_CATEGORIES = 50
 MAX_CONTEXT_KEYS = 32
+MAX_KIND_LENGTH = 64
+MAX_TIME_TEXT_LENGTH = 64
 
-# No control characters (C0, DEL, C1): they break logs, CSV exports and terminals.
-ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]+$"
+# An id: no control or invisible characters, no U+FFFD (events.ids.FORBIDDEN_ID_RANGES). A
+# path parameter with invalid percent-encoded UTF-8 arrives with U+FFFD in it, and is refused.
 Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)]
-Kind = Literal[tuple(KIND_NAMES)]  # type: ignore[valid-type]
+# A JSON number, finite: not a boolean, not text (pydantic's lax mode reads true as 1.0).
+FiniteNumber = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
 def _not_dots(name: str) -> str:
@@ -65,21 +71,36 @@ class Strict(BaseModel):
 
 
 class EventIn(Strict):
-    """One event. ``timestamp`` is Unix seconds (the server's clock when absent)."""
+    """One event, checked as a row of a file is (``data.cleaning.clean``): a row that fails
+    is rejected with its reason, the other rows of its batch are kept."""
 
     user: Id
     item: Id
-    kind: Kind = "view"  # type: ignore[valid-type]
-    timestamp: float | None = Field(None, ge=0, le=32_503_680_000)  # up to year 3000
-    value: float | None = Field(None, allow_inf_nan=False)
-    context: dict[ContextName, float] | None = Field(None, max_length=MAX_CONTEXT_KEYS)
+    kind: Annotated[str, StringConstraints(max_length=MAX_KIND_LENGTH)] | None = Field(
+        None,
+        description=f"one of {', '.join(KIND_NAMES)} (any case), or an alias: "
+        f"{', '.join(DEFAULT_KIND_ALIASES)}; view when absent",
+    )
+    timestamp: (
+        FiniteNumber
+        | Annotated[str, StringConstraints(min_length=1, max_length=MAX_TIME_TEXT_LENGTH)]
+        | None
+    ) = Field(
+        None,
+        description="Unix seconds, or ISO-8601 text (UTC when it names no zone); from 1990 "
+        "to a day ahead of the server's clock, which is the time when absent",
+    )
+    value: FiniteNumber | None = Field(None, description="rating, watch seconds, price...")
+    context: dict[ContextName, FiniteNumber] | None = Field(None, max_length=MAX_CONTEXT_KEYS)
 
 
 class EventsIn(Strict):
-    """A batch of events, appended whole or not at all. ``key`` makes a retry safe: a batch
-    whose key the log has already seen is not appended again."""
+    """A batch of events, accepted row by row: the rows that pass are appended together, the
+    others are quarantined and listed in the answer's ``rejections``. ``key`` makes a retry
+    safe: a batch whose key the log has already seen is not appended (nor quarantined, nor
+    counted) again."""
 
-    events: list[EventIn] = Field(min_length=1)
+    events: list[EventIn] = Field(min_length=1, description="at most the service's max_batch")
     key: Id | None = None
 
 
@@ -93,14 +114,42 @@ EventsBody = Annotated[
 ]
 
 
+def events_body_schema() -> dict[str, Any]:
+    """The JSON schema of a ``POST /events`` body, self-contained (definitions inlined).
+
+    The route reads its body itself (the batch size is checked before any row is validated),
+    so FastAPI cannot document it from a parameter: the route's ``openapi_extra`` carries this
+    schema, where references to ``$defs`` would not resolve.
+    """
+    schema = TypeAdapter(EventsBody).json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(definitions[node["$ref"].removeprefix("#/$defs/")])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(value) for value in node]
+        return node
+
+    return inline(schema)
+
+
 class Rejection(BaseModel):
-    index: int = Field(description="position of the event in the request (0-based)")
-    field: str
-    reason: str
+    index: int = Field(
+        description="position of the event in the request's events (0-based; 0 for a single "
+        "event); the quarantine keeps the row under this number as its line"
+    )
+    field: str = Field(description="the offending field; empty for a whole-row reason")
+    reason: str = Field(description="one of lifelong_rec.data.REASONS")
     detail: str
 
 
 class EventsOut(BaseModel):
+    """What became of a batch. A retried key answers as its first attempt did (with
+    ``duplicate``), having appended, quarantined and counted nothing again."""
+
     accepted: int
     rejected: int
     rejections: list[Rejection]
@@ -123,6 +172,8 @@ class RecommendedItem(BaseModel):
     score: float
     propensity: float
     exploring: bool
+    title: str | None = Field(None, description="the catalogue's title; null when it has none")
+    categories: list[str] = Field(default_factory=list)
     reasons: list[ReasonOut] | None = None
 
 
@@ -195,6 +246,7 @@ class SimilarItem(BaseModel):
     item: str
     score: float
     title: str
+    categories: list[str] = Field(default_factory=list)
 
 
 class SimilarOut(BaseModel):
@@ -214,12 +266,28 @@ class SnapshotOut(BaseModel):
     serving: bool
 
 
+class OnlineOut(BaseModel):
+    """Before learning each incoming positive event, the learner asks the serving model for
+    the user's top 10 (P1's test-then-train, live; a sample when events come in bulk)."""
+
+    scored: float = Field(description="events scored so far")
+    hr_at_10: float = Field(description="share of scored events whose item was in the top 10")
+    ndcg_at_10: float
+    recent_hr_at_10: float = Field(description="the same, weighted toward recent events")
+    recent_ndcg_at_10: float
+
+
 class ModelsOut(BaseModel):
     serving_version: str | None
     pinned: bool = Field(description="serving stays on an activated snapshot")
     learner_offset: int
     log_end: int
     snapshots: list[SnapshotOut]
+    online: dict[str, OnlineOut] = Field(
+        default_factory=dict,
+        description="test-then-train quality of each serving model (the service's, and "
+        "'arm:<spec>' for an experiment arm's) on the events it then learned",
+    )
 
 
 # ------------------------------------------------------------------------------ experiments

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
+import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "LIFELONG_REC_"
 
 
 class Settings(BaseSettings):
     """What a service runs with. Every field can also be set from the environment as
-    ``LIFELONG_REC_<FIELD>`` (e.g. ``LIFELONG_REC_TOKEN``); unknown keys are an error.
+    ``LIFELONG_REC_<FIELD>`` (e.g. ``LIFELONG_REC_TOKEN``); an unknown key, or an unknown
+    ``LIFELONG_REC_*`` variable, is an error that names the nearest setting.
 
     Attributes
     ----------
@@ -31,7 +39,12 @@ class Settings(BaseSettings):
     verb : str
         The verb of history reasons: "watched", "read", "bought", ...
     token : str or None
-        The bearer token write endpoints require; None leaves them open (a warning at start).
+        The bearer token write endpoints require (at least 8 characters, no surrounding
+        white space); None leaves them open, which ``lifelong-rec serve`` allows on a loopback
+        address only, unless ``allow_open_writes`` (a warning at start either way).
+    allow_open_writes : bool
+        Serve write endpoints without a token on an address other than loopback: anyone who
+        can reach the service can then write events, items, experiments and models.
     publish_seconds : float
         The learner publishes a new serving snapshot at most this often (when it learned
         something since the last one).
@@ -49,29 +62,144 @@ class Settings(BaseSettings):
         Largest list a recommendation request may ask for.
     cors_origins : list of str
         Origins allowed by CORS; empty (the default) adds no CORS headers at all.
+    rewards : str
+        The reward preset that turns feedback into a policy's reward (``reward_spec``):
+        "ecommerce", "news" or "video".
+    explain_seconds : float
+        Reasons for a list are computed within this time, or the list is served without.
+    log_rate, log_burst : float
+        Logged reads a second, and at once, of each client without a valid token: beyond
+        them its lists are served but not logged.
+    header_timeout_seconds : float
+        A request's line and headers must arrive within this time of its first byte (of the
+        connection's opening, for its first request); the connection is closed otherwise.
+    body_timeout_seconds : float
+        A request's whole body must arrive within this time of its headers (408 otherwise).
+    keep_alive_seconds : int
+        An idle keep-alive connection is closed after this time.
+    max_connections : int
+        Connections (or requests in progress) served at once; 503 beyond.
+    max_header_bytes : int
+        Largest request line and headers accepted; the connection is closed beyond.
     """
 
-    model_config = SettingsConfigDict(env_prefix="LIFELONG_REC_", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        frozen=True,
+        hide_input_in_errors=True,  # an error message must not print the token
+    )
 
     db: Path = Path("events.db")
     snapshots: Path | None = None
     model: str = "mf"
     strategy: str = "naive@block"
     policy: str | None = None
-    candidates: int = Field(100, ge=1, le=10_000)
-    verb: str = Field("interacted with", min_length=1)
-    token: str | None = Field(None, min_length=8)
-    publish_seconds: float = Field(0.2, gt=0)
-    persist_seconds: float = Field(30.0, gt=0)
-    keep_snapshots: int = Field(5, ge=1)
-    learn_batch: int = Field(50_000, ge=1)
-    max_batch: int = Field(10_000, ge=1)
-    max_body_bytes: int = Field(8_000_000, ge=1_000)
-    max_k: int = Field(200, ge=1)
+    candidates: int = Field(default=100, ge=1, le=10_000)
+    verb: str = Field(default="interacted with", min_length=1)
+    token: str | None = Field(default=None, min_length=8, repr=False)
+    allow_open_writes: bool = False
+    publish_seconds: float = Field(default=0.2, gt=0)
+    persist_seconds: float = Field(default=30.0, gt=0)
+    keep_snapshots: int = Field(default=5, ge=1)
+    learn_batch: int = Field(default=50_000, ge=1)
+    max_batch: int = Field(default=10_000, ge=1)
+    max_body_bytes: int = Field(default=8_000_000, ge=1_000)
+    max_k: int = Field(default=200, ge=1)
     cors_origins: list[str] = Field(default_factory=list)
+    rewards: str = "ecommerce"
+    explain_seconds: float = Field(default=1.0, gt=0)
+    log_rate: float = Field(default=10.0, gt=0)
+    log_burst: float = Field(default=100.0, ge=1)
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    body_timeout_seconds: float = Field(default=30.0, gt=0)
+    keep_alive_seconds: int = Field(default=5, ge=1)
+    max_connections: int = Field(default=1_000, ge=2)
+    max_header_bytes: int = Field(default=65_536, ge=1_024)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_variables(cls, values: Any) -> Any:
+        # The environment source reads only the variables named like a field: without this,
+        # LIFELONG_REC_TOKN=secret started a service with every write endpoint open.
+        reject_unknown_variables(os.environ, cls.model_fields)
+        return values
+
+    @field_validator("token")
+    @classmethod
+    def _token_is_a_word(cls, token: str | None) -> str | None:
+        if token is not None and token.strip() != token:
+            # an HTTP header value loses surrounding white space: no request could match
+            raise ValueError(
+                "the token has white space around it" if token.strip() else "the token is blank"
+            )
+        return token
 
     @model_validator(mode="after")
     def _snapshot_folder(self) -> Settings:
         if self.snapshots is None:
             object.__setattr__(self, "snapshots", self.db.with_name(self.db.name + ".snapshots"))
         return self
+
+    def check_exposure(self, host: str) -> None:
+        """Refuse to serve writes without a token on ``host`` unless it is a loopback address
+        or ``allow_open_writes`` says so.
+
+        Raises
+        ------
+        ValueError
+            Saying what to set.
+        """
+        if self.token is not None or self.allow_open_writes or is_loopback(host):
+            return
+        raise ValueError(
+            f"{host} is not a loopback address and no token is set: anyone who can reach the "
+            f"service could write to it; set {ENV_PREFIX}TOKEN (8 characters or more), or "
+            f"{ENV_PREFIX}ALLOW_OPEN_WRITES=true to serve open writes on purpose"
+        )
+
+
+def reject_unknown_variables(environ: Mapping[str, str], fields: Mapping[str, object]) -> None:
+    """Raise a ValueError naming the first ``LIFELONG_REC_*`` variable of ``environ`` that is
+    no field of ``fields``, and the nearest one that is.
+
+    Examples
+    --------
+    >>> reject_unknown_variables({"LIFELONG_REC_TOKN": "x"}, {"token": None, "db": None})
+    Traceback (most recent call last):
+    ...
+    ValueError: LIFELONG_REC_TOKN is not a setting; did you mean LIFELONG_REC_TOKEN?
+    """
+    known = sorted(name.upper() for name in fields)
+    for variable in sorted(environ):
+        name = variable.upper()  # pydantic-settings reads the variables case-insensitively
+        if not name.startswith(ENV_PREFIX) or name.removeprefix(ENV_PREFIX) in known:
+            continue
+        nearest = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), known, n=1)
+        hint = (
+            f"did you mean {ENV_PREFIX}{nearest[0]}?"
+            if nearest
+            else f"the settings are {', '.join(ENV_PREFIX + field for field in known)}"
+        )
+        raise ValueError(f"{variable} is not a setting; {hint}")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (127.0.0.0/8, ::1) or "localhost".
+
+    Examples
+    --------
+    >>> [is_loopback(h) for h in ("127.0.0.1", "127.8.0.1", "::1", "[::1]", "localhost")]
+    [True, True, True, True, True]
+    >>> [is_loopback(h) for h in ("0.0.0.0", "::", "10.0.0.5", "example.com", "")]
+    [False, False, False, False, False]
+    """
+    if host.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:  # a host name: it may resolve to any address
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback

@@ -30,10 +30,8 @@ def experiments(engine: EngineDep) -> list[dict[str, object]]:
 def create(body: ExperimentIn, engine: EngineDep) -> dict[str, object]:
     """Start an A/B test: users are split between the arms (each a policy, and optionally
     a model of its own) by a stable hash of (experiment, user)."""
-    engine.create_experiment(body.name, [arm.model_dump() for arm in body.arms])
-    # by name, not ``experiments.running``: a stop may already have come in meanwhile
-    (created,) = [e for e in engine.experiments.list() if e.name == body.name]
-    return _out(engine, created)
+    created = engine.create_experiment(body.name, [arm.model_dump() for arm in body.arms])
+    return _out(engine, engine.experiments.get(created.name) or created)
 
 
 @router.post(

@@ -38,4 +38,6 @@ def readyz(engine: EngineDep) -> JSONResponse:
 @router.get("/metrics", response_class=Response)
 def metrics(engine: EngineDep) -> Response:
     engine.metrics.lag.set(engine.learner.lag)
+    for model, quality in engine.online_quality().items():
+        engine.metrics.observe_quality(model, quality)
     return Response(generate_latest(engine.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -34,7 +34,9 @@ def get_item(item_id: ItemId, engine: EngineDep) -> dict[str, object]:
     responses={404: {"description": "unknown item"}},
 )
 async def similar(
-    item_id: ItemId, engine: EngineDep, k: Annotated[int, Query(ge=1, le=1_000)] = 10
+    item_id: ItemId, engine: EngineDep, k: Annotated[int, Query(ge=1)] = 10
 ) -> dict[str, object]:
-    """The items most like this one by the serving model's item representations."""
+    """The items most like this one by the serving model's item representations (``k`` at
+    most the max_k setting)."""
+    engine.check_k(k)
     return engine.similar(item_id, k)

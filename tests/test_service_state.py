@@ -1,0 +1,173 @@
+"""The service's shared state under concurrent requests, and the one serving path.
+
+A real ``lifelong-rec serve`` process: threads start and stop experiments (with arms that
+name models of their own, so arm learners start and stop) and roll the model back while eight
+clients ask for recommendations and a writer posts events. Nothing may answer 5xx, a pin must
+hold until it is released, and within an experiment a user always gets the same arm.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from test_service import AUTH, post_stream, start_server, stream_rows, wait_until
+
+from lifelong_rec.evaluate.simulate import Simulator, SimulatorConfig
+from lifelong_rec.evaluate.simulate.abtest import _warm_up, serve_arm
+from lifelong_rec.models import MatrixFactorization
+from lifelong_rec.policy import parse_policy
+from lifelong_rec.service import Settings
+from lifelong_rec.service.engine import Engine
+from lifelong_rec.service.learner import Snapshot
+
+pytestmark = pytest.mark.slow
+
+
+def test_experiments_rollbacks_and_traffic_at_once(tmp_path: Path) -> None:
+    # Guards the races of issue #13: experiments created and stopped in the thread pool while
+    # requests read them (KeyError 500s, the wrong arm's policy, "FileExistsError: snapshot 1
+    # exists already", experiments left running while serving nobody), and a publish that
+    # overwrote a rollback.
+    server = start_server(tmp_path / "service", persist_seconds=0.2, keep_snapshots=50)
+    statuses: list[int] = []
+    arms_seen: dict[tuple[str, str], set[str]] = defaultdict(set)
+    pin_broken: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    try:
+        with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as client:
+            rows = stream_rows(4_000)
+            post_stream(client, rows[:3_000])
+            wait_until(lambda: len(client.get("/models").json()["snapshots"]) >= 1, 30)
+
+            def note(response: httpx.Response) -> httpx.Response:
+                with lock:
+                    statuses.append(response.status_code)
+                return response
+
+            def reader(number: int) -> None:
+                with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as http:
+                    user = 0
+                    while not stop.is_set():
+                        name = f"u{(number * 37 + user) % 200:05d}"
+                        body = note(http.get(f"/users/{name}/recommendations", params={"k": 5}))
+                        if body.status_code == 200 and body.json()["experiment"]:
+                            found = body.json()
+                            with lock:
+                                arms_seen[found["experiment"], name].add(found["arm"])
+                        user += 1
+
+            def writer() -> None:
+                with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as http:
+                    for start in range(3_000, 4_000, 50):
+                        if stop.is_set():
+                            return
+                        note(http.post("/events", json={"events": rows[start : start + 50]}))
+                        time.sleep(0.02)
+
+            def experimenter(number: int) -> None:
+                with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as http:
+                    for round_ in range(6):
+                        name = f"ab-{number}-{round_}"
+                        arms = [
+                            {"name": "control"},
+                            {"name": "explore", "policy": "epsilon(epsilon=0.2)"},
+                            {"name": "popular", "model": "pop"},
+                        ]
+                        note(http.post("/experiments", json={"name": name, "arms": arms}))
+                        time.sleep(0.4)  # the "pop" arm's learner publishes meanwhile
+                        note(http.post(f"/experiments/{name}/stop"))
+
+            def roller() -> None:
+                with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as http:
+                    for _ in range(4):
+                        versions = [s["version"] for s in note(http.get("/models")).json()[
+                            "snapshots"]]  # fmt: skip
+                        pinned = note(http.post(f"/models/{versions[0]}/activate"))
+                        if pinned.status_code != 200:
+                            continue
+                        for _ in range(10):  # the learner publishes meanwhile: the pin holds
+                            models = note(http.get("/models")).json()
+                            if (
+                                not models["pinned"]
+                                or models["serving_version"] is None
+                                or (not models["serving_version"].endswith(f"-v{versions[0]}"))
+                            ):
+                                pin_broken.append(str(models))
+                            time.sleep(0.03)
+                        note(http.post("/models/latest/activate"))
+
+            threads = [threading.Thread(target=reader, args=(n,)) for n in range(8)]
+            threads += [threading.Thread(target=writer), threading.Thread(target=roller)]
+            threads += [threading.Thread(target=experimenter, args=(n,)) for n in range(2)]
+            for thread in threads[8:]:
+                thread.start()
+            for thread in threads[:8]:
+                thread.start()
+            for thread in threads[8:]:
+                thread.join(timeout=240)
+            stop.set()
+            for thread in threads[:8]:
+                thread.join(timeout=60)
+
+            listed = client.get("/experiments").json()
+            still_running = [e["name"] for e in listed if e["running"]]
+    finally:
+        stop.set()
+        server.stop()
+    assert len(statuses) > 500 and not [code for code in statuses if code >= 500], sorted(
+        set(statuses)
+    )
+    assert len({experiment for experiment, _ in arms_seen}) >= 3, Counter(statuses)
+    assert not pin_broken, pin_broken[:3]
+    assert not still_running, still_running
+    switched = {key: arms for key, arms in arms_seen.items() if len(arms) > 1}
+    assert not switched, switched
+    assert "500" not in server.output(), server.output()[-3_000:]
+
+
+def test_the_p4_harness_and_the_service_make_the_same_decisions(tmp_path: Path) -> None:
+    # Issue #13: the service handed policies the raw top-100 scores of the model, P4 standardised
+    # scores over every live item; a temperature tuned in P4 meant something else in
+    # production. Both now serve through lifelong_rec.policy.serve.
+    config = SimulatorConfig(
+        n_users=60, n_items_initial=40, item_arrival_rate=0.0, item_lifetime=float("inf"),
+        users_per_round=1, user_features="none", item_features="none", k=3,
+    )  # fmt: skip
+    world = Simulator(config, seed=3)
+    warm = _warm_up(world, 40, seed=3)
+    model = MatrixFactorization(factors=8, seed=3).fit(warm)
+    live = world.live_items()
+    known = model.items_.ids(np.arange(len(model.items_)))
+    assert set(world.item_ids(live).tolist()) == set(known.tolist())
+
+    engine = Engine(Settings(db=tmp_path / "events.db", candidates=20))
+    try:
+        engine.learner.current = Snapshot(model, 1, 0, time.time())
+        for spec in ("softmax(temperature=0.5)", "epsilon(epsilon=0.3)", "linucb(alpha=0.5)"):
+            harness = parse_policy(spec, k=config.k, seed=11)
+            engine.default_policy = parse_policy(spec, k=1, seed=11)
+            for user in np.arange(25) % config.n_users:
+                decisions, _, _ = serve_arm(
+                    model, harness, world, np.array([user]), live, config.k, pool=20
+                )
+                served = engine.recommend(str(world.user_ids(np.array([user]))[0]), config.k)
+                shown = [entry["item"] for entry in served.result["items"]]
+                propensities = [entry["propensity"] for entry in served.result["items"]]
+                assert shown == decisions.slates[0].tolist(), spec
+                np.testing.assert_allclose(propensities, decisions.propensities[0])
+                rewards = np.zeros((1, config.k))
+                rewards[0, 0] = 1.0  # both learn the same feedback
+                harness.update(decisions, rewards)
+                assert served.decisions is not None
+                engine.default_policy.update(served.decisions, rewards)
+    finally:
+        engine.decisions.close()
+        engine.experiments.close()
+        engine.log.close()
