@@ -16,13 +16,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from test_service import AUTH, post_stream, start_server, stream_rows, wait_until
 
 from lifelong_rec.evaluate.simulate import Simulator, SimulatorConfig
 from lifelong_rec.evaluate.simulate.abtest import _warm_up, serve_arm
 from lifelong_rec.models import MatrixFactorization
 from lifelong_rec.policy import parse_policy
-from lifelong_rec.service import Settings
+from lifelong_rec.service import Settings, create_app
 from lifelong_rec.service.engine import Engine
 from lifelong_rec.service.learner import Snapshot
 
@@ -171,3 +172,102 @@ def test_the_p4_harness_and_the_service_make_the_same_decisions(tmp_path: Path) 
         engine.decisions.close()
         engine.experiments.close()
         engine.log.close()
+
+
+# ------------------------------------------------------------------------------ in process
+
+
+def engine_with_stream(folder: Path, **settings: object) -> Engine:
+    """A started engine whose learner has learned a small synthetic stream."""
+    engine = Engine(Settings(db=folder / "events.db", publish_seconds=0.05, **settings))  # type: ignore[arg-type]
+    engine.start()
+    accepted = engine.ingest(stream_rows(2_000), key=None)
+    assert accepted.accepted > 1_500
+    wait_until(lambda: engine.learner.current.model is not None
+               and engine.learner.offset == engine.log.end_offset, 30)  # fmt: skip
+    return engine
+
+
+def test_reads_without_the_token_are_logged_within_a_budget(tmp_path: Path) -> None:
+    # Issue #13: 20 s of anonymous GET .../recommendations?k=200 for random users added 1.6 M
+    # impression events and 8,186 users to the log. Reads without the token are now logged
+    # within a per-client token bucket; beyond it they are served, not logged.
+    engine = engine_with_stream(tmp_path, token="secret-token-1", log_rate=1.0, log_burst=5)
+    try:
+        anonymous = [engine.recommend(f"stranger-{n}", 10, client="10.0.0.9") for n in range(40)]
+        logged = [d for d in anonymous if d.result["decision_id"] is not None]
+        assert 5 <= len(logged) <= 7  # the burst, and what one second refills
+        assert all(len(d.result["items"]) == 10 for d in anonymous)  # served all the same
+        other = engine.recommend("stranger-x", 10, client="10.0.0.10")  # its own budget
+        assert other.result["decision_id"] is not None
+        with_token = [engine.recommend(f"u{n:05d}", 10, client=None) for n in range(40)]
+        assert all(d.result["decision_id"] is not None for d in with_token)
+        assert engine.metrics.unlogged._value.get() == len(anonymous) - len(logged)
+    finally:
+        engine.stop()
+
+
+def test_responses_carry_titles_and_categories(tmp_path: Path) -> None:
+    engine = engine_with_stream(tmp_path)
+    try:
+        first = engine.recommend("u00001", 5).result["items"][0]["item"]  # type: ignore[index]
+        engine.put_item(first, "The Red Kettle", "A kettle, red.", ["Kitchen", "Red"])
+        items = engine.recommend("u00001", 5).result["items"]
+        entry = next(entry for entry in items if entry["item"] == first)  # type: ignore[attr-defined]
+        assert entry["title"] == "The Red Kettle" and entry["categories"] == ["Kitchen", "Red"]
+        similar = engine.similar(first, 3)["items"]
+        assert all({"title", "categories"} <= set(row) for row in similar)  # type: ignore[attr-defined]
+    finally:
+        engine.stop()
+
+
+def test_a_policys_learning_survives_a_restart(tmp_path: Path) -> None:
+    # Issue #13: policies had no save/load; LinUCB's learning was lost at every restart.
+    engine = engine_with_stream(tmp_path, policy="linucb(alpha=0.5)", persist_seconds=3600)
+    try:
+        for n in range(30):
+            decided = engine.recommend(f"u{n:05d}", 4)
+            item = decided.result["items"][n % 4]["item"]  # type: ignore[index]
+            engine.feedback(
+                str(decided.result["decision_id"]), [{"item": item, "kind": "purchase"}]
+            )
+        learned = engine.default_policy.copy()
+    finally:
+        engine.stop()  # persists the newest snapshot, and the policies with it
+    again = Engine(Settings(db=tmp_path / "events.db", policy="linucb(alpha=0.5)"))
+    again.start()
+    try:
+        restored = again.default_policy
+        assert restored is not learned and repr(restored) == repr(learned)
+        for name, value in vars(learned.arms_).items():  # type: ignore[attr-defined]
+            if isinstance(value, np.ndarray):
+                np.testing.assert_array_equal(getattr(restored.arms_, name), value)  # type: ignore[attr-defined]
+        assert learned.arms_.design.any()  # type: ignore[attr-defined]
+    finally:
+        again.stop()
+
+
+def test_explanations_past_their_time_limit_are_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue #13: explain=true with the transformer ran integrated gradients on the event loop,
+    # and every request, /healthz included, waited behind it. Explanations now run in a worker
+    # thread within explain_seconds: past it, the list comes without reasons.
+    explain = Engine.explain
+
+    def slow(self: Engine, decided: object) -> dict[str, object]:
+        time.sleep(1.5)
+        return explain(self, decided)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Engine, "explain", slow)
+    settings = Settings(db=tmp_path / "events.db", publish_seconds=0.05, explain_seconds=0.3)
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/events", json={"events": stream_rows(2_000)}).status_code == 200
+        wait_until(lambda: client.get("/models").json()["serving_version"], 30)
+        started = time.monotonic()
+        served = client.get("/users/u00001/recommendations", params={"explain": "true"})
+        assert time.monotonic() - started < 1.2
+        assert served.status_code == 200, served.text
+        assert served.json()["method"] is None
+        assert all(entry["reasons"] is None for entry in served.json()["items"])
+        assert "lifelong_rec_explain_timeouts_total 1.0" in client.get("/metrics").text
