@@ -191,7 +191,7 @@ def test_cli_evaluate_with_tensorboard(tmp_path, capsys):
         (["--models", "mf(factors=0)"], "factors must be a positive integer"),
         (["--strategies", "sometimes"], "unknown strategy 'sometimes'"),
         (["--data", "netflix:/x"], "use FORMAT:PATH"),
-        (["--blocks", "0"], "blocks must be a positive integer"),
+        (["--blocks", "0"], "--blocks must be >= 1, got 0"),
     ],
 )
 def test_cli_evaluate_bad_arguments(tmp_path, capsys, args, message):
