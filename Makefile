@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 # PyTorch pinned and installed first: this release has a CPU wheel on the build machines, and an
 # unpinned torch would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
+DEMO_DB ?= demo-out/events.db
 
-.PHONY: demo test lint format bench bench-p1 clean
+.PHONY: demo serve test lint format bench bench-p1 clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +27,16 @@ $(VENV)/.installed-dev: pyproject.toml | $(VENV)/.torch
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(BIN)/lifelong-rec demo
+	$(BIN)/lifelong-rec demo --db $(DEMO_DB)
+
+# The HTTP service on the demo's event log (made by the demo if it is not there yet):
+# OpenAPI docs at http://127.0.0.1:8000/docs. Run `. .venv/bin/activate` to call
+# lifelong-rec yourself.
+$(DEMO_DB): | $(VENV)/.installed
+	$(BIN)/lifelong-rec demo --db $(DEMO_DB)
+
+serve: $(VENV)/.installed | $(DEMO_DB)
+	$(BIN)/lifelong-rec serve --db $(DEMO_DB)
 
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests bench

@@ -8,9 +8,11 @@ hold until it is released, and within an experiment a user always gets the same 
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -25,6 +27,7 @@ from lifelong_rec.models import MatrixFactorization
 from lifelong_rec.policy import parse_policy
 from lifelong_rec.service import Settings, create_app
 from lifelong_rec.service.engine import Engine
+from lifelong_rec.service.errors import Conflict, Invalid, NotFound, NotReady
 from lifelong_rec.service.learner import Snapshot
 
 pytestmark = pytest.mark.slow
@@ -73,17 +76,23 @@ def test_experiments_rollbacks_and_traffic_at_once(tmp_path: Path) -> None:
                         time.sleep(0.02)
 
             def experimenter(number: int) -> None:
+                # Several threads race to start experiments, so a stop of one lands while
+                # another starts (with an arm learner for the same model).
+                pause = np.random.default_rng(number)
                 with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as http:
-                    for round_ in range(6):
+                    for round_ in range(12):
                         name = f"ab-{number}-{round_}"
                         arms = [
                             {"name": "control"},
                             {"name": "explore", "policy": "epsilon(epsilon=0.2)"},
                             {"name": "popular", "model": "pop"},
                         ]
-                        note(http.post("/experiments", json={"name": name, "arms": arms}))
-                        time.sleep(0.4)  # the "pop" arm's learner publishes meanwhile
-                        note(http.post(f"/experiments/{name}/stop"))
+                        created = note(http.post("/experiments", json={"name": name, "arms": arms}))
+                        if created.status_code == 201:
+                            time.sleep(pause.uniform(0.0, 0.5))  # "pop" may publish meanwhile
+                            note(http.post(f"/experiments/{name}/stop"))
+                        else:
+                            time.sleep(pause.uniform(0.0, 0.02))
 
             def roller() -> None:
                 with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as http:
@@ -106,7 +115,7 @@ def test_experiments_rollbacks_and_traffic_at_once(tmp_path: Path) -> None:
 
             threads = [threading.Thread(target=reader, args=(n,)) for n in range(8)]
             threads += [threading.Thread(target=writer), threading.Thread(target=roller)]
-            threads += [threading.Thread(target=experimenter, args=(n,)) for n in range(2)]
+            threads += [threading.Thread(target=experimenter, args=(n,)) for n in range(4)]
             for thread in threads[8:]:
                 thread.start()
             for thread in threads[:8]:
@@ -271,3 +280,86 @@ def test_explanations_past_their_time_limit_are_left_out(
         assert served.json()["method"] is None
         assert all(entry["reasons"] is None for entry in served.json()["items"])
         assert "lifelong_rec_explain_timeouts_total 1.0" in client.get("/metrics").text
+
+
+def test_experiments_switch_under_requests_in_process(tmp_path: Path) -> None:
+    # The races of issue #13 without HTTP in between, with the interpreter switching threads
+    # every 10 µs: recommend read `running`, then `policies`, then `arm_learners` while a stop
+    # popped them (KeyError), and a stop of A racing a start of B left B without its learner.
+    engine = engine_with_stream(tmp_path, persist_seconds=0.05)
+    expected = (NotReady, Conflict, NotFound, Invalid)
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def guarded(work: Callable[[], object]) -> None:
+        try:
+            work()
+        except expected:
+            pass
+        except BaseException as error:  # anything else would have been a 500
+            failures.append(error)
+
+    def reader(number: int) -> None:
+        user = 0
+        while not stop.is_set():
+            name = f"u{(number * 31 + user) % 200:05d}"
+            guarded(lambda name=name: engine.recommend(name, 5))  # type: ignore[misc]
+            user += 1
+
+    def switcher(number: int) -> None:
+        arms = [{"name": "a"}, {"name": "b", "policy": "epsilon(epsilon=0.2)", "model": "pop"}]
+        for round_ in range(15):
+            name = f"x-{number}-{round_}"
+            guarded(lambda name=name: engine.create_experiment(name, arms))  # type: ignore[misc]
+            time.sleep(0.1 * (round_ % 4))  # long enough for the arm's model to publish
+            guarded(lambda name=name: engine.stop_experiment(name))  # type: ignore[misc]
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        readers = [threading.Thread(target=reader, args=(n,)) for n in range(4)]
+        switchers = [threading.Thread(target=switcher, args=(n,)) for n in range(3)]
+        for thread in readers + switchers:
+            thread.start()
+        for thread in switchers:
+            thread.join(timeout=120)
+        stop.set()
+        for thread in readers:
+            thread.join(timeout=60)
+    finally:
+        sys.setswitchinterval(interval)
+        stop.set()
+        running = [e.name for e in engine.experiments.list() if e.running]
+        engine.stop()
+    assert not failures, [repr(error) for error in failures[:3]]
+    assert not running, running
+
+
+def test_a_stop_in_the_middle_of_a_request_changes_nothing_it_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue #13, deterministic: a stop that lands between a request's read of the running
+    # experiment and its use of the arm's learner made the request fail (KeyError, a 500) or
+    # serve another arm's policy. The request now works with the experiment it read.
+    from lifelong_rec.service import engine as engine_module
+
+    engine = engine_with_stream(tmp_path)
+    try:
+        arms = [{"name": "a"}, {"name": "b", "policy": "epsilon(epsilon=0.2)", "model": "pop"}]
+        engine.create_experiment("mid", arms)
+        wait_until(lambda: engine.live is not None and engine.live.ready(), 30)
+        assert engine.live is not None
+        user = next(f"u{n:05d}" for n in range(200) if engine.live.experiment.arm_of(f"u{n:05d}"))
+        serve = engine_module.serve
+
+        def stopped_meanwhile(*args: object, **kwargs: object) -> object:
+            engine.stop_experiment("mid")  # lands after the request read the experiment
+            return serve(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(engine_module, "serve", stopped_meanwhile)
+        decided = engine.recommend(user, 5).result
+        assert (decided["experiment"], decided["arm"], decided["policy"]) == ("mid", "b", "epsilon")
+        assert len(decided["items"]) == 5  # type: ignore[arg-type]
+        assert engine.live is None
+    finally:
+        engine.stop()

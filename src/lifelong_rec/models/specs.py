@@ -16,6 +16,10 @@ def parse_model(spec: str) -> tuple[str, Callable[[], Recommender]]:
     """A model factory from ``name`` or ``name(param=value, ...)``, e.g.
     ``mf(factors=32, recency_half_life_seconds=60)``; returns (the spec as label, factory).
 
+    Names are the models' short names (:func:`model_names`); a named variant is a model of
+    its own, e.g. ``session-mf``: matrix factorisation with the session-aware fold-in,
+    ``mf(recency_half_life_seconds=60)``, whose parameters can be changed the same way.
+
     Raises
     ------
     ValueError
@@ -58,7 +62,9 @@ def with_catalog(factory: Callable[[], Recommender], catalog: Catalog) -> Callab
 
 def split_specs(text: str) -> list[str]:
     """Split ``a,b(x=1,y=2),c`` at the commas outside parentheses."""
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
     for char in text:
         depth += (char == "(") - (char == ")")
         if char == "," and depth == 0:
