@@ -261,7 +261,7 @@ def policy_class(request) -> type[Policy]:
     return request.param
 
 
-def _policy_inputs(n: int, m: int, seed: int) -> dict:
+def policy_inputs(n: int, m: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     return {
         "users": [f"u{i}" for i in range(n)],
@@ -283,7 +283,7 @@ def _trained_policy(policy_class: type[Policy]) -> Policy:
     """A policy with learned state and a generator well past its seed."""
     policy = policy_class(k=3, uniform_share=0.2, seed=11)
     for batch in range(3):
-        decisions = policy.decide(**_policy_inputs(8, 9, batch))
+        decisions = policy.decide(**policy_inputs(8, 9, batch))
         policy.update(decisions, _rewards(decisions, batch))
     return policy
 
@@ -311,7 +311,7 @@ def _same_decisions(a: Decisions, b: Decisions) -> bool:
 def _decide_twice_alike(first: Policy, second: Policy) -> None:
     """Both decide alike, then learn the same rewards and decide alike again (also for a
     per-call k and for marginals, which draw from the generator too)."""
-    inputs = _policy_inputs(7, 10, seed=40)
+    inputs = policy_inputs(7, 10, seed=40)
     one, two = first.decide(**inputs), second.decide(**inputs)
     assert _same_decisions(one, two)
     first.update(one, _rewards(one, 41))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_conformance import policy_inputs
 
 from lifelong_rec.policy import (
     BernoulliThompson,
@@ -25,21 +26,10 @@ from lifelong_rec.policy.base import one_hot_marginals, top_k
 from lifelong_rec.policy.persistence import FORMAT_VERSION
 
 
-def _inputs(n: int, m: int, seed: int) -> dict:
-    rng = np.random.default_rng(seed)
-    return {
-        "users": [f"u{i}" for i in range(n)],
-        "candidates": [f"i{j}" for j in range(m)],
-        "scores": rng.normal(size=(n, m)),
-        "user_features": rng.normal(size=(n, 2)),
-        "item_features": rng.normal(size=(m, 3)),
-    }
-
-
 def _train(policy: Policy, batches: int = 3, seed: int = 0) -> Policy:
     rng = np.random.default_rng(seed)
     for batch in range(batches):
-        decisions = policy.decide(**_inputs(10, 8, seed + batch))
+        decisions = policy.decide(**policy_inputs(10, 8, seed + batch))
         policy.update(decisions, rng.random(decisions.slates.shape))
     return policy
 
@@ -101,7 +91,7 @@ def test_thompson_posteriors_and_linear_bounds_survive_the_round_trip(tmp_path):
         np.testing.assert_array_equal(ours, theirs)
     for variant in ("disjoint", "hybrid"):
         linucb = _train(LinUCB(k=3, variant=variant, seed=4))
-        inputs = _inputs(5, 12, seed=9)  # four candidates never seen
+        inputs = policy_inputs(5, 12, seed=9)  # four candidates never seen
         expected = linucb.upper_bounds(**inputs)  # the hybrid cache is filled here
         linucb.save(tmp_path / variant)
         again = LinUCB.load(tmp_path / variant)
@@ -109,7 +99,7 @@ def test_thompson_posteriors_and_linear_bounds_survive_the_round_trip(tmp_path):
         np.testing.assert_array_equal(again.upper_bounds(**inputs), expected)
     linear = _train(LinearThompson(k=2, propensity_draws=30, seed=5))
     linear.save(tmp_path / "linear")
-    inputs = _inputs(4, 8, seed=1)
+    inputs = policy_inputs(4, 8, seed=1)
     first, second = linear.decide(**inputs), Policy.load(tmp_path / "linear").decide(**inputs)
     np.testing.assert_array_equal(first.propensities, second.propensities)
 
@@ -118,7 +108,7 @@ def test_the_generator_continues_where_it_stopped(tmp_path):
     """Not re-seeded: a loaded policy draws what the original would draw next, not what a
     fresh policy with the same seed draws."""
     policy = EpsilonGreedy(k=2, epsilon=0.5, seed=8)
-    inputs = _inputs(200, 6, seed=2)
+    inputs = policy_inputs(200, 6, seed=2)
     first = policy.decide(**inputs)
     policy.save(tmp_path / "policy")
     loaded = Policy.load(tmp_path / "policy")
@@ -283,7 +273,7 @@ class _Unregistered(Policy):
 
 def test_an_unregistered_policy_is_not_saved(tmp_path):
     policy = _Unregistered(k=2)
-    assert policy.decide(**_inputs(2, 4, seed=0), k=3).slates.shape == (2, 3)
+    assert policy.decide(**policy_inputs(2, 4, seed=0), k=3).slates.shape == (2, 3)
     with pytest.raises(ValueError, match="_Unregistered is not a registered policy"):
         policy.save(tmp_path / "policy")
     assert not (tmp_path / "policy").exists()

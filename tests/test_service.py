@@ -346,6 +346,17 @@ def test_an_unknown_user_gets_the_fallback(client: httpx.Client) -> None:
     assert re.fullmatch(r"[0-9a-f]{32}", served["decision_id"])
 
 
+def test_reads_without_the_token_are_logged_within_a_budget(
+    client: httpx.Client, anonymous: httpx.Client
+) -> None:
+    # Issue #13: anonymous reads grew the log without limit (1.6 M impressions in 20 s).
+    # Defaults: 10 logged reads a second per client address, bursts of 100.
+    ids = [anonymous.get(f"/users/u{n % 200:05d}/recommendations").json()["decision_id"]
+           for n in range(130)]  # fmt: skip
+    assert 100 <= sum(i is not None for i in ids) < 130
+    assert all(recommend(client, "u00003")["decision_id"] for _ in range(20))  # the token's
+
+
 def test_k_over_max_k_is_refused_not_cut(client: httpx.Client) -> None:
     # Issue #13: the route allowed k up to 1000 and cut it silently at max_k.
     assert len(recommend(client, "u00001", k=MAX_K)["items"]) == MAX_K

@@ -55,6 +55,27 @@ async def require_token(
 Writer = Depends(require_token)
 
 
+async def read_client(request: Request, engine: EngineDep) -> str | None:
+    """Who reads, for the budget of logged reads: the client's address when a token is
+    configured and the request does not carry it; None when its reads are logged in full."""
+    token = engine.settings.token
+    if token is None or carries_token(request.scope["headers"], token.encode()):
+        return None
+    return request.client.host if request.client else "unknown"
+
+
+ReadClient = Annotated[str | None, Depends(read_client)]
+
+
+def carries_token(headers: list[tuple[bytes, bytes]], token: bytes) -> bool:
+    """Whether ``Authorization: Bearer <token>`` is among the raw headers (constant time)."""
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, credentials = value.partition(b" ")
+            return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), token)
+    return False
+
+
 class TokenMiddleware:
     """Answers 401 to a write (POST, PUT, PATCH or DELETE) without ``Authorization: Bearer
     <token>`` before any byte of its body is read: FastAPI parses and validates a body before
@@ -73,7 +94,7 @@ class TokenMiddleware:
             self.token is None
             or scope["type"] != "http"
             or scope["method"] not in WRITE_METHODS
-            or self._authorized(scope)
+            or carries_token(scope["headers"], self.token)
         ):
             await self.app(scope, receive, send)
             return
@@ -87,16 +108,6 @@ class TokenMiddleware:
             headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": 401, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-
-    def _authorized(self, scope: Scope) -> bool:
-        assert self.token is not None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                scheme, _, credentials = value.partition(b" ")
-                return scheme.lower() == b"bearer" and hmac.compare_digest(
-                    credentials.strip(), self.token
-                )
-        return False
 
 
 def _body_may_exceed(scope: Scope, size: int) -> bool:

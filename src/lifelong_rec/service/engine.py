@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import gc
-import hmac
 import logging
 import re
 import threading
@@ -25,7 +24,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from starlette.requests import Request
 
 from lifelong_rec.events import Catalog, EventBatch, EventWeights, kind_codes
 from lifelong_rec.explain import explain_decisions
@@ -137,9 +135,9 @@ class Engine:
 
     def stop(self) -> None:
         gc.unfreeze()
+        self.learner.stop()  # its last snapshot saves the policies, the arms' ones included
         with self._switch:
             live, self.live = self.live, None
-        self.learner.stop()
         for learner in live.learners.values() if live else ():
             learner.stop()
         self.decisions.close()
@@ -172,20 +170,6 @@ class Engine:
         """A list length the service serves: 1 to ``max_k`` (one limit, said, never cut)."""
         if not 1 <= k <= self.settings.max_k:
             raise Invalid(f"must be between 1 and {self.settings.max_k} (max_k), got {k}", "k")
-
-    def anonymous_client(self, request: Request) -> str | None:
-        """The client's address when a token is configured and the request lacks it (its
-        logged reads are budgeted); None when its reads are logged in full."""
-        token = self.settings.token
-        if token is None:
-            return None
-        given = request.headers.get("authorization", "")
-        scheme, _, credentials = given.partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(
-            credentials.strip().encode(), token.encode()
-        ):
-            return None
-        return request.client.host if request.client else "unknown"
 
     def recommend(self, user: str, k: int, client: str | None = None) -> Decided:
         """The user's slate (see :func:`~lifelong_rec.policy.serve`): the serving model's

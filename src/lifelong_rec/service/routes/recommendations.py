@@ -6,9 +6,9 @@ import logging
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query
 
-from lifelong_rec.service.deps import EngineDep
+from lifelong_rec.service.deps import EngineDep, ReadClient
 from lifelong_rec.service.schemas import ID_PATTERN, MAX_ID_LENGTH, RecommendationsOut
 
 router = APIRouter(tags=["recommendations"])
@@ -29,7 +29,7 @@ _EXPLAINING = anyio.CapacityLimiter(2)
 async def recommendations(
     user_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)],
     engine: EngineDep,
-    request: Request,
+    client: ReadClient,
     k: Annotated[int, Query(ge=1, description="list length, at most the max_k setting")] = 10,
     explain: bool = False,
 ) -> dict[str, object]:
@@ -42,7 +42,7 @@ async def recommendations(
     off the event loop and within ``explain_seconds``: past that the list comes without
     reasons (``method`` null) rather than late."""
     engine.check_k(k)
-    decided = engine.recommend(user_id, k, client=engine.anonymous_client(request))
+    decided = engine.recommend(user_id, k, client=client)
     if not explain:
         return decided.result
     with anyio.move_on_after(engine.settings.explain_seconds):
