@@ -9,10 +9,10 @@ temperature or a LinUCB ``alpha`` tuned in simulation means the same thing in pr
    show them.
 2. **Scores.** Standardised per user over the pool (:func:`standardised_scores`): centred,
    scaled, an unscored item at the user's mean.
-3. **Order.** A pool is handed to the policy in item-id order, not score order, so the same
-   pool gives the same decision whoever asks and however the model breaks ties.
-4. **Deciding.** Users whose pools hold the same items decide together in one call; ``k`` is
-   passed per call, never stored on a shared policy.
+3. **Order.** A pool is handed to the policy in the model's order (new items last), so a
+   shown item's rank in the model's own ranking is its position in the pool.
+4. **Deciding.** Users whose pools hold the same items in the same order decide together in
+   one call; ``k`` is passed per call, never stored on a shared policy.
 
 The model's own ranking (``Greedy`` without a uniform slice) skips the policy: its slate is the
 model's top ``k`` with propensity 1, which is what ``Greedy.decide`` would return up to ties.
@@ -164,30 +164,29 @@ def serve(
     listed = ranked.items != ""
     empty = ~listed.any(axis=1) & (len(new_items) == 0)
 
+    # Users whose pools hold the same items in the same order decide together.
     groups: dict[tuple[str, ...], list[int]] = {}
     for row in np.flatnonzero(~empty):
         items = ranked.items[row][listed[row]]
-        key = items if fast else np.sort(np.concatenate([items, new_items]))
-        groups.setdefault(tuple(key.tolist()), []).append(int(row))
+        groups.setdefault(tuple(items.tolist()), []).append(int(row))
 
     decisions, rows, raw, ranks = [], [], [], []
     for key, members in groups.items():
         members_array = np.asarray(members, dtype=np.int64)
-        pool_ids = np.array(key)
-        size = min(int(k), len(pool_ids))
-        if fast:  # the model's ranking: already in score order
-            decided = _model_ranking(policy, ids[members_array], pool_ids[:size], model_version)
+        listed_ids = np.array(key, dtype=ranked.items.dtype)
+        size = min(int(k), len(listed_ids) + len(new_items))
+        if fast:  # the model's ranking: its first k, by construction
+            decided = _model_ranking(policy, ids[members_array], listed_ids[:size], model_version)
             raw.append(ranked.scores[members_array, :size].astype(np.float64))
             ranks.append(np.broadcast_to(np.arange(1, size + 1), (len(members), size)).copy())
         else:
-            score = _pool_scores(
-                pool_ids, ranked.items[members_array], ranked.scores[members_array]
-            )
+            # In the model's order, then the items it does not know (no score, no rank).
+            pool_ids = np.concatenate([listed_ids, new_items]) if len(new_items) else listed_ids
+            score = np.full((len(members), len(pool_ids)), np.nan)
+            score[:, : len(listed_ids)] = ranked.scores[members_array, : len(listed_ids)]
             features = None
             if item_features is not None and candidate_ids is not None:
-                order = np.argsort(candidate_ids, kind="stable")
-                at = order[np.searchsorted(candidate_ids, pool_ids, sorter=order)]
-                features = np.asarray(item_features)[at]
+                features = np.asarray(item_features)[_positions(candidate_ids, pool_ids)]
             decided = policy.decide(
                 ids[members_array],
                 pool_ids,
@@ -197,10 +196,9 @@ def serve(
                 model_version=model_version,
                 k=size,
             )
-            shown = np.take_along_axis(score, np.searchsorted(pool_ids, decided.slates), axis=1)
-            raw.append(shown)
-            ahead = (score[:, None, :] > shown[:, :, None]).sum(axis=2)  # NaN is never ahead
-            ranks.append(np.where(np.isnan(shown), 0, ahead + 1).astype(np.int64))
+            position = _positions(pool_ids, decided.slates)
+            raw.append(np.take_along_axis(score, position, axis=1))
+            ranks.append(np.where(position < len(listed_ids), position + 1, 0).astype(np.int64))
         decisions.append(decided)
         rows.append(members_array)
     return Slates(
@@ -208,26 +206,10 @@ def serve(
     )
 
 
-def _pool_scores(pool_ids: np.ndarray, items: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """The model's scores laid out in ``pool_ids`` order (sorted), NaN where a user's list
-    lacks the item (a new one).
-
-    Parameters
-    ----------
-    pool_ids : array of str, shape (m,), sorted
-    items, scores : arrays, shape (n, pool)
-        Each user's ranked list ("" and -inf for padding).
-
-    Returns
-    -------
-    scores : array of float64, shape (n, m)
-    """
-    out = np.full((len(items), len(pool_ids)), np.nan)
-    position = np.minimum(np.searchsorted(pool_ids, items), len(pool_ids) - 1)
-    found = (items != "") & (pool_ids[position] == items)
-    rows = np.broadcast_to(np.arange(len(items))[:, None], items.shape)
-    out[rows[found], position[found]] = scores[found]
-    return out
+def _positions(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Where each of ``wanted`` (any shape) stands in ``ids`` (distinct, all present)."""
+    order = np.argsort(ids, kind="stable")
+    return order[np.searchsorted(ids, wanted, sorter=order)]
 
 
 def standardised_scores(scores: np.ndarray) -> np.ndarray:
