@@ -52,6 +52,8 @@ def start_server(folder: Path, **settings: object) -> ServeProcess:
         "LIFELONG_REC_MAX_BATCH": str(MAX_BATCH),
         "LIFELONG_REC_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
         "LIFELONG_REC_MAX_K": str(MAX_K),
+        # Reasons are asserted on; a busy test machine must not turn them into a timeout.
+        "LIFELONG_REC_EXPLAIN_SECONDS": "30",
     }
     env |= {f"LIFELONG_REC_{name.upper()}": str(value) for name, value in settings.items()}
     server = ServeProcess(folder / "events.db", env, folder / "server.log")

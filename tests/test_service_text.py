@@ -21,7 +21,10 @@ def test_a_new_item_is_ranked_and_explained_through_its_text(tmp_path):
     data = synthetic_stream(n_users=100, n_items=80, n_events=3_000, seed=0)
     events = data.events
     rows = events.to_records()
-    settings = Settings(db=tmp_path / "events.db", model=MODEL, publish_seconds=0.05)
+    # explain_seconds: 200 explanations by integrated gradients take a while on a busy machine
+    settings = Settings(
+        db=tmp_path / "events.db", model=MODEL, publish_seconds=0.05, explain_seconds=60
+    )
     with TestClient(create_app(settings)) as client:
         catalogue = data.catalog
         for item, title, text, categories in zip(
