@@ -19,9 +19,10 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +33,7 @@ from lifelong_rec.policy import Decisions, Greedy, Policy, parse_policy, reward_
 from lifelong_rec.service.decisions import DecisionStore, Served, rewards_matrix
 from lifelong_rec.service.errors import Conflict, Invalid, NotFound, NotReady
 from lifelong_rec.service.experiments import Arm, Experiment, Experiments
+from lifelong_rec.service.ingest import Ingested, ingest
 from lifelong_rec.service.learner import Learner, Snapshot
 from lifelong_rec.service.metrics import Metrics
 from lifelong_rec.service.settings import Settings
@@ -42,14 +44,6 @@ log = logging.getLogger("lifelong_rec.service")
 
 #: the default policy's name among the policies saved with a snapshot
 DEFAULT_POLICY = "default"
-
-
-@dataclass(frozen=True)
-class Ingested:
-    accepted: int
-    rejections: list[dict[str, object]]
-    first_offset: int | None
-    duplicate: bool
 
 
 @dataclass(frozen=True, eq=False)
@@ -146,11 +140,9 @@ class Engine:
 
     # -------------------------------------------------------------- events
 
-    def ingest(self, rows: list[dict[str, object]], key: str | None) -> Ingested:
+    def ingest(self, rows: Sequence[Any], key: str | None) -> Ingested:
         """Check and clean each row as a file's, append the good ones durably, quarantine
         the others with their reason; a retried key does neither again (``service.ingest``)."""
-        from lifelong_rec.service.ingest import ingest  # here: ingest.py imports Ingested
-
         ingested = ingest(self.log, self.metrics, rows, key)
         if ingested.accepted and not ingested.duplicate:
             self.learner.wake()

@@ -40,7 +40,6 @@ from pydantic_core import ErrorDetails
 from lifelong_rec.data.cleaning import Cleaned, CleaningConfig, clean
 from lifelong_rec.data.report import REASONS, Rejected
 from lifelong_rec.events.ids import id_problem
-from lifelong_rec.service.engine import Ingested
 from lifelong_rec.service.errors import ClientError, Invalid
 from lifelong_rec.service.metrics import Metrics
 from lifelong_rec.service.schemas import EventIn, Id
@@ -51,6 +50,17 @@ HTTP_CLEANING = CleaningConfig(time_unit="s")
 _BATCH_KEYS = frozenset({"events", "key"})
 _SHOWN_LENGTH = 80
 _KEY = TypeAdapter(Id)
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """What an ingestion did: the rows accepted and rejected, where they went, whether the
+    batch's key had been seen before."""
+
+    accepted: int
+    rejections: list[dict[str, object]]
+    first_offset: int | None
+    duplicate: bool
 
 
 class TooManyEvents(ClientError):
