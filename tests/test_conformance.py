@@ -366,3 +366,24 @@ def test_policy_load_refuses_another_policy_class(policy_class, tmp_path):
     other = next(cls for _, cls in POLICIES if not issubclass(policy_class, cls))
     with pytest.raises(ValueError, match=f"holds a '{policy_class.name}' policy"):
         other.load(tmp_path / "policy")
+
+
+def test_policy_honours_an_allowed_mask(policy_class):
+    """Every policy decides for users whose allowed candidates differ in one call (serve's
+    pools): nothing outside the mask is shown or has a propensity, and a mask that allows
+    everything decides exactly as no mask."""
+    policy = _trained_policy(policy_class)
+    inputs = policy_inputs(200, 9, seed=50)
+    allowed = np.random.default_rng(51).random((200, 9)) < 0.5
+    allowed[:, :3] = True  # at least k=3 per user
+    decisions = policy.copy().decide(**inputs, allowed=allowed)
+    shown = np.char.lstrip(decisions.slates.astype(str), "i").astype(int)  # "i7" -> 7
+    assert np.take_along_axis(allowed, shown, axis=1).all()
+    assert (decisions.propensities > 0).all()
+    marginals = policy.copy().marginals(**inputs, allowed=allowed)
+    assert (marginals[~allowed] == 0).all()
+    np.testing.assert_allclose(marginals.sum(axis=1), 1.0, atol=1e-9)
+    everything = np.ones((200, 9), dtype=bool)
+    assert _same_decisions(
+        policy.copy().decide(**inputs, allowed=everything), policy.copy().decide(**inputs)
+    )

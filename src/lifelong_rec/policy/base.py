@@ -14,6 +14,11 @@ learned state (subclasses give their arrays through ``_get_state`` and ``_set_st
 The slate length ``k`` is the constructor's default; ``decide`` and ``marginals`` take a
 per-call ``k`` that travels in the :class:`Context`, so one policy object can serve requests
 of different lengths at once without any of them changing ``policy.k``.
+
+Likewise an optional ``allowed`` mask lets one call serve users whose candidates differ (each
+user's own pool, as :func:`~lifelong_rec.policy.serve` builds them): every user is decided for
+as if alone over their allowed candidates, and a candidate they may not be shown has
+propensity 0 everywhere. Without a mask, nothing changes, random draws included.
 """
 
 from __future__ import annotations
@@ -53,7 +58,8 @@ class Policy(ABC):
     uniform_share : float
         Share of decisions, drawn per decision, that show a uniform-random slate instead
         (flagged ``explored``): an unbiased slice for evaluation. Every propensity is the exact
-        mixture ``uniform_share / m + (1 - uniform_share) * p_policy``.
+        mixture ``uniform_share / m + (1 - uniform_share) * p_policy`` (``m``: the user's
+        allowed candidates).
     seed : int
         Seeds the policy's private generator: a policy is deterministic for a seed and a
         sequence of calls.
@@ -221,6 +227,7 @@ class Policy(ABC):
         model_version: str | None = None,
         *,
         k: int | None = None,
+        allowed: np.ndarray | None = None,
     ) -> Decisions:
         """One slate of ``k`` distinct candidates per user.
 
@@ -238,6 +245,10 @@ class Policy(ABC):
         k : int, optional
             The slate length of this call; None for the constructor's ``k``. ``self.k`` is
             left as it is, and the decisions' ``params["k"]`` is this call's.
+        allowed : array of bool, shape (n, m), optional
+            Which candidates each user may be shown (at least ``k`` each); None for all.
+            Each user's slate and propensities are then those of a call for that user alone
+            over their allowed candidates; the others get propensity 0.
 
         Returns
         -------
@@ -248,11 +259,12 @@ class Policy(ABC):
         ValueError
             Naming the argument, for ids that are not a sequence, repeated candidates, ``k``
             that is not a positive integer or is > m, a shape that does not fit, NaN or
-            infinite values.
+            infinite values, an ``allowed`` mask that is not boolean or allows a user fewer
+            than ``k`` candidates.
         """
         if model_version is not None and not isinstance(model_version, str):
             raise ValueError(f"model_version must be a str or None, got {model_version!r}")
-        context = self._context(users, candidates, scores, user_features, item_features, k)
+        context = self._context(users, candidates, scores, user_features, item_features, k, allowed)
         n, k = len(context), context.k
         slates = np.zeros((n, k), dtype=np.int64)
         propensities = np.zeros((n, k))
@@ -265,11 +277,18 @@ class Policy(ABC):
             chosen, marginals = self._decide(block)
             if self.uniform_share > 0:
                 flagged = self._rng.random(len(block)) < self.uniform_share
-                chosen[flagged] = self._uniform_slates(int(flagged.sum()), block.n_candidates, k)
+                chosen[flagged] = self._uniform_slates(
+                    int(flagged.sum()),
+                    block.n_candidates,
+                    k,
+                    None if block.allowed is None else block.allowed[flagged],
+                )
                 explored[rows] = flagged
+            if block.allowed is not None and not np.take_along_axis(block.allowed, chosen, 1).all():
+                raise RuntimeError(f"{type(self).__name__} showed a candidate outside allowed")
             # After the uniform slice: its slates are judged by the same rule. No random draw.
-            exploring[rows] = outside_top_k(self._exploit_scores(block), chosen, k)
-            marginals = self._mix(marginals)
+            exploring[rows] = outside_top_k(self._exploit_scores(block), chosen, k, block.allowed)
+            marginals = self._mix(marginals, block.allowed)
             slates[rows] = chosen
             propensities[rows] = marginals[np.arange(len(block))[:, None], chosen, positions]
             features.append(self._features(block, chosen))
@@ -294,24 +313,26 @@ class Policy(ABC):
         item_features: np.ndarray | None = None,
         *,
         k: int | None = None,
+        allowed: np.ndarray | None = None,
     ) -> np.ndarray:
         """The full marginal distribution of the policy's slates (its action distribution).
 
         Takes the arguments of :meth:`decide`. Entry ``[u, i, j]`` is the probability that
         the policy, uniform-random slice included, shows candidate ``i`` at position ``j + 1``
         to user ``u``: each position sums to one over the candidates, and each candidate to at
-        most one over the positions. Policies whose propensities are Monte-Carlo estimates
-        draw fresh samples here.
+        most one over the positions; a candidate outside ``allowed`` gets 0. Policies whose
+        propensities are Monte-Carlo estimates draw fresh samples here.
 
         Returns
         -------
         marginals : array of float64, shape (n, m, k)
             ``k`` of this call (the constructor's when None).
         """
-        context = self._context(users, candidates, scores, user_features, item_features, k)
+        context = self._context(users, candidates, scores, user_features, item_features, k, allowed)
         out = np.zeros((len(context), context.n_candidates, context.k))
         for rows in self._blocks(context):
-            out[rows] = self._mix(self._marginals(context.rows(rows)))
+            block = context.rows(rows)
+            out[rows] = self._mix(self._marginals(block), block.allowed)
         return out
 
     def _context(
@@ -322,9 +343,10 @@ class Policy(ABC):
         user_features: object,
         item_features: object,
         k: int | None = None,
+        allowed: object = None,
     ) -> Context:
         k = self.k if k is None else k
-        return Context.build(users, candidates, scores, user_features, item_features, k)
+        return Context.build(users, candidates, scores, user_features, item_features, k, allowed)
 
     def _blocks(self, context: Context) -> Iterator[slice]:
         """Blocks of users small enough for the policy's intermediates."""
@@ -336,15 +358,24 @@ class Policy(ABC):
         """float64 elements ``_decide`` holds per user (sets the block size)."""
         return context.n_candidates * context.k
 
-    def _mix(self, marginals: np.ndarray) -> np.ndarray:
+    def _mix(self, marginals: np.ndarray, allowed: np.ndarray | None = None) -> np.ndarray:
+        """The policy's marginals mixed with the uniform slice's, uniform over each user's
+        allowed candidates (all ``m`` when ``allowed`` is None)."""
         if self.uniform_share == 0:
             return marginals
-        uniform = self.uniform_share / marginals.shape[1]
-        return uniform + (1.0 - self.uniform_share) * marginals
+        if allowed is None:
+            uniform = self.uniform_share / marginals.shape[1]
+            return uniform + (1.0 - self.uniform_share) * marginals
+        share = self.uniform_share * uniform_probabilities(allowed)[:, :, None]
+        return share + (1.0 - self.uniform_share) * marginals
 
-    def _uniform_slates(self, n: int, m: int, k: int) -> np.ndarray:
-        """``n`` uniform-random slates of ``k`` distinct indexes into ``m`` candidates."""
-        return top_k(self._rng.random((n, m)), k)
+    def _uniform_slates(
+        self, n: int, m: int, k: int, allowed: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``n`` uniform-random slates of ``k`` distinct indexes into ``m`` candidates, among
+        each row's ``allowed`` ones (shape (n, m)) when given; the same draws either way."""
+        draws = self._rng.random((n, m))
+        return top_k(draws if allowed is None else np.where(allowed, draws, -np.inf), k)
 
     @abstractmethod
     def _decide(self, context: Context) -> tuple[np.ndarray, np.ndarray]:
@@ -443,7 +474,9 @@ def top_k(values: np.ndarray, k: int, stable: bool = False) -> np.ndarray:
     return np.take_along_axis(part, order, axis=-1)
 
 
-def outside_top_k(values: np.ndarray, chosen: np.ndarray, k: int) -> np.ndarray:
+def outside_top_k(
+    values: np.ndarray, chosen: np.ndarray, k: int, allowed: np.ndarray | None = None
+) -> np.ndarray:
     """Whether each chosen index is outside the ``k`` largest values of its row, ties to the
     lower index: not in ``top_k(values, k, stable=True)``, found by counting the candidates
     ranked ahead of it instead of sorting.
@@ -454,6 +487,8 @@ def outside_top_k(values: np.ndarray, chosen: np.ndarray, k: int) -> np.ndarray:
     chosen : array of int, shape (n, c)
         Indexes into the rows of ``values``.
     k : int
+    allowed : array of bool, shape (n, m), optional
+        Only these candidates count as ranked ahead (the top ``k`` among them).
 
     Returns
     -------
@@ -465,8 +500,52 @@ def outside_top_k(values: np.ndarray, chosen: np.ndarray, k: int) -> np.ndarray:
     own = np.take_along_axis(values, chosen, axis=1)[:, :, None]
     others = values[:, None, :]
     earlier = np.arange(values.shape[1]) < chosen[:, :, None]
+    if allowed is not None:
+        before = (others > own) | ((others == own) & earlier)
+        return (before & allowed[:, None, :]).sum(axis=2) >= k
     ahead = (others > own).sum(axis=2) + ((others == own) & earlier).sum(axis=2)
     return ahead >= k
+
+
+def allowed_columns(allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's allowed candidates first, in order, padded to the largest count with
+    disallowed ones: a policy can then work on (n, width) arrays instead of (n, m).
+
+    Parameters
+    ----------
+    allowed : array of bool, shape (n, m)
+
+    Returns
+    -------
+    columns : array of int64, shape (n, width)
+        Distinct indexes into the candidates per row.
+    valid : array of bool, shape (n, width)
+        Whether each column is allowed (the padding is not).
+
+    >>> columns, valid = allowed_columns(np.array([[False, True, True], [True, False, False]]))
+    >>> columns.tolist(), valid.tolist()
+    ([[1, 2], [0, 1]], [[True, True], [True, False]])
+    """
+    width = int(allowed.sum(axis=1).max()) if len(allowed) else 0
+    columns = np.argsort(~allowed, axis=1, kind="stable")[:, :width]
+    return columns, np.take_along_axis(allowed, columns, axis=1)
+
+
+def uniform_probabilities(allowed: np.ndarray) -> np.ndarray:
+    """One over each row's count of allowed candidates where allowed, 0 elsewhere.
+
+    Parameters
+    ----------
+    allowed : array of bool, shape (n, m)
+
+    Returns
+    -------
+    probabilities : array of float64, shape (n, m)
+
+    >>> (3 * uniform_probabilities(np.array([[True, False, True, True]]))).tolist()
+    [[1.0, 0.0, 1.0, 1.0]]
+    """
+    return allowed / allowed.sum(axis=1, keepdims=True)
 
 
 def one_hot_marginals(slates: np.ndarray, m: int) -> np.ndarray:
@@ -487,7 +566,12 @@ def one_hot_marginals(slates: np.ndarray, m: int) -> np.ndarray:
     return out
 
 
-def sampled_marginals(samples: np.ndarray, k: int, own: np.ndarray | None = None) -> np.ndarray:
+def sampled_marginals(
+    samples: np.ndarray,
+    k: int,
+    own: np.ndarray | None = None,
+    allowed: np.ndarray | None = None,
+) -> np.ndarray:
     """Monte-Carlo marginals: how often each candidate is at each position among the top-k of
     sampled scores.
 
@@ -499,22 +583,36 @@ def sampled_marginals(samples: np.ndarray, k: int, own: np.ndarray | None = None
     own : array of int, shape (n, k), optional
         The slate each row was actually shown by its own draw; counted as one more draw, so
         a shown item never gets propensity 0.
+    allowed : array of bool, shape (n, m), optional
+        Each row's top-k is taken among its allowed candidates only (at least ``k``). Shared
+        draws are then counted once per distinct mask, not once per row.
 
     Returns
     -------
-    marginals : array of float64, shape (n, m, k) (n = 1 for shared draws without ``own``)
+    marginals : array of float64, shape (n, m, k) (n = 1 for shared draws without ``own``
+    or ``allowed``)
     """
     shared = samples.ndim == 2
-    if shared:
+    inverse = None
+    if allowed is not None:
+        if shared:  # rows with the same mask have the same counts: one top-k per mask
+            allowed, inverse = np.unique(allowed, axis=0, return_inverse=True)
+            inverse = inverse.reshape(-1)
+            samples = samples[None]
+        samples = np.where(allowed[:, None, :], samples, -np.inf)
+    elif shared:
         samples = samples[None]
     rows, draws, m = samples.shape
     top = top_k(samples, k)  # (rows, draws, k)
     flat = (np.arange(rows)[:, None, None] * m + top) * k + np.arange(k)
     counts = np.bincount(flat.ravel(), minlength=rows * m * k).reshape(rows, m, k)
     counts = counts.astype(np.float64)
+    if inverse is not None:
+        counts = counts[inverse]
     if own is None:
         return counts / draws
-    counts = np.broadcast_to(counts, (len(own), m, k)).copy() if shared else counts
+    if shared and inverse is None:
+        counts = np.broadcast_to(counts, (len(own), m, k)).copy()
     counts[np.arange(len(own))[:, None], own, np.arange(k)] += 1.0
     return counts / (draws + 1)
 

@@ -31,6 +31,11 @@ class Context:
     k : int
         The slate length of this call (1 <= k <= m): policies read it here, never from
         ``self.k``, which is only the default.
+    allowed : array of bool, shape (n, m), or None
+        Which candidates each user may be shown, at least ``k`` per user; None when every
+        user may be shown every candidate (a mask that allows everything is stored as None,
+        so that it decides exactly as no mask does). A policy decides for each user as it
+        would over that user's allowed candidates alone.
     """
 
     users: np.ndarray
@@ -39,6 +44,7 @@ class Context:
     user_features: np.ndarray
     item_features: np.ndarray
     k: int
+    allowed: np.ndarray | None = None
 
     @classmethod
     def build(
@@ -49,6 +55,7 @@ class Context:
         user_features: object = None,
         item_features: object = None,
         k: int = 1,
+        allowed: object = None,
     ) -> Context:
         """Check and normalise raw inputs.
 
@@ -57,7 +64,8 @@ class Context:
         ValueError
             Naming the argument: ``k`` that is not a positive integer, ids that are not a
             sequence, repeated candidates, fewer candidates than ``k``, a shape that does not
-            fit, NaN or infinite values.
+            fit, NaN or infinite values, an ``allowed`` mask that is not boolean or leaves a
+            user fewer than ``k`` candidates.
         """
         check_positive_ints(k=k)
         users = _ids(users, "users")
@@ -83,7 +91,8 @@ class Context:
             if item_features is None
             else _finite(item_features, "item_features", (m, None), "(candidates, features)")
         )
-        return cls(users, candidates, scores, user_features, item_features, int(k))
+        mask = None if allowed is None else _allowed(allowed, (n, m), int(k))
+        return cls(users, candidates, scores, user_features, item_features, int(k), mask)
 
     def __len__(self) -> int:
         return len(self.users)
@@ -94,10 +103,45 @@ class Context:
 
     def rows(self, rows: slice) -> Context:
         """The same candidates for a block of the users."""
+        allowed = None if self.allowed is None else _or_none(self.allowed[rows])
         return Context(
             self.users[rows], self.candidates, self.scores[rows], self.user_features[rows],
-            self.item_features, self.k,
+            self.item_features, self.k, allowed,
         )  # fmt: skip
+
+    def allowed_counts(self) -> np.ndarray | int:
+        """How many candidates each user may be shown: shape (n, 1), or ``m`` for everyone
+        when there is no mask (so that ``1 / allowed_counts()`` broadcasts either way)."""
+        if self.allowed is None:
+            return self.n_candidates
+        return self.allowed.sum(axis=1, keepdims=True)
+
+    def masked(self, values: np.ndarray) -> np.ndarray:
+        """``values`` (shape (n, m)) with the candidates a user may not be shown at -inf, so
+        that a top-k or a softmax never picks them; ``values`` itself without a mask."""
+        if self.allowed is None:
+            return values
+        return np.where(self.allowed, values, -np.inf)
+
+
+def _allowed(values: object, shape: tuple[int, int], k: int) -> np.ndarray | None:
+    """The checked mask, or None when it allows every candidate to every user."""
+    array = np.asarray(values)
+    if array.dtype != np.bool_:
+        raise ValueError(f"allowed must be an array of bool, got dtype {array.dtype}")
+    if array.shape != shape:
+        raise ValueError(f"allowed: expected shape {shape} (users, candidates), got {array.shape}")
+    counts = array.sum(axis=1)
+    if len(counts) and counts.min() < k:
+        row = int(np.argmin(counts))
+        raise ValueError(
+            f"allowed leaves user {row} {int(counts[row])} candidates, fewer than k={k}"
+        )
+    return _or_none(array)
+
+
+def _or_none(allowed: np.ndarray) -> np.ndarray | None:
+    return None if allowed.all() else allowed
 
 
 def _ids(values: object, name: str) -> np.ndarray:

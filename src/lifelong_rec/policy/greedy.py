@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lifelong_rec.policy.base import Policy, one_hot_marginals, top_k
+from lifelong_rec.policy.base import Policy, one_hot_marginals, top_k, uniform_probabilities
 from lifelong_rec.policy.context import Context, check_probability
 
 
@@ -26,12 +26,13 @@ class Greedy(Policy):
     name = "greedy"
 
     def _decide(self, context: Context) -> tuple[np.ndarray, np.ndarray]:
-        slates = top_k(context.scores, context.k, stable=True)
+        slates = top_k(context.masked(context.scores), context.k, stable=True)
         return slates, one_hot_marginals(slates, context.n_candidates)
 
 
 class UniformRandom(Policy):
-    """A uniform-random slate of ``k`` distinct candidates: propensity ``1/m`` everywhere.
+    """A uniform-random slate of ``k`` distinct candidates: propensity ``1/m`` everywhere
+    (``m``: the user's allowed candidates; 0 for the others).
 
     The behaviour policy of a randomised log (OBD's "random" campaign logs).
     """
@@ -40,15 +41,20 @@ class UniformRandom(Policy):
 
     def _decide(self, context: Context) -> tuple[np.ndarray, np.ndarray]:
         n, m, k = len(context), context.n_candidates, context.k
-        return self._uniform_slates(n, m, k), np.full((n, m, k), 1.0 / m)
+        slates = self._uniform_slates(n, m, k, context.allowed)
+        if context.allowed is None:
+            return slates, np.full((n, m, k), 1.0 / m)
+        marginals = np.repeat(uniform_probabilities(context.allowed)[:, :, None], k, axis=2)
+        return slates, marginals
 
 
 class EpsilonGreedy(Policy):
     """Per decision, with probability ``epsilon`` a uniform-random slate, else the greedy one.
 
     The exact marginal propensity is ``(1 - epsilon) * [greedy shows the item there] +
-    epsilon / m``. Exploration slates from ``epsilon`` are part of the policy and are not
-    flagged ``explored`` (only ``uniform_share`` slates are).
+    epsilon / m`` (``m``: the user's allowed candidates; 0 for the others). Exploration
+    slates from ``epsilon`` are part of the policy and are not flagged ``explored`` (only
+    ``uniform_share`` slates are).
 
     Parameters
     ----------
@@ -68,11 +74,15 @@ class EpsilonGreedy(Policy):
 
     def _decide(self, context: Context) -> tuple[np.ndarray, np.ndarray]:
         n, m, k = len(context), context.n_candidates, context.k
-        greedy = top_k(context.scores, k, stable=True)
-        marginals = (1.0 - self.epsilon) * one_hot_marginals(greedy, m) + self.epsilon / m
+        allowed = context.allowed
+        greedy = top_k(context.masked(context.scores), k, stable=True)
+        uniform = 1.0 / m if allowed is None else uniform_probabilities(allowed)[:, :, None]
+        marginals = (1.0 - self.epsilon) * one_hot_marginals(greedy, m) + self.epsilon * uniform
         if self.epsilon == 0:  # no draw: epsilon=0 is Greedy, random stream included
             return greedy, marginals
         slates = greedy.copy()
         exploring = self._rng.random(n) < self.epsilon
-        slates[exploring] = self._uniform_slates(int(exploring.sum()), m, k)
+        slates[exploring] = self._uniform_slates(
+            int(exploring.sum()), m, k, None if allowed is None else allowed[exploring]
+        )
         return slates, marginals

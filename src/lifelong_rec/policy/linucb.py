@@ -97,7 +97,7 @@ class LinUCB(Policy):
         return context.n_candidates * (context.k + 4 * d)
 
     def _decide(self, context: Context) -> tuple[np.ndarray, np.ndarray]:
-        slates = top_k(self._upper_bounds(context), context.k, stable=True)
+        slates = top_k(context.masked(self._upper_bounds(context)), context.k, stable=True)
         return slates, one_hot_marginals(slates, context.n_candidates)
 
     def _exploit_scores(self, context: Context) -> np.ndarray:

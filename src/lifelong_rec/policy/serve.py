@@ -9,10 +9,11 @@ temperature or a LinUCB ``alpha`` tuned in simulation means the same thing in pr
    show them.
 2. **Scores.** Standardised per user over the pool (:func:`standardised_scores`): centred,
    scaled, an unscored item at the user's mean.
-3. **Order.** A pool is handed to the policy in the model's order (new items last), so a
-   shown item's rank in the model's own ranking is its position in the pool.
-4. **Deciding.** Users whose pools hold the same items in the same order decide together in
-   one call; ``k`` is passed per call, never stored on a shared policy.
+3. **Order.** The policy gets the union of the users' pools, each item where it first
+   appears (a single user's pool: in the model's order), new items last.
+4. **Deciding.** One policy call for the batch: each user may be shown only their own pool
+   (``allowed``), and gets the same distribution over it as if they decided alone; ``k`` is
+   passed per call, never stored on a shared policy.
 
 The model's own ranking (``Greedy`` without a uniform slice) skips the policy: its slate is the
 model's top ``k`` with propensity 1, which is what ``Greedy.decide`` would return up to ties.
@@ -39,7 +40,8 @@ class Slates:
     Attributes
     ----------
     decisions : tuple of Decisions
-        One per group of users that shared a pool, in the order of each group's first user.
+        One per slate length (a user whose pool is shorter than ``k`` gets a shorter slate),
+        the longest last.
     rows : tuple of array of int64
         The input rows (users) of each group, aligned with ``decisions``.
     scores : tuple of array of float64, shape (n_group, k)
@@ -164,46 +166,79 @@ def serve(
     listed = ranked.items != ""
     empty = ~listed.any(axis=1) & (len(new_items) == 0)
 
-    # Users whose pools hold the same items in the same order decide together.
-    groups: dict[tuple[str, ...], list[int]] = {}
-    for row in np.flatnonzero(~empty):
-        items = ranked.items[row][listed[row]]
-        groups.setdefault(tuple(items.tolist()), []).append(int(row))
-
+    # One policy call per slate length (users with fewer than k items get shorter slates):
+    # each user may be shown only their own pool (``allowed``), so users whose pools differ
+    # still decide together.
+    lengths = np.minimum(listed.sum(axis=1) + len(new_items), int(k))
     decisions, rows, raw, ranks = [], [], [], []
-    for key, members in groups.items():
-        members_array = np.asarray(members, dtype=np.int64)
-        listed_ids = np.array(key, dtype=ranked.items.dtype)
-        size = min(int(k), len(listed_ids) + len(new_items))
+    for size in np.unique(lengths[~empty]).tolist():
+        members = np.flatnonzero(~empty & (lengths == size))
         if fast:  # the model's ranking: its first k, by construction
-            decided = _model_ranking(policy, ids[members_array], listed_ids[:size], model_version)
-            raw.append(ranked.scores[members_array, :size].astype(np.float64))
+            decided = _model_ranking(policy, ids[members], ranked.items[members, :size],
+                                     model_version)  # fmt: skip
+            raw.append(ranked.scores[members, :size].astype(np.float64))
             ranks.append(np.broadcast_to(np.arange(1, size + 1), (len(members), size)).copy())
         else:
-            # In the model's order, then the items it does not know (no score, no rank).
-            pool_ids = np.concatenate([listed_ids, new_items]) if len(new_items) else listed_ids
-            score = np.full((len(members), len(pool_ids)), np.nan)
-            score[:, : len(listed_ids)] = ranked.scores[members_array, : len(listed_ids)]
+            pool_ids, score, rank = _union_pool(
+                ranked.items[members], ranked.scores[members], new_items
+            )
+            allowed = rank > 0
+            allowed[:, len(pool_ids) - len(new_items) :] = True  # what the model does not know
             features = None
             if item_features is not None and candidate_ids is not None:
                 features = np.asarray(item_features)[_positions(candidate_ids, pool_ids)]
             decided = policy.decide(
-                ids[members_array],
+                ids[members],
                 pool_ids,
                 standardised_scores(score),
-                None if user_features is None else np.asarray(user_features)[members_array],
+                None if user_features is None else np.asarray(user_features)[members],
                 features,
                 model_version=model_version,
                 k=size,
+                allowed=allowed,
             )
             position = _positions(pool_ids, decided.slates)
             raw.append(np.take_along_axis(score, position, axis=1))
-            ranks.append(np.where(position < len(listed_ids), position + 1, 0).astype(np.int64))
+            ranks.append(np.take_along_axis(rank, position, axis=1))
         decisions.append(decided)
-        rows.append(members_array)
+        rows.append(members)
     return Slates(
         tuple(decisions), tuple(rows), tuple(raw), tuple(ranks), ranked.fallback.copy(), empty
     )
+
+
+def _union_pool(
+    items: np.ndarray, scores: np.ndarray, new_items: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The users' pools as one candidate list: every listed item in order of first appearance
+    (a single user's: the model's order), then the items the model does not know.
+
+    Parameters
+    ----------
+    items, scores : arrays, shape (n, depth)
+        Each user's ranked list ("" and -inf for padding).
+    new_items : array of str, shape (j,)
+
+    Returns
+    -------
+    pool_ids : array of str, shape (m,)
+    score : array of float64, shape (n, m)
+        The model's score, NaN where the item is not in the user's list.
+    rank : array of int64, shape (n, m)
+        The item's rank in the user's list (1 = first), 0 where it is not in it.
+    """
+    listed = items != ""
+    flat = items[listed]  # row by row, each row in the model's order
+    distinct, first = np.unique(flat, return_index=True)
+    known = distinct[np.argsort(first, kind="stable")]
+    pool_ids = np.concatenate([known, new_items]) if len(new_items) else known
+    column = _positions(pool_ids, flat)
+    row = np.broadcast_to(np.arange(len(items))[:, None], items.shape)[listed]
+    score = np.full((len(items), len(pool_ids)), np.nan)
+    score[row, column] = scores[listed]
+    rank = np.zeros((len(items), len(pool_ids)), dtype=np.int64)
+    rank[row, column] = np.broadcast_to(np.arange(1, items.shape[1] + 1), items.shape)[listed]
+    return pool_ids, score, rank
 
 
 def _positions(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
@@ -244,15 +279,20 @@ def standardised_scores(scores: np.ndarray) -> np.ndarray:
 
 
 def _model_ranking(
-    policy: Policy, users: np.ndarray, slate: np.ndarray, version: str | None
+    policy: Policy, users: np.ndarray, slates: np.ndarray, version: str | None
 ) -> Decisions:
     """What ``Greedy.decide`` returns for candidates already in score order (the model's
-    ranking): the first ``k``, each with propensity 1, none exploring. Built directly: the
-    general ``decide`` costs about a fifth of a plain request."""
-    n, k = len(users), len(slate)
+    ranking): each user's first ``k``, each with propensity 1, none exploring. Built directly:
+    the general ``decide`` costs about a fifth of a plain request.
+
+    Parameters
+    ----------
+    slates : array of str, shape (n, k)
+    """
+    n, k = slates.shape
     return Decisions(
         users=users,
-        slates=np.broadcast_to(slate, (n, k)).copy(),
+        slates=slates,
         propensities=np.ones((n, k)),
         policy=policy.name,
         params=policy.get_params() | {"k": k},

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from lifelong_rec.checks import check_positive_ints
-from lifelong_rec.policy.base import Policy, top_k
+from lifelong_rec.policy.base import Policy, allowed_columns, top_k
 from lifelong_rec.policy.context import Context, check_positive
 
 #: positions whose marginals have a closed form here (position 3 costs O(m^2) per user)
@@ -73,19 +73,46 @@ class Softmax(Policy):
         return min(self.k if k is None else k, closed)
 
     def _row_elements(self, context: Context) -> int:
-        m, k = context.n_candidates, context.k
+        m, k = context.n_candidates, context.k  # with a mask, at most that (see _decide_allowed)
         exact = self.exact_positions(m, k)
         return m * (k + (3 * m if exact >= 3 else 0)) + (
             4 * m * self.propensity_draws if exact < k else 0
         )
 
     def _decide(self, context: Context) -> tuple[np.ndarray, np.ndarray]:
+        if context.allowed is not None:
+            return self._decide_allowed(context, marginals_only=False)
         logits = context.scores / self.temperature
         slates = top_k(logits + self._rng.gumbel(size=logits.shape), context.k)
         return slates, self._plackett_luce(logits, context.k, own=slates)
 
     def _marginals(self, context: Context) -> np.ndarray:
+        if context.allowed is not None:
+            return self._decide_allowed(context, marginals_only=True)[1]
         return self._plackett_luce(context.scores / self.temperature, context.k, own=None)
+
+    def _decide_allowed(
+        self, context: Context, marginals_only: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Decide on each user's allowed candidates alone, gathered into (n, width) arrays
+        (width: the most any user may be shown), so that the cost follows the users' own
+        candidate counts, not ``m``; the padding has logit -inf (never drawn, probability 0).
+        """
+        assert context.allowed is not None
+        n, m, k = len(context), context.n_candidates, context.k
+        columns, valid = allowed_columns(context.allowed)
+        scores = np.take_along_axis(context.scores, columns, axis=1)
+        logits = np.where(valid, scores / self.temperature, -np.inf)
+        slates = None
+        if not marginals_only:
+            slates = top_k(logits + self._rng.gumbel(size=logits.shape), k)
+        gathered = self._plackett_luce(logits, k, own=slates)
+        marginals = np.zeros((n, m, k))
+        marginals[np.arange(n)[:, None], columns] = gathered
+        chosen = (
+            np.zeros((n, k), np.int64) if slates is None else columns[np.arange(n)[:, None], slates]
+        )
+        return chosen, marginals
 
     def _plackett_luce(self, logits: np.ndarray, k: int, own: np.ndarray | None) -> np.ndarray:
         n, m = logits.shape
@@ -127,6 +154,8 @@ def plackett_luce_marginals(logits: np.ndarray, positions: int) -> np.ndarray:
     Parameters
     ----------
     logits : array of float, shape (n, m)
+        ``-inf`` for an item that may not be drawn (each row keeps at least ``positions``
+        finite logits).
     positions : int, 1 to 3, at most m
 
     Returns

@@ -92,15 +92,22 @@ class BernoulliThompson(Policy):
 
     def _decide(self, context: Context) -> tuple[np.ndarray, np.ndarray]:
         alpha, beta = self.posterior(context.candidates)
-        slates = top_k(self._rng.beta(alpha, beta, size=context.scores.shape), context.k)
+        own = context.masked(self._rng.beta(alpha, beta, size=context.scores.shape))
+        slates = top_k(own, context.k)
         shared = self._rng.beta(alpha, beta, size=(self.propensity_draws, len(alpha)))
-        return slates, sampled_marginals(shared, context.k, own=slates)
+        return slates, sampled_marginals(shared, context.k, own=slates, allowed=context.allowed)
 
     def _marginals(self, context: Context) -> np.ndarray:
         alpha, beta = self.posterior(context.candidates)
         shared = self._rng.beta(alpha, beta, size=(self.propensity_draws, len(alpha)))
-        marginals = sampled_marginals(shared, context.k)
+        marginals = sampled_marginals(shared, context.k, allowed=context.allowed)
         return np.broadcast_to(marginals, (len(context), *marginals.shape[1:])).copy()
+
+    def _row_elements(self, context: Context) -> int:
+        if context.allowed is None:  # the draws are shared by the batch
+            return super()._row_elements(context)
+        # Draws masked per distinct mask: up to one (draws, m) array per user.
+        return context.n_candidates * (context.k + 3 * self.propensity_draws)
 
     def _exploit_scores(self, context: Context) -> np.ndarray:
         """The posterior mean click rate ``alpha / (alpha + beta)``, the same for every user."""
@@ -203,11 +210,14 @@ class LinearThompson(Policy):
 
     def _decide(self, context: Context) -> tuple[np.ndarray, np.ndarray]:
         mean, spread = self._posterior(context)
-        slates = top_k(mean + spread * self._rng.standard_normal(mean.shape), context.k)
-        return slates, sampled_marginals(self._draws(mean, spread), context.k, own=slates)
+        own = context.masked(mean + spread * self._rng.standard_normal(mean.shape))
+        slates = top_k(own, context.k)
+        draws = self._draws(mean, spread)
+        return slates, sampled_marginals(draws, context.k, own=slates, allowed=context.allowed)
 
     def _marginals(self, context: Context) -> np.ndarray:
-        return sampled_marginals(self._draws(*self._posterior(context)), context.k)
+        draws = self._draws(*self._posterior(context))
+        return sampled_marginals(draws, context.k, allowed=context.allowed)
 
     def _exploit_scores(self, context: Context) -> np.ndarray:
         """The posterior mean ``x . A_a^-1 b_a``, without sampled noise."""

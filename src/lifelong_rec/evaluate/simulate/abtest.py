@@ -134,7 +134,7 @@ class OraclePolicy(Policy, register=False):
             self.simulator.user_indexes(context.users),
             self.simulator.item_indexes(context.candidates),
         )
-        slates = top_k(attraction, context.k, stable=True)
+        slates = top_k(context.masked(attraction), context.k, stable=True)
         return slates, one_hot_marginals(slates, context.n_candidates)
 
 
