@@ -38,6 +38,7 @@ $(DEMO_DB): | $(VENV)/.installed
 serve: $(VENV)/.installed | $(DEMO_DB)
 	$(BIN)/lifelong-rec serve --db $(DEMO_DB)
 
+# PostgreSQL tests run with LIFELONG_REC_TEST_POSTGRES=postgresql://... set (.ci/run sets it).
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy

@@ -28,6 +28,26 @@ def datasets() -> Path:
 # PostgreSQL: the server CI runs on 127.0.0.1:5432; tests use a schema of their own each.
 POSTGRES_ENV = "LIFELONG_REC_TEST_POSTGRES"
 REQUIRE_POSTGRES_ENV = "LIFELONG_REC_REQUIRE_POSTGRES"
+# (The service lets both be: settings.OTHER_VARIABLES.)
+POSTGRES_URL = os.environ.get(POSTGRES_ENV, "")
+REQUIRE_POSTGRES = os.environ.get(REQUIRE_POSTGRES_ENV, "") == "1"
+NO_POSTGRES = (
+    f"set {POSTGRES_ENV}=postgresql://postgres@127.0.0.1:5432/test to run the PostgreSQL tests"
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "postgres: needs the PostgreSQL test server")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without a server URL, skip the PostgreSQL tests by a marker: pytest -ra then folds them
+    into one line per file (a skip raised in a fixture is reported once per test)."""
+    if POSTGRES_URL or REQUIRE_POSTGRES:
+        return
+    for item in items:
+        if "postgres" in item.keywords or "postgres_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.skip(reason=NO_POSTGRES))
 
 
 @pytest.fixture(scope="session")
@@ -37,13 +57,10 @@ def postgres_url() -> str:
     Without it (or with the server unreachable) the PostgreSQL tests skip, all with one reason;
     with LIFELONG_REC_REQUIRE_POSTGRES=1 (as in CI) they fail instead.
     """
-    url = os.environ.get(POSTGRES_ENV, "")
+    url = POSTGRES_URL
     problem = None
     if not url:
-        problem = (
-            f"set {POSTGRES_ENV}=postgresql://postgres@127.0.0.1:5432/test to run the "
-            "PostgreSQL tests"
-        )
+        problem = NO_POSTGRES
     else:
         try:
             import psycopg
@@ -55,7 +72,7 @@ def postgres_url() -> str:
         except psycopg.Error as error:
             problem = f"the PostgreSQL server at {url} is unreachable: {error}"
     if problem is not None:
-        if os.environ.get(REQUIRE_POSTGRES_ENV) == "1":
+        if REQUIRE_POSTGRES:
             pytest.fail(f"{REQUIRE_POSTGRES_ENV}=1, but {problem}", pytrace=False)
         pytest.skip(problem)
     return url

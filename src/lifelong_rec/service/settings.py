@@ -159,9 +159,16 @@ class Settings(BaseSettings):
         )
 
 
+#: The project's variables that are not the service's settings: where the real data sets are,
+#: and the test suite's PostgreSQL server. A service must start with them set.
+OTHER_VARIABLES = frozenset(
+    ENV_PREFIX + name for name in ("DATASETS", "TEST_POSTGRES", "REQUIRE_POSTGRES")
+)
+
+
 def reject_unknown_variables(environ: Mapping[str, str], fields: Mapping[str, object]) -> None:
     """Raise a ValueError naming the first ``LIFELONG_REC_*`` variable of ``environ`` that is
-    no field of ``fields``, and the nearest one that is.
+    no field of ``fields`` (nor one of :data:`OTHER_VARIABLES`), and the nearest one that is.
 
     Examples
     --------
@@ -169,11 +176,16 @@ def reject_unknown_variables(environ: Mapping[str, str], fields: Mapping[str, ob
     Traceback (most recent call last):
     ...
     ValueError: LIFELONG_REC_TOKN is not a setting; did you mean LIFELONG_REC_TOKEN?
+    >>> reject_unknown_variables({"LIFELONG_REC_DATASETS": "/data"}, {"token": None})
     """
     known = sorted(name.upper() for name in fields)
     for variable in sorted(environ):
         name = variable.upper()  # pydantic-settings reads the variables case-insensitively
-        if not name.startswith(ENV_PREFIX) or name.removeprefix(ENV_PREFIX) in known:
+        if (
+            not name.startswith(ENV_PREFIX)
+            or name.removeprefix(ENV_PREFIX) in known
+            or name in OTHER_VARIABLES
+        ):
             continue
         nearest = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), known, n=1)
         hint = (
