@@ -353,9 +353,12 @@ def test_reads_without_the_token_are_logged_within_a_budget(
 ) -> None:
     # Issue #13: anonymous reads grew the log without limit (1.6 M impressions in 20 s).
     # Defaults: 10 logged reads a second per client address, bursts of 100.
+    started = time.monotonic()
     ids = [anonymous.get(f"/users/u{n % 200:05d}/recommendations").json()["decision_id"]
-           for n in range(130)]  # fmt: skip
-    assert 100 <= sum(i is not None for i in ids) < 130
+           for n in range(300)]  # fmt: skip
+    refilled = 10 * (time.monotonic() - started)  # what the bucket regained meanwhile
+    logged = sum(i is not None for i in ids)
+    assert 100 <= logged <= 100 + refilled + 1 and logged < 300, (logged, refilled)
     assert all(recommend(client, "u00003")["decision_id"] for _ in range(20))  # the token's
 
 
