@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lifelong_rec.policy import Decisions, Policy, parse_policy
-from lifelong_rec.policy.base import outside_top_k
+from lifelong_rec.policy.slates import outside_top_k
 
 #: every registered policy, and the variants that take another path (Monte-Carlo positions,
 #: the hybrid ridge, the uniform slice); draws large enough for the stated tolerances

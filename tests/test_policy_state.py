@@ -22,8 +22,8 @@ from lifelong_rec.policy import (
     Policy,
     Softmax,
 )
-from lifelong_rec.policy.base import one_hot_marginals, top_k
 from lifelong_rec.policy.persistence import FORMAT_VERSION
+from lifelong_rec.policy.slates import one_hot_marginals, top_k
 
 
 def _train(policy: Policy, batches: int = 3, seed: int = 0) -> Policy:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from lifelong_rec.policy.base import Policy, one_hot_marginals, top_k, uniform_probabilities
+from lifelong_rec.policy.base import Policy
 from lifelong_rec.policy.context import Context, check_probability
+from lifelong_rec.policy.slates import one_hot_marginals, top_k, uniform_probabilities
 
 
 class Greedy(Policy):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lifelong_rec.policy.base import Policy, one_hot_marginals, top_k
+from lifelong_rec.policy.base import Policy
 from lifelong_rec.policy.context import Context, check_positive
 from lifelong_rec.policy.decisions import Decisions
 from lifelong_rec.policy.ridge import (
@@ -15,6 +15,7 @@ from lifelong_rec.policy.ridge import (
     observed,
     shown_features,
 )
+from lifelong_rec.policy.slates import one_hot_marginals, top_k
 
 VARIANTS = ("disjoint", "hybrid")
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 from lifelong_rec.checks import check_positive_ints
-from lifelong_rec.policy.base import Policy, allowed_columns, top_k
+from lifelong_rec.policy.base import Policy
 from lifelong_rec.policy.context import Context, check_positive
+from lifelong_rec.policy.slates import allowed_columns, top_k
 
 #: positions whose marginals have a closed form here (position 3 costs O(m^2) per user)
 EXACT_POSITIONS = 3

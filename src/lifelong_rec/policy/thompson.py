@@ -9,7 +9,7 @@ import numpy as np
 
 from lifelong_rec.checks import check_positive_ints
 from lifelong_rec.events import IdIndex, as_ids
-from lifelong_rec.policy.base import Policy, sampled_marginals, top_k
+from lifelong_rec.policy.base import Policy
 from lifelong_rec.policy.context import Context, check_positive
 from lifelong_rec.policy.decisions import Decisions
 from lifelong_rec.policy.ridge import (
@@ -20,6 +20,7 @@ from lifelong_rec.policy.ridge import (
     observed,
     shown_features,
 )
+from lifelong_rec.policy.slates import sampled_marginals, top_k
 
 
 class BernoulliThompson(Policy):

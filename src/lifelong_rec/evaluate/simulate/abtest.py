@@ -41,10 +41,10 @@ from lifelong_rec.events import EventBatch, as_ids
 from lifelong_rec.lifelong import Strategy, parse_strategy
 from lifelong_rec.models import MatrixFactorization, Recommender
 from lifelong_rec.policy import Context, Policy, UniformRandom, parse_policy
-from lifelong_rec.policy.base import one_hot_marginals, top_k
 from lifelong_rec.policy.decisions import Decisions
 from lifelong_rec.policy.serve import serve
 from lifelong_rec.policy.serve import standardised_scores as standardised_scores  # re-exported
+from lifelong_rec.policy.slates import one_hot_marginals, top_k
 
 #: simulated seconds per round (the models' clocks: popularity decay, recency)
 ROUND_SECONDS = 3_600.0
