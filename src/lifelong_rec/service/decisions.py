@@ -2,10 +2,12 @@
 
 Every recommendation the service returns is a decision (the model's own ranking counts as the
 "greedy" policy, propensity 1). A decision is kept in memory for feedback and written, with
-its impressions, by a background writer that commits many at once: one SQLite commit (and one
-fsync) per ~20 ms instead of one per request. Impressions go to the event log as events of
-weight 0 (kind ``impression``, with policy, model version, propensity and position), so any
-policy can be evaluated off-policy from the log later.
+its impressions, by a background writer that commits many at once: one commit (and one
+fsync) per ~20 ms instead of one per request. :class:`DecisionStore` keeps them in the SQLite
+event log's file, :class:`PostgresDecisionStore` in a PostgreSQL schema that many replicas
+share. Impressions go to the event log as events of weight 0 (kind ``impression``, with
+policy, model version, propensity and position), so any policy can be evaluated off-policy
+from the log later.
 """
 
 from __future__ import annotations
@@ -18,12 +20,16 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lifelong_rec.events import EventBatch
 from lifelong_rec.policy import Decisions
-from lifelong_rec.store import EventLog
+from lifelong_rec.store import EventLog, open_log
+
+if TYPE_CHECKING:
+    from lifelong_rec.store.postgres import PostgresEventLog
 
 log = logging.getLogger("lifelong_rec.service")
 
@@ -49,23 +55,14 @@ class Served:
     rewards: list[float] | None = None  # set once, by the feedback
 
 
-class DecisionStore:
-    """Decisions by id: recent ones in memory, all of them in the ``decisions`` table.
+class _Decisions:
+    """What both backends share: decisions in memory, and the writer that commits them in
+    groups. A subclass opens its table and ``_log``, then calls ``__init__``; its hooks run
+    with ``_write_lock`` held."""
 
-    Parameters
-    ----------
-    db : path
-        The event log's file; the table lives next to the events.
-    memory : int
-        Decisions kept in memory for fast feedback (older ones are read back from SQLite).
-        Each is two objects the garbage collector tracks, and a full collection walks them
-        all: 200,000 decisions paused serving for ~130 ms, 20,000 for ~10 ms.
-    """
+    _log: EventLog | PostgresEventLog
 
-    def __init__(self, db: str | Path, memory: int = 20_000) -> None:
-        self._db = sqlite3.connect(db, timeout=30.0, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+    def __init__(self, memory: int) -> None:
         # Two locks, so that serving never waits for a write: ``_lock`` guards the in-memory
         # state (_recent, _pending) for a few microseconds at a time; ``_write_lock`` guards
         # the connection and keeps writes in order, and is held through the commits.
@@ -76,12 +73,11 @@ class DecisionStore:
         self._pending: list[Served] = []  # served, not written yet
         self._arrived = threading.Event()
         self._closing = False
-        self._log = EventLog(db)
         self._writer = threading.Thread(target=self._write_loop, name="decisions", daemon=True)
         self._writer.start()
 
     def add(self, served: Served) -> None:
-        """Remember a decision; it reaches SQLite and the log within about 20 ms."""
+        """Remember a decision; it reaches the table and the log within about 20 ms."""
         with self._lock:
             self._recent[served.id] = served
             if len(self._recent) > self._memory:
@@ -90,32 +86,29 @@ class DecisionStore:
         self._arrived.set()
 
     def get(self, decision_id: str) -> Served | None:
+        """The decision ``decision_id``: from memory, else from the table (where another
+        process's decisions are too, once its writer has committed them)."""
         with self._lock:
             served = self._recent.get(decision_id)
         if served is not None:
             return served
         with self._write_lock:
-            row = self._db.execute(
-                "SELECT id, user, experiment, arm, policy, model_version, slate, propensities, "
-                "exploring, features, created_at, rewards FROM decisions WHERE id = ?",
-                (decision_id,),
-            ).fetchone()
+            row = self._select(decision_id)
         return None if row is None else _from_row(row)
 
     def settle(self, served: Served, rewards: list[float]) -> bool:
-        """Record a decision's feedback once; False if it had feedback already."""
+        """Record a decision's feedback once; False if it had feedback already.
+
+        Once across processes too: the table decides (an update of a row without feedback).
+        """
         with self._write_lock:
             if served.rewards is not None:
                 return False
             self._flush_locked()
-            changed = self._db.execute(
-                "UPDATE decisions SET feedback_at = ?, rewards = ? "
-                "WHERE id = ? AND feedback_at IS NULL",
-                (time.time(), json.dumps(rewards), served.id),
-            ).rowcount
+            changed = self._record_feedback(served.id, json.dumps(rewards))
             if changed:
                 served.rewards = rewards
-            return bool(changed)
+            return changed
 
     def flush(self) -> None:
         """Write every pending decision now."""
@@ -126,9 +119,7 @@ class DecisionStore:
         """Per arm: decisions, impressions (shown items with feedback), positives, reward."""
         with self._write_lock:
             self._flush_locked()
-            rows = self._db.execute(
-                "SELECT arm, rewards FROM decisions WHERE experiment = ?", (experiment,)
-            ).fetchall()
+            rows = self._arm_rewards(experiment)
         out: dict[str, dict[str, float]] = {}
         for arm, rewards in rows:
             entry = out.setdefault(
@@ -148,7 +139,7 @@ class DecisionStore:
         self._writer.join(timeout=10)
         with self._write_lock:
             self._flush_locked()
-            self._db.close()
+            self._close_table()
         self._log.close()
 
     # -------------------------------------------------------------- writing
@@ -171,7 +162,55 @@ class DecisionStore:
         """One transaction for the decisions, one append for their impressions."""
         if not batch:
             return
-        rows = [_to_row(served) for served in batch]
+        try:
+            self._insert([_to_row(served) for served in batch])
+            self._log.append(impressions(batch), source="decisions")
+        except Exception:
+            log.exception("could not write %d decisions", len(batch))
+
+    # -------------------------------------------------------------- the backend's hooks
+
+    def _insert(self, rows: list[tuple]) -> None:
+        """Insert decisions (rows of :func:`_to_row`) in one transaction, skipping known ids."""
+        raise NotImplementedError
+
+    def _select(self, decision_id: str) -> tuple | None:
+        """The row of ``decision_id`` in :func:`_from_row`'s order, or None."""
+        raise NotImplementedError
+
+    def _record_feedback(self, decision_id: str, rewards: str) -> bool:
+        """Set the feedback of a decision that has none; False if it had some (or is unknown)."""
+        raise NotImplementedError
+
+    def _arm_rewards(self, experiment: str) -> list[tuple[str, str | None]]:
+        """(arm, rewards as JSON or None) of each decision of ``experiment``."""
+        raise NotImplementedError
+
+    def _close_table(self) -> None:
+        raise NotImplementedError
+
+
+class DecisionStore(_Decisions):
+    """Decisions by id: recent ones in memory, all of them in the ``decisions`` table.
+
+    Parameters
+    ----------
+    db : path
+        The event log's file; the table lives next to the events.
+    memory : int
+        Decisions kept in memory for fast feedback (older ones are read back from SQLite).
+        Each is two objects the garbage collector tracks, and a full collection walks them
+        all: 200,000 decisions paused serving for ~130 ms, 20,000 for ~10 ms.
+    """
+
+    def __init__(self, db: str | Path, memory: int = 20_000) -> None:
+        self._db = sqlite3.connect(db, timeout=30.0, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+        self._log = EventLog(db)
+        super().__init__(memory)
+
+    def _insert(self, rows: list[tuple]) -> None:
         try:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany(
@@ -181,11 +220,116 @@ class DecisionStore:
                 rows,
             )
             self._db.execute("COMMIT")
-            self._log.append(impressions(batch), source="decisions")
         except Exception:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
-            log.exception("could not write %d decisions", len(batch))
+            raise
+
+    def _select(self, decision_id: str) -> tuple | None:
+        row: tuple | None = self._db.execute(
+            "SELECT id, user, experiment, arm, policy, model_version, slate, propensities, "
+            "exploring, features, created_at, rewards FROM decisions WHERE id = ?",
+            (decision_id,),
+        ).fetchone()
+        return row
+
+    def _record_feedback(self, decision_id: str, rewards: str) -> bool:
+        changed = self._db.execute(
+            "UPDATE decisions SET feedback_at = ?, rewards = ? "
+            "WHERE id = ? AND feedback_at IS NULL",
+            (time.time(), rewards, decision_id),
+        ).rowcount
+        return bool(changed)
+
+    def _arm_rewards(self, experiment: str) -> list[tuple[str, str | None]]:
+        return self._db.execute(
+            "SELECT arm, rewards FROM decisions WHERE experiment = ?", (experiment,)
+        ).fetchall()
+
+    def _close_table(self) -> None:
+        self._db.close()
+
+
+class PostgresDecisionStore(_Decisions):
+    """:class:`DecisionStore` on PostgreSQL, shared by every replica of the service.
+
+    The ``decisions`` table lives in the event log's schema (created by a migration of
+    :mod:`lifelong_rec.service.stores`); impressions go to the :class:`PostgresEventLog` of
+    that schema. Feedback is accepted once across replicas: the update that records it only
+    changes a row without feedback, and PostgreSQL's row lock makes a second, concurrent
+    update wait for the first and then find the feedback there.
+
+    Parameters
+    ----------
+    url : str
+        A libpq connection URL, ``postgresql://user@host:port/dbname``.
+    schema : str
+        The event log's schema, created if missing.
+    memory : int
+        Decisions kept in memory for fast feedback (others are read back from the table).
+    pool_size : int
+        The most connections the table uses (the log has a pool of its own).
+    timeout : float
+        Seconds to wait for a connection.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        schema: str = "public",
+        memory: int = 20_000,
+        *,
+        pool_size: int = 4,
+        timeout: float = 30.0,
+    ) -> None:
+        from lifelong_rec.service.stores import open_pool  # imports psycopg
+
+        self.url = url
+        self.schema = schema
+        self._log = open_log(url, schema=schema)  # first: it creates the schema
+        try:
+            self._pool = open_pool(url, schema, pool_size=pool_size, timeout=timeout)
+        except BaseException:
+            self._log.close()
+            raise
+        super().__init__(memory)
+
+    def _insert(self, rows: list[tuple]) -> None:
+        with self._pool.connection() as connection, connection.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO decisions(id, user_id, experiment, arm, policy, model_version, "
+                "slate, propensities, exploring, features, created_at) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (id) DO NOTHING",
+                rows,
+            )
+
+    def _select(self, decision_id: str) -> tuple | None:
+        with self._pool.connection() as connection:
+            return connection.execute(
+                "SELECT id, user_id, experiment, arm, policy, model_version, slate, "
+                "propensities, exploring, features, created_at, rewards FROM decisions "
+                "WHERE id = %s",
+                (decision_id,),
+            ).fetchone()
+
+    def _record_feedback(self, decision_id: str, rewards: str) -> bool:
+        with self._pool.connection() as connection:
+            changed = connection.execute(
+                "UPDATE decisions SET feedback_at = %s, rewards = %s "
+                "WHERE id = %s AND feedback_at IS NULL",
+                (time.time(), rewards, decision_id),
+            ).rowcount
+        return changed == 1
+
+    def _arm_rewards(self, experiment: str) -> list[tuple[str, str | None]]:
+        with self._pool.connection() as connection:
+            return connection.execute(
+                "SELECT arm, rewards FROM decisions WHERE experiment = %s", (experiment,)
+            ).fetchall()
+
+    def _close_table(self) -> None:
+        self._pool.close()
 
 
 def _to_row(served: Served) -> tuple:

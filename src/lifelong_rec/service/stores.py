@@ -1,0 +1,169 @@
+"""The service's own tables (decisions, experiments) on SQLite or PostgreSQL.
+
+:func:`open_decisions` and :func:`open_experiments` pick the backend the way
+:func:`lifelong_rec.store.open_log` does: a ``postgresql://`` URL gives the PostgreSQL class, a
+path the SQLite one, and psycopg is imported only for a URL.
+
+Migrations
+----------
+On PostgreSQL the service's tables live in the event log's schema but are versioned apart, in
+``service_schema_version`` with their own :data:`SERVICE_MIGRATIONS`: the log's version then
+says only what a log reader needs, so a lifelong-rec that reads logs is not refused a schema
+(:class:`~lifelong_rec.store.postgres.SchemaVersionError`) because the service added a table.
+Both sets of migrations take the same advisory lock of the schema, so a log and a service
+store opened at once on a new schema never race to create it.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lifelong_rec.service.decisions import DecisionStore, PostgresDecisionStore
+from lifelong_rec.service.experiments import Experiments, PostgresExperiments
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg_pool import ConnectionPool
+
+__all__ = ["SERVICE_MIGRATIONS", "SERVICE_SCHEMA_VERSION", "open_decisions", "open_experiments"]
+
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+# (version, description, DDL), applied in order; never edit one that has shipped, add a new one.
+SERVICE_MIGRATIONS: tuple[tuple[int, str, str], ...] = (
+    (
+        1,
+        "the service's decisions and experiments",
+        """
+CREATE TABLE decisions(
+    id text PRIMARY KEY, user_id text NOT NULL, experiment text, arm text, policy text NOT NULL,
+    model_version text NOT NULL, slate text NOT NULL, propensities text NOT NULL,
+    exploring text NOT NULL, features text, created_at float8 NOT NULL,
+    feedback_at float8, rewards text);
+CREATE INDEX decisions_experiment ON decisions(experiment, arm);
+CREATE TABLE experiments(
+    name text PRIMARY KEY, arms text NOT NULL, created_at float8 NOT NULL, stopped_at float8);
+-- One running experiment across every process: at most one row has no stopped_at.
+CREATE UNIQUE INDEX experiments_one_running ON experiments((true)) WHERE stopped_at IS NULL;
+""",
+    ),
+)
+SERVICE_SCHEMA_VERSION = SERVICE_MIGRATIONS[-1][0]
+
+
+def open_decisions(
+    target: str | Path, *, schema: str = "public", memory: int = 20_000
+) -> DecisionStore | PostgresDecisionStore:
+    """The decision store at ``target``: a PostgreSQL URL or the event log's SQLite file.
+
+    Parameters
+    ----------
+    target : str or path
+        ``postgresql://user@host:port/dbname`` (or ``postgres://``) opens a
+        :class:`PostgresDecisionStore` in ``schema``; anything else an SQLite
+        :class:`DecisionStore`.
+    schema : str
+        The PostgreSQL schema (the event log's); must stay "public" for SQLite.
+    memory : int
+        Decisions kept in memory for fast feedback.
+    """
+    if _is_url(target, schema):
+        return PostgresDecisionStore(str(target), schema, memory=memory)
+    return DecisionStore(target, memory=memory)
+
+
+def open_experiments(
+    target: str | Path, *, schema: str = "public"
+) -> Experiments | PostgresExperiments:
+    """The experiments table at ``target``: a PostgreSQL URL or the event log's SQLite file
+    (parameters as in :func:`open_decisions`)."""
+    if _is_url(target, schema):
+        return PostgresExperiments(str(target), schema)
+    return Experiments(target)
+
+
+def _is_url(target: str | Path, schema: str) -> bool:
+    if isinstance(target, str) and target.startswith(_POSTGRES_SCHEMES):
+        return True
+    if schema != "public":
+        raise ValueError(f"schema: {schema!r} is for PostgreSQL; {target} is an SQLite file")
+    return False
+
+
+# ---------------------------------------------------------------------- PostgreSQL plumbing
+
+
+def open_pool(url: str, schema: str, *, pool_size: int, timeout: float) -> ConnectionPool:
+    """An open pool whose connections use ``schema``, with the service's tables migrated.
+
+    Imports psycopg (and the PostgreSQL log module) on first use: SQLite users never need it.
+    """
+    from psycopg import sql
+    from psycopg_pool import ConnectionPool
+
+    from lifelong_rec.store.postgres import _SCHEMA_NAME
+
+    if not _SCHEMA_NAME.fullmatch(schema):
+        raise ValueError(f"schema: {schema!r} must be lower-case letters, digits and underscores")
+    if pool_size < 1:
+        raise ValueError(f"pool_size must be >= 1, got {pool_size}")
+
+    def configure(connection: psycopg.Connection) -> None:
+        connection.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        connection.commit()
+
+    pool = ConnectionPool(
+        url,
+        min_size=1,
+        max_size=pool_size,
+        timeout=timeout,
+        configure=configure,
+        name=f"lifelong-rec-service:{schema}",
+        open=False,
+    )
+    try:
+        pool.open(wait=True, timeout=timeout)
+        with pool.connection() as connection:
+            _migrate(connection, schema)
+    except BaseException:
+        pool.close()
+        raise
+    return pool
+
+
+def _migrate(connection: psycopg.Connection, schema: str) -> tuple[int, ...]:
+    """Apply the missing :data:`SERVICE_MIGRATIONS` in one transaction; returns those applied."""
+    from psycopg import sql
+
+    from lifelong_rec.store.postgres import _MIGRATE_LOCK, SchemaVersionError
+
+    # The log's migration lock of this schema (module docstring).
+    schema_key = zlib.crc32(schema.encode()) - 2**31
+    connection.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_MIGRATE_LOCK, schema_key))
+    connection.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    connection.execute(
+        "CREATE TABLE IF NOT EXISTS service_schema_version(version integer PRIMARY KEY, "
+        "description text NOT NULL, applied_at float8 NOT NULL)"
+    )
+    row = connection.execute("SELECT MAX(version) FROM service_schema_version").fetchone()
+    current = 0 if row is None or row[0] is None else int(row[0])
+    if current > SERVICE_SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"schema {schema}: the service's tables are at version {current}, newer than "
+            f"version {SERVICE_SCHEMA_VERSION}, the newest this lifelong-rec knows; upgrade "
+            "lifelong-rec to use them"
+        )
+    applied = []
+    for version, description, ddl in SERVICE_MIGRATIONS:
+        if version > current:
+            connection.execute(ddl.encode())  # bytes: several statements, no params
+            connection.execute(
+                "INSERT INTO service_schema_version(version, description, applied_at) "
+                "VALUES (%s, %s, %s)",
+                (version, description, time.time()),
+            )
+            applied.append(version)
+    return tuple(applied)
