@@ -47,7 +47,7 @@ from lifelong_rec.events import Catalog, EventBatch
 from lifelong_rec.lifelong import parse_strategy
 from lifelong_rec.models import model_names, parse_model, split_specs, with_catalog
 from lifelong_rec.policy import parse_policy, policy_names, reward_spec
-from lifelong_rec.store import EventLog
+from lifelong_rec.store import EventLog, is_postgres
 
 if TYPE_CHECKING:  # the service's modules load FastAPI: only `serve` imports them
     from lifelong_rec.service.settings import Settings
@@ -315,7 +315,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve over HTTP with a background learner. Other settings (token, "
         "cadences, limits) come from LIFELONG_REC_* variables; see lifelong_rec.service.Settings.",
     )
-    serve.add_argument("--db", type=Path, default=Path("events.db"), help="the event log")
+    serve.add_argument(
+        "--db",
+        default="events.db",
+        help="the event log: an SQLite file, or postgresql://user@host:5432/dbname",
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--model", default=None, help="model spec (default: mf)")
@@ -610,7 +614,8 @@ def _serve(args: argparse.Namespace) -> int:
                "policy": args.policy, "snapshots": args.snapshots}  # fmt: skip
     settings = _service_settings({k: v for k, v in options.items() if v is not None})
     _parsed("--host", settings.check_exposure, args.host)
-    _parent_folder(settings.db, "--db")
+    if not is_postgres(settings.db):
+        _parent_folder(Path(settings.db), "--db")
     # the specs fail here in one line, not in the server's startup with a traceback
     _, factory = _parsed("--model", parse_model, settings.model)
     _parsed("--strategy", parse_strategy, settings.strategy, factory)

@@ -30,15 +30,16 @@ from lifelong_rec.events import Catalog, EventBatch, EventWeights, kind_codes
 from lifelong_rec.explain import explain_decisions
 from lifelong_rec.models import Explanation, Recommender, Wording, parse_model, with_catalog
 from lifelong_rec.policy import Decisions, Greedy, Policy, parse_policy, reward_spec, serve
-from lifelong_rec.service.decisions import DecisionStore, Served, rewards_matrix
+from lifelong_rec.service.decisions import Served, rewards_matrix
 from lifelong_rec.service.errors import Conflict, Invalid, NotFound, NotReady
-from lifelong_rec.service.experiments import Arm, Experiment, Experiments
+from lifelong_rec.service.experiments import Arm, Experiment
 from lifelong_rec.service.ingest import Ingested, ingest
 from lifelong_rec.service.learner import Learner, Snapshot
 from lifelong_rec.service.metrics import Metrics
 from lifelong_rec.service.settings import Settings
 from lifelong_rec.service.snapshots import DamagedSnapshot, SnapshotStore
-from lifelong_rec.store import EventLog
+from lifelong_rec.service.stores import open_decisions, open_experiments
+from lifelong_rec.store import open_log
 
 log = logging.getLogger("lifelong_rec.service")
 
@@ -90,7 +91,7 @@ class Engine:
         self.settings = settings
         self.metrics = Metrics()
         self.rewards = reward_spec(settings.rewards)
-        self.log = EventLog(settings.db)
+        self.log = open_log(settings.db, schema=settings.db_schema)
         self.default_policy = self._make_policy(settings.policy)
         # Guards every policy's learned state and generator: decisions and feedback change
         # them on the event loop; the learner thread copies them to save with a snapshot.
@@ -100,8 +101,8 @@ class Engine:
         self.learner = self._new_learner(
             settings.model, self.snapshot_folder, self._published, self._policy_copies
         )
-        self.decisions = DecisionStore(settings.db)
-        self.experiments = Experiments(settings.db)
+        self.decisions = open_decisions(settings.db, schema=settings.db_schema)
+        self.experiments = open_experiments(settings.db, schema=settings.db_schema)
         self.live: Live | None = None
         # Held while an experiment starts or stops: its learners start and stop one at a time.
         self._switch = threading.Lock()
@@ -532,7 +533,8 @@ class Engine:
         _, factory = parse_model(spec)
         settings = self.settings
         return Learner(
-            db=str(settings.db),
+            db=settings.db,
+            schema=settings.db_schema,
             store=SnapshotStore(folder),
             # The catalogue as it is when a model is made (a text model reads it).
             factory=lambda: with_catalog(factory, self.log.catalog())(),

@@ -30,7 +30,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -44,6 +44,9 @@ from lifelong_rec.service.errors import ClientError, Invalid
 from lifelong_rec.service.metrics import Metrics
 from lifelong_rec.service.schemas import EventIn, Id
 from lifelong_rec.store import EventLog
+
+if TYPE_CHECKING:  # psycopg is imported only for a PostgreSQL db
+    from lifelong_rec.store import PostgresEventLog
 
 SOURCE = "http"
 HTTP_CLEANING = CleaningConfig(time_unit="s")
@@ -141,7 +144,7 @@ def _json_type(value: object) -> str:
 
 
 def ingest(
-    log: EventLog,
+    log: EventLog | PostgresEventLog,
     metrics: Metrics,
     rows: Sequence[Any],
     key: str | None,
@@ -152,7 +155,7 @@ def ingest(
 
     Parameters
     ----------
-    log : EventLog
+    log : EventLog or PostgresEventLog
     metrics : Metrics
         ``events_ingested`` and ``events_rejected`` count each row once: not again for a
         retried key.

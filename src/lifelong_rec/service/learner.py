@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -46,7 +47,7 @@ from lifelong_rec.service.snapshots import (
     SnapshotInfo,
     SnapshotStore,
 )
-from lifelong_rec.store import EventLog
+from lifelong_rec.store import open_log
 
 log = logging.getLogger("lifelong_rec.service")
 CONSUMER = "learner"
@@ -105,8 +106,9 @@ class Learner:
 
     Parameters
     ----------
-    db : path
-        The event log; the learner opens its own connection.
+    db : path or str
+        The event log (an SQLite file or a PostgreSQL URL); the learner opens its own
+        connection.
     store : SnapshotStore
     factory : callable
         Makes a fresh model (with the catalogue when the model reads text).
@@ -130,6 +132,8 @@ class Learner:
         Scored events after which an event's weight in the recent quality halves.
     seed : int
         Seeds the sampling of scored events.
+    schema : str
+        The PostgreSQL schema of the log ("public"; SQLite has none).
 
     Attributes
     ----------
@@ -147,7 +151,7 @@ class Learner:
 
     def __init__(
         self,
-        db: str,
+        db: str | Path,
         store: SnapshotStore,
         factory: Callable[[], Recommender],
         strategy: str,
@@ -161,6 +165,7 @@ class Learner:
         quality_sample: int = 500,
         quality_half_life: int = 1_000,
         seed: int = 0,
+        schema: str = "public",
     ) -> None:
         check_positive_ints(
             learn_batch=learn_batch,
@@ -171,7 +176,7 @@ class Learner:
         )
         if not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-        self.log = EventLog(db)
+        self.log = open_log(db, schema=schema)
         self.store = store
         self.factory = factory
         self.strategy = parse_strategy(strategy, factory, seed=seed)

@@ -12,6 +12,8 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lifelong_rec.store import is_postgres
+
 ENV_PREFIX = "LIFELONG_REC_"
 
 
@@ -22,10 +24,14 @@ class Settings(BaseSettings):
 
     Attributes
     ----------
-    db : path
-        The SQLite event log (created if missing). Decisions and experiments live there too.
+    db : str
+        Where everything durable lives: the path of an SQLite file (created if missing), or a
+        PostgreSQL URL ``postgresql://user@host:5432/dbname`` (the ``postgres`` extra).
+    db_schema : str
+        The PostgreSQL schema of the service's tables ("public"); SQLite has none.
     snapshots : path or None
-        Folder of model snapshots; ``<db>.snapshots`` next to the log when None.
+        Folder of model snapshots; ``<db>.snapshots`` next to an SQLite log when None (a
+        PostgreSQL db needs one named).
     model : str
         The model spec (``parse_model``): "mf", "itemknn", "transformer(epochs=5)", ...
     strategy : str
@@ -90,7 +96,8 @@ class Settings(BaseSettings):
         hide_input_in_errors=True,  # an error message must not print the token
     )
 
-    db: Path = Path("events.db")
+    db: str = "events.db"
+    db_schema: str = Field(default="public", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     snapshots: Path | None = None
     model: str = "mf"
     strategy: str = "naive@block"
@@ -125,6 +132,11 @@ class Settings(BaseSettings):
         reject_unknown_variables(os.environ, cls.model_fields)
         return values
 
+    @field_validator("db", mode="before")
+    @classmethod
+    def _db_text(cls, db: object) -> object:
+        return os.fspath(db) if isinstance(db, os.PathLike) else db
+
     @field_validator("token")
     @classmethod
     def _token_is_a_word(cls, token: str | None) -> str | None:
@@ -137,8 +149,16 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _snapshot_folder(self) -> Settings:
+        if not is_postgres(self.db) and self.db_schema != "public":
+            raise ValueError("db_schema: a schema is for a PostgreSQL db, not an SQLite file")
         if self.snapshots is None:
-            object.__setattr__(self, "snapshots", self.db.with_name(self.db.name + ".snapshots"))
+            if is_postgres(self.db):  # (snapshots in the database come with issue #14)
+                raise ValueError(
+                    "snapshots: a PostgreSQL db needs a snapshot folder (--snapshots or "
+                    f"{ENV_PREFIX}SNAPSHOTS)"
+                )
+            folder = Path(self.db)
+            object.__setattr__(self, "snapshots", folder.with_name(folder.name + ".snapshots"))
         return self
 
     def check_exposure(self, host: str) -> None:

@@ -11,9 +11,14 @@ from lifelong_rec.store.eventlog import FORMAT_VERSION, Appended, EventLog
 if TYPE_CHECKING:
     from lifelong_rec.store.postgres import PostgresEventLog
 
-__all__ = ["FORMAT_VERSION", "Appended", "EventLog", "PostgresEventLog", "open_log"]
+__all__ = ["FORMAT_VERSION", "Appended", "EventLog", "PostgresEventLog", "is_postgres", "open_log"]
 
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgres(target: str | Path) -> bool:
+    """Whether ``target`` names a PostgreSQL database (a URL) rather than an SQLite file."""
+    return isinstance(target, str) and target.startswith(_POSTGRES_SCHEMES)
 
 
 def open_log(target: str | Path, *, schema: str = "public") -> EventLog | PostgresEventLog:
@@ -40,8 +45,8 @@ def open_log(target: str | Path, *, schema: str = "public") -> EventLog | Postgr
     ...         type(log).__name__
     'EventLog'
     """
-    if isinstance(target, str) and target.startswith(_POSTGRES_SCHEMES):
-        return _postgres_class()(target, schema)
+    if is_postgres(target):
+        return _postgres_class()(str(target), schema)
     if schema != "public":
         raise ValueError(f"schema: {schema!r} is for PostgreSQL; {target} is an SQLite file")
     return EventLog(target)
