@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_conformance import policy_inputs
 
 from lifelong_rec.policy import Decisions, Policy, parse_policy
 from lifelong_rec.policy.slates import outside_top_k
@@ -38,17 +39,6 @@ MONTE_CARLO_TOLERANCE = 0.06
 K = 3
 
 
-def _inputs(n: int, m: int, seed: int) -> dict:
-    rng = np.random.default_rng(seed)
-    return {
-        "users": [f"u{i}" for i in range(n)],
-        "candidates": [f"i{j}" for j in range(m)],
-        "scores": rng.normal(size=(n, m)),
-        "user_features": rng.normal(size=(n, 2)),
-        "item_features": rng.normal(size=(m, 3)),
-    }
-
-
 def _mask(n: int, m: int, seed: int, k: int = K) -> np.ndarray:
     """A random mask that allows each user at least ``k`` candidates and, when ``m > k``,
     not all of them."""
@@ -65,7 +55,7 @@ def _trained(spec: str, m: int = 8) -> Policy:
     """The policy after three rounds of rewards on all ``m`` candidates (learned state)."""
     policy = parse_policy(spec, k=K, seed=5)
     for batch in range(3):
-        inputs = _inputs(20, m, seed=100 + batch)
+        inputs = policy_inputs(20, m, seed=100 + batch)
         decisions = policy.decide(**inputs)
         rewards = np.random.default_rng(batch).integers(0, 2, decisions.slates.shape)
         policy.update(decisions, rewards.astype(np.float64))
@@ -98,7 +88,7 @@ def trained(name: str) -> Policy:
 
 
 def _bad(allowed: object, k: int = K) -> tuple[dict, object, int]:
-    return _inputs(2, 4, seed=0), allowed, k
+    return policy_inputs(2, 4, seed=0), allowed, k
 
 
 BAD_MASKS = [
@@ -114,13 +104,13 @@ BAD_MASKS = [
 def test_a_bad_mask_raises_naming_allowed(allowed, message, method):
     policy = parse_policy("softmax", k=K)
     with pytest.raises(ValueError, match=message):
-        getattr(policy, method)(**_inputs(2, 4, seed=0), allowed=allowed)
+        getattr(policy, method)(**policy_inputs(2, 4, seed=0), allowed=allowed)
 
 
 def test_a_mask_that_allows_everything_decides_exactly_as_none(name):
     """Same slates, propensities and random stream: no existing result changes."""
     with_mask, without = _trained(SPECS[name]), _trained(SPECS[name])
-    inputs = _inputs(30, 7, seed=1)
+    inputs = policy_inputs(30, 7, seed=1)
     everything = np.ones((30, 7), dtype=bool)
     for _ in range(2):
         a, b = with_mask.decide(**inputs, allowed=everything), without.decide(**inputs)
@@ -138,7 +128,7 @@ def test_a_mask_that_allows_everything_decides_exactly_as_none(name):
 
 def test_a_disallowed_candidate_is_never_shown_in_2000_decisions(trained):
     n, m = 2000, 8
-    inputs, allowed = _inputs(n, m, seed=2), _mask(n, m, seed=3)
+    inputs, allowed = policy_inputs(n, m, seed=2), _mask(n, m, seed=3)
     decisions = trained.copy().decide(**inputs, allowed=allowed)
     shown = _indexes(decisions, inputs)
     assert np.take_along_axis(allowed, shown, axis=1).all()
@@ -153,7 +143,7 @@ def _indexes(decisions: Decisions, inputs: dict) -> np.ndarray:
 
 def test_marginals_are_zero_outside_the_mask_and_each_position_sums_to_one(name, trained):
     n, m = 40, 8
-    inputs, allowed = _inputs(n, m, seed=4), _mask(n, m, seed=5)
+    inputs, allowed = policy_inputs(n, m, seed=4), _mask(n, m, seed=5)
     marginals = trained.copy().marginals(**inputs, allowed=allowed)
     assert (marginals[~allowed] == 0).all()
     np.testing.assert_allclose(marginals.sum(axis=1), 1.0, atol=1e-9)
@@ -170,7 +160,7 @@ def test_deterministic_policies_decide_each_user_as_alone(spec):
     """Identical slates, propensities and exploring flags to the single-user calls."""
     n, m = 25, 9
     policy = _trained(spec, m=m)
-    inputs, allowed = _inputs(n, m, seed=6), _mask(n, m, seed=7)
+    inputs, allowed = policy_inputs(n, m, seed=6), _mask(n, m, seed=7)
     batch = policy.copy().decide(**inputs, allowed=allowed)
     for row in range(n):
         alone = policy.copy().decide(**_alone(inputs, allowed, row))
@@ -183,7 +173,7 @@ def test_deterministic_policies_decide_each_user_as_alone(spec):
 
 def test_marginals_of_each_user_are_those_of_the_user_alone(name, trained):
     n, m = 12, 8
-    inputs, allowed = _inputs(n, m, seed=8), _mask(n, m, seed=9)
+    inputs, allowed = policy_inputs(n, m, seed=8), _mask(n, m, seed=9)
     batch = trained.copy().marginals(**inputs, allowed=allowed)
     atol = MONTE_CARLO_TOLERANCE if name in MONTE_CARLO else 1e-12
     for row in range(n):
@@ -195,7 +185,7 @@ def test_propensities_of_shown_items_are_those_of_the_user_alone(name, trained):
     """The decision's own propensities, not only ``marginals``: for the shown items, the
     single-user call's marginals (exact policies: equal; Monte-Carlo: within tolerance)."""
     n, m = 12, 8
-    inputs, allowed = _inputs(n, m, seed=10), _mask(n, m, seed=11)
+    inputs, allowed = policy_inputs(n, m, seed=10), _mask(n, m, seed=11)
     decisions = trained.copy().decide(**inputs, allowed=allowed)
     shown = _indexes(decisions, inputs)
     atol = MONTE_CARLO_TOLERANCE if name in MONTE_CARLO else 1e-12
@@ -210,7 +200,7 @@ def test_slates_are_drawn_from_the_user_alone_distribution(name, trained):
     """2,000 decisions for one user, batched with a mask, show each item at each position as
     often as the user's single-call marginals say (binomial, 2,000 draws: sd <= 0.011)."""
     n, m = 2000, 8
-    inputs = _inputs(1, m, seed=12)
+    inputs = policy_inputs(1, m, seed=12)
     allowed = np.repeat(_mask(1, m, seed=13), n, axis=0)
     batch = {
         "users": [f"u{i}" for i in range(n)],
@@ -238,7 +228,7 @@ def test_slates_are_drawn_from_the_user_alone_distribution(name, trained):
     spec=st.sampled_from(["epsilon(epsilon=0.4, uniform_share=0.1)", "softmax(temperature=0.3)"]),
 )
 def test_exact_marginals_sum_to_one_over_the_allowed_candidates(seed, m, k, spec):
-    inputs, allowed = _inputs(4, m, seed), _mask(4, m, seed, k=k)
+    inputs, allowed = policy_inputs(4, m, seed), _mask(4, m, seed, k=k)
     marginals = parse_policy(spec, k=k).marginals(**inputs, allowed=allowed)
     assert (marginals[~allowed] == 0).all()
     np.testing.assert_allclose(marginals.sum(axis=1), 1.0, atol=1e-9)

@@ -35,6 +35,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -405,20 +406,7 @@ class EventLog:
     def catalog(self) -> Catalog:
         """Every item that has catalog metadata."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT id, title, text, categories, attributes FROM items "
-                "WHERE title IS NOT NULL ORDER BY idx"
-            ).fetchall()
-        return Catalog.from_records(
-            {
-                "item": item,
-                "title": title,
-                "text": text,
-                "categories": json.loads(categories),
-                "attributes": json.loads(attributes),
-            }
-            for item, title, text, categories, attributes in rows
-        )
+            return catalog_from_rows(self._db.execute(CATALOG_QUERY).fetchall())
 
     # ------------------------------------------------------------------ quarantine
 
@@ -445,18 +433,9 @@ class EventLog:
 
     def rejected(self, reason: str | None = None, limit: int | None = None) -> Rejected:
         """Quarantined rows, oldest first, optionally of one reason only."""
-        query = "SELECT source, line, reason, field, detail, raw FROM quarantine"
-        params: tuple[object, ...] = ()
-        if reason is not None:
-            query, params = query + " WHERE reason = ?", (reason,)
-        query += " ORDER BY id"
-        if limit is not None:
-            query, params = query + " LIMIT ?", (*params, int(limit))
+        query, params = quarantine_query(reason, limit, "?")
         with self._lock:
-            rows = self._db.execute(query, params).fetchall()
-        if not rows:
-            return Rejected.empty()
-        return Rejected(*(np.array(column) for column in zip(*rows, strict=True)))
+            return rejected_from_rows(self._db.execute(query, params).fetchall())
 
     def rejected_counts(self) -> dict[str, int]:
         with self._lock:
@@ -511,6 +490,49 @@ class _Transaction:
                 self.log._reset_caches()
         finally:
             self.log._lock.release()
+
+
+# Reading back what both backends store alike (PostgresEventLog uses these too).
+
+CATALOG_QUERY = (
+    "SELECT id, title, text, categories, attributes FROM items WHERE title IS NOT NULL ORDER BY idx"
+)
+
+
+def catalog_from_rows(rows: Sequence[Sequence[Any]]) -> Catalog:
+    """The catalogue from the rows of :data:`CATALOG_QUERY`."""
+    return Catalog.from_records(
+        {
+            "item": item,
+            "title": title,
+            "text": text,
+            "categories": json.loads(categories),
+            "attributes": json.loads(attributes),
+        }
+        for item, title, text, categories, attributes in rows
+    )
+
+
+def quarantine_query(
+    reason: str | None, limit: int | None, placeholder: str
+) -> tuple[str, tuple[object, ...]]:
+    """The query of quarantined rows (oldest first, of one ``reason`` if given, at most
+    ``limit``) and its parameters, with the driver's ``placeholder`` ("?" or "%s")."""
+    query = "SELECT source, line, reason, field, detail, raw FROM quarantine"
+    params: tuple[object, ...] = ()
+    if reason is not None:
+        query, params = f"{query} WHERE reason = {placeholder}", (reason,)
+    query += " ORDER BY id"
+    if limit is not None:
+        query, params = f"{query} LIMIT {placeholder}", (*params, int(limit))
+    return query, params
+
+
+def rejected_from_rows(rows: Sequence[Sequence[Any]]) -> Rejected:
+    """Quarantined rows as :class:`Rejected` (the columns of :func:`quarantine_query`)."""
+    if not rows:
+        return Rejected.empty()
+    return Rejected(*(np.array(column) for column in zip(*rows, strict=True)))
 
 
 def _nullable(values: np.ndarray) -> list[float | None]:

@@ -59,10 +59,14 @@ from psycopg_pool import ConnectionPool
 from lifelong_rec.data.report import Rejected
 from lifelong_rec.events import KIND_NAMES, Catalog, EventBatch, IdIndex
 from lifelong_rec.store.eventlog import (
+    CATALOG_QUERY,
     Appended,
     _context_columns,
     _context_json,
     _nullable,
+    catalog_from_rows,
+    quarantine_query,
+    rejected_from_rows,
 )
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresEventLog", "SchemaVersionError"]
@@ -502,20 +506,7 @@ class PostgresEventLog:
     def catalog(self) -> Catalog:
         """Every item that has catalog metadata."""
         with self._pool.connection() as connection:
-            rows = connection.execute(
-                "SELECT id, title, text, categories, attributes FROM items "
-                "WHERE title IS NOT NULL ORDER BY idx"
-            ).fetchall()
-        return Catalog.from_records(
-            {
-                "item": item,
-                "title": title,
-                "text": text,
-                "categories": json.loads(categories),
-                "attributes": json.loads(attributes),
-            }
-            for item, title, text, categories, attributes in rows
-        )
+            return catalog_from_rows(connection.execute(CATALOG_QUERY).fetchall())
 
     # ------------------------------------------------------------------ quarantine
 
@@ -543,18 +534,9 @@ class PostgresEventLog:
 
     def rejected(self, reason: str | None = None, limit: int | None = None) -> Rejected:
         """Quarantined rows, oldest first, optionally of one reason only."""
-        query = "SELECT source, line, reason, field, detail, raw FROM quarantine"
-        params: tuple[object, ...] = ()
-        if reason is not None:
-            query, params = query + " WHERE reason = %s", (reason,)
-        query += " ORDER BY id"
-        if limit is not None:
-            query, params = query + " LIMIT %s", (*params, int(limit))
+        query, params = quarantine_query(reason, limit, "%s")
         with self._pool.connection() as connection:
-            rows = connection.execute(query.encode(), params).fetchall()
-        if not rows:
-            return Rejected.empty()
-        return Rejected(*(np.array(column) for column in zip(*rows, strict=True)))
+            return rejected_from_rows(connection.execute(query.encode(), params).fetchall())
 
     def rejected_counts(self) -> dict[str, int]:
         with self._pool.connection() as connection:
