@@ -16,8 +16,6 @@ store opened at once on a new schema never race to create it.
 
 from __future__ import annotations
 
-import time
-import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -136,34 +134,9 @@ def open_pool(url: str, schema: str, *, pool_size: int, timeout: float) -> Conne
 
 def _migrate(connection: psycopg.Connection, schema: str) -> tuple[int, ...]:
     """Apply the missing :data:`SERVICE_MIGRATIONS` in one transaction; returns those applied."""
-    from psycopg import sql
+    from lifelong_rec.store.postgres import apply_migrations
 
-    from lifelong_rec.store.postgres import _MIGRATE_LOCK, SchemaVersionError
-
-    # The log's migration lock of this schema (module docstring).
-    schema_key = zlib.crc32(schema.encode()) - 2**31
-    connection.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_MIGRATE_LOCK, schema_key))
-    connection.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-    connection.execute(
-        "CREATE TABLE IF NOT EXISTS service_schema_version(version integer PRIMARY KEY, "
-        "description text NOT NULL, applied_at float8 NOT NULL)"
-    )
-    row = connection.execute("SELECT MAX(version) FROM service_schema_version").fetchone()
-    current = 0 if row is None or row[0] is None else int(row[0])
-    if current > SERVICE_SCHEMA_VERSION:
-        raise SchemaVersionError(
-            f"schema {schema}: the service's tables are at version {current}, newer than "
-            f"version {SERVICE_SCHEMA_VERSION}, the newest this lifelong-rec knows; upgrade "
-            "lifelong-rec to use them"
-        )
-    applied = []
-    for version, description, ddl in SERVICE_MIGRATIONS:
-        if version > current:
-            connection.execute(ddl.encode())  # bytes: several statements, no params
-            connection.execute(
-                "INSERT INTO service_schema_version(version, description, applied_at) "
-                "VALUES (%s, %s, %s)",
-                (version, description, time.time()),
-            )
-            applied.append(version)
-    return tuple(applied)
+    return apply_migrations(
+        connection, schema, "service_schema_version", SERVICE_MIGRATIONS,
+        f"schema {schema}: the service's tables are",
+    )  # fmt: skip

@@ -305,21 +305,7 @@ class EventLog:
             users, items = self._users, self._items
         if not rows:
             return EventBatch.empty()
-        user, item, ts, kind, value, weight, policy, version, propensity, context = zip(
-            *rows, strict=True
-        )
-        return EventBatch(
-            user=users.ids(np.array(user, dtype=np.int64)),
-            item=items.ids(np.array(item, dtype=np.int64)),
-            timestamp=np.array(ts, dtype=np.float64),
-            kind=np.array(kind, dtype=np.uint8),
-            value=np.array(value, dtype=np.float64),  # NULL -> NaN
-            weight=np.array(weight, dtype=np.float32),
-            policy=np.array(policy, dtype=str),
-            model_version=np.array(version, dtype=str),
-            propensity=np.array(propensity, dtype=np.float64),
-            context=_context_columns(context),
-        )
+        return events_from_rows(rows, users, items)
 
     def iter_batches(self, start: int = 0, size: int = 10_000) -> Iterator[tuple[int, EventBatch]]:
         """Read from ``start`` to the current end in chunks: yields (first offset, batch)."""
@@ -510,6 +496,26 @@ def catalog_from_rows(rows: Sequence[Sequence[Any]]) -> Catalog:
             "attributes": json.loads(attributes),
         }
         for item, title, text, categories, attributes in rows
+    )
+
+
+def events_from_rows(rows: Sequence[Sequence[Any]], users: IdIndex, items: IdIndex) -> EventBatch:
+    """A batch from rows of (user index, item index, timestamp, kind, value, weight, policy,
+    model version, propensity, context JSON), ids looked up in ``users`` and ``items``."""
+    user, item, ts, kind, value, weight, policy, version, propensity, context = zip(
+        *rows, strict=True
+    )
+    return EventBatch(
+        user=users.ids(np.array(user, dtype=np.int64)),
+        item=items.ids(np.array(item, dtype=np.int64)),
+        timestamp=np.array(ts, dtype=np.float64),
+        kind=np.array(kind, dtype=np.uint8),
+        value=np.array(value, dtype=np.float64),  # NULL -> NaN
+        weight=np.array(weight, dtype=np.float32),
+        policy=np.array(policy, dtype=str),
+        model_version=np.array(version, dtype=str),
+        propensity=np.array(propensity, dtype=np.float64),
+        context=_context_columns(context),
     )
 
 

@@ -61,10 +61,10 @@ from lifelong_rec.events import KIND_NAMES, Catalog, EventBatch, IdIndex
 from lifelong_rec.store.eventlog import (
     CATALOG_QUERY,
     Appended,
-    _context_columns,
     _context_json,
     _nullable,
     catalog_from_rows,
+    events_from_rows,
     quarantine_query,
     rejected_from_rows,
 )
@@ -129,6 +129,63 @@ FROM unnest(%(user)s::bigint[], %(item)s::bigint[], %(ts)s::float8[], %(kind)s::
 
 class SchemaVersionError(RuntimeError):
     """The database schema was written by a newer lifelong-rec than this one."""
+
+
+def apply_migrations(
+    connection: psycopg.Connection,
+    schema: str,
+    version_table: str,
+    migrations: tuple[tuple[int, str, str], ...],
+    what: str,
+) -> tuple[int, ...]:
+    """Apply the ``migrations`` (version, description, DDL) newer than what ``version_table``
+    records, in the connection's transaction, under the schema's migration lock (so processes
+    opening at once migrate once); creates the schema if it is missing.
+
+    Parameters
+    ----------
+    what : str
+        The subject of the refusal, with its verb: "<where>: the database schema is".
+
+    Returns
+    -------
+    applied : tuple of int
+        The versions this call applied.
+
+    Raises
+    ------
+    SchemaVersionError
+        If ``version_table`` records a version newer than the newest of ``migrations``.
+    """
+    schema_key = zlib.crc32(schema.encode()) - 2**31  # an int4 for the lock functions
+    connection.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_MIGRATE_LOCK, schema_key))
+    connection.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    connection.execute(
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {}(version integer PRIMARY KEY, "
+            "description text NOT NULL, applied_at float8 NOT NULL)"
+        ).format(sql.Identifier(version_table))
+    )
+    row = connection.execute(
+        sql.SQL("SELECT MAX(version) FROM {}").format(sql.Identifier(version_table))
+    ).fetchone()
+    current = 0 if row is None or row[0] is None else int(row[0])
+    newest = max(version for version, _, _ in migrations)
+    if current > newest:
+        raise SchemaVersionError(
+            f"{what} at version {current}, newer than version {newest}, the newest this "
+            "lifelong-rec knows; upgrade lifelong-rec to use it"
+        )
+    applied = []
+    insert = sql.SQL("INSERT INTO {}(version, description, applied_at) VALUES (%s, %s, %s)")
+    for version, description, ddl in migrations:
+        if version > current:
+            connection.execute(ddl.encode())  # bytes: several statements, no params
+            connection.execute(
+                insert.format(sql.Identifier(version_table)), (version, description, time.time())
+            )
+            applied.append(version)
+    return tuple(applied)
 
 
 class PostgresEventLog:
@@ -202,38 +259,16 @@ class PostgresEventLog:
     def _migrate(self) -> tuple[int, ...]:
         """Apply the missing migrations; returns the versions applied by this call."""
         with self._pool.connection() as connection:
-            connection.execute("SELECT pg_advisory_xact_lock(%s, %s)", self._migrate_lock)
-            connection.execute(
-                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
-            )
-            connection.execute(
-                "CREATE TABLE IF NOT EXISTS schema_version(version integer PRIMARY KEY, "
-                "description text NOT NULL, applied_at float8 NOT NULL)"
-            )
-            row = connection.execute("SELECT MAX(version) FROM schema_version").fetchone()
-            current = 0 if row is None or row[0] is None else int(row[0])
-            if current > SCHEMA_VERSION:
-                raise SchemaVersionError(
-                    f"{self._where()}: the database schema is at version {current}, newer than "
-                    f"version {SCHEMA_VERSION}, the newest this lifelong-rec knows; upgrade "
-                    "lifelong-rec to use it"
-                )
-            applied = []
-            for version, description, ddl in MIGRATIONS:
-                if version > current:
-                    connection.execute(ddl.encode())  # bytes: several statements, no params
-                    connection.execute(
-                        "INSERT INTO schema_version(version, description, applied_at) "
-                        "VALUES (%s, %s, %s)",
-                        (version, description, time.time()),
-                    )
-                    applied.append(version)
+            applied = apply_migrations(
+                connection, self.schema, "schema_version", MIGRATIONS,
+                f"{self._where()}: the database schema is",
+            )  # fmt: skip
             with connection.cursor() as cursor:
                 cursor.executemany(
                     "INSERT INTO kinds(code, name) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                     list(enumerate(KIND_NAMES)),
                 )
-        return tuple(applied)
+        return applied
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -391,24 +426,8 @@ class PostgresEventLog:
             # Read after the events (a later snapshot), so the indexes hold all their ids.
             users = self._index(connection, "users")
             items = self._index(connection, "items")
-            user, item, ts, kind, value, weight, policy, version, propensity, context = zip(
-                *rows, strict=True
-            )
             with self._cache_lock:  # an index only grows: ids of old indexes never change
-                user_ids = users.ids(np.array(user, dtype=np.int64))
-                item_ids = items.ids(np.array(item, dtype=np.int64))
-        return EventBatch(
-            user=user_ids,
-            item=item_ids,
-            timestamp=np.array(ts, dtype=np.float64),
-            kind=np.array(kind, dtype=np.uint8),
-            value=np.array(value, dtype=np.float64),  # NULL -> NaN
-            weight=np.array(weight, dtype=np.float32),
-            policy=np.array(policy, dtype=str),
-            model_version=np.array(version, dtype=str),
-            propensity=np.array(propensity, dtype=np.float64),
-            context=_context_columns(context),
-        )
+                return events_from_rows(rows, users, items)
 
     def iter_batches(self, start: int = 0, size: int = 10_000) -> Iterator[tuple[int, EventBatch]]:
         """Read from ``start`` to the current end in chunks: yields (first offset, batch)."""
