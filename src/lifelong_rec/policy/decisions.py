@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -156,6 +157,35 @@ class Decisions:
             explored=bool(self.explored[row]),
             features=None if self.features is None else self.features[row],
             exploring=self._exploring[row],
+        )
+
+    @classmethod
+    def concat(cls, parts: Sequence[Decisions]) -> Decisions:
+        """The rows of ``parts`` one after the other (slates of one length, by one policy);
+        ``params`` and ``model_version`` are those of the first part, and ``features`` are
+        kept only when every part has them.
+
+        Raises
+        ------
+        ValueError
+            For no parts, or parts whose policies or slate lengths differ.
+        """
+        if not parts:
+            raise ValueError("parts: nothing to concatenate")
+        first = parts[0]
+        if {(d.policy, d.k) for d in parts} != {(first.policy, first.k)}:
+            raise ValueError("parts: decisions of different policies or slate lengths")
+        features = [d.features for d in parts]
+        return cls(
+            users=np.concatenate([d.users for d in parts]),
+            slates=np.concatenate([d.slates for d in parts]),
+            propensities=np.concatenate([d.propensities for d in parts]),
+            policy=first.policy,
+            params=first.params,
+            model_version=first.model_version,
+            explored=np.concatenate([d.explored for d in parts]),
+            features=None if any(f is None for f in features) else np.concatenate(features),  # type: ignore[arg-type]
+            exploring=np.concatenate([d._exploring for d in parts]),
         )
 
     def take(self, rows: np.ndarray | slice) -> Decisions:

@@ -86,19 +86,7 @@ class Slates:
             raise ValueError(f"slates of different lengths {sorted(lengths)}: a pool was short")
         rows = np.concatenate(self.rows)
         order = np.argsort(rows, kind="stable")
-        first = self.decisions[0]
-        features = [d.features for d in self.decisions]
-        joined = Decisions(
-            users=np.concatenate([d.users for d in self.decisions])[order],
-            slates=np.concatenate([d.slates for d in self.decisions])[order],
-            propensities=np.concatenate([d.propensities for d in self.decisions])[order],
-            policy=first.policy,
-            params=first.params,
-            model_version=first.model_version,
-            explored=np.concatenate([d.explored for d in self.decisions])[order],
-            features=None if any(f is None for f in features) else np.concatenate(features)[order],  # type: ignore[arg-type]
-            exploring=np.concatenate([d.exploring for d in self.decisions])[order],
-        )
+        joined = Decisions.concat(self.decisions).take(order)
         scores, ranks = np.concatenate(self.scores)[order], np.concatenate(self.ranks)[order]
         return joined, rows[order], scores, ranks
 

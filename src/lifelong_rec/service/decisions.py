@@ -393,18 +393,8 @@ def impressions(batch: list[Served]) -> EventBatch:
         d = served.decisions
         groups.setdefault((d.policy, d.model_version, d.k), []).append(number)
     parts, order = [], []
-    for (policy, version, k), numbers in groups.items():
-        rows = [batch[number].decisions for number in numbers]
-        joined = Decisions(
-            users=np.concatenate([d.users for d in rows]),
-            slates=np.concatenate([d.slates for d in rows]),
-            propensities=np.concatenate([d.propensities for d in rows]),
-            policy=policy,
-            params={},
-            model_version=version,
-            explored=np.concatenate([d.explored for d in rows]),
-            exploring=np.concatenate([d.exploring for d in rows]),
-        )
+    for (_, _, k), numbers in groups.items():
+        joined = Decisions.concat([batch[number].decisions for number in numbers])
         parts.append(joined.to_events(np.array([batch[n].created_at for n in numbers])))
         order.append(np.repeat(numbers, k))  # the decision of each event
     if len(parts) == 1:
