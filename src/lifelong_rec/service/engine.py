@@ -28,7 +28,7 @@ import numpy as np
 
 from lifelong_rec.events import Catalog, EventBatch, EventWeights, kind_codes
 from lifelong_rec.explain import explain_decisions
-from lifelong_rec.models import Explanation, Recommender, Wording, parse_model, with_catalog
+from lifelong_rec.models import Recommender, Wording, parse_model, with_catalog
 from lifelong_rec.policy import Decisions, Greedy, Policy, parse_policy, reward_spec, serve
 from lifelong_rec.service.decisions import Served, rewards_matrix
 from lifelong_rec.service.errors import Conflict, Invalid, NotFound, NotReady
@@ -244,7 +244,7 @@ class Engine:
         result = dict(decided.result)
         result["method"] = explained[0].method if explained else None
         result["items"] = [
-            entry | {"reasons": _reasons(explanation)}
+            entry | {"reasons": [asdict(reason) for reason in explanation.reasons]}
             for entry, explanation in zip(result["items"], explained, strict=True)  # type: ignore[call-overload]
         ]
         return result
@@ -557,13 +557,6 @@ class Engine:
 def _arm_policy(experiment: Experiment, arm: Arm) -> str:
     """The name an arm's policy is saved under with a snapshot."""
     return f"arm-{experiment.name}-{arm.name}"
-
-
-def _reasons(explanation: Explanation) -> list[dict[str, object]]:
-    return [
-        {"kind": r.kind, "weight": r.weight, "text": r.text, "item": r.item}
-        for r in explanation.reasons
-    ]
 
 
 class _ClientBudget:
