@@ -20,20 +20,37 @@ def free_port() -> int:
 
 
 class ServeProcess:
-    """The server on ``db``, with the ``LIFELONG_REC_*`` variables in ``env`` (none inherited
-    from this process) and its output in ``log``."""
+    """The server on ``db`` (a path or a PostgreSQL URL), with the ``LIFELONG_REC_*`` variables
+    in ``env`` (none inherited from this process), more ``args`` for ``serve``, and its output
+    in ``log``."""
 
-    def __init__(self, db: Path, env: dict[str, str], log: Path) -> None:
+    def __init__(
+        self, db: Path | str, env: dict[str, str], log: Path, args: tuple[str, ...] = ()
+    ) -> None:
         self.db = db
         self.log = log
         self.url = f"http://127.0.0.1:{free_port()}"
+        self.command = [sys.executable, "-m", "lifelong_rec", "serve", "--db", str(db), "--port",
+                        self.url.rsplit(":", 1)[1], "--log-level", "warning", *args]  # fmt: skip
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("LIFELONG_REC_")}
-        command = [sys.executable, "-m", "lifelong_rec", "serve", "--db", str(db), "--port",
-                   self.url.rsplit(":", 1)[1], "--log-level", "warning"]  # fmt: skip
-        with open(log, "wb") as output:
-            self.process = subprocess.Popen(
-                command, env=inherited | env, stdout=output, stderr=subprocess.STDOUT
+        self.env = inherited | env
+        self.process = self._launch()
+
+    def _launch(self) -> subprocess.Popen[bytes]:
+        with open(self.log, "ab") as output:  # a restart's output follows the last one's
+            return subprocess.Popen(
+                self.command, env=self.env, stdout=output, stderr=subprocess.STDOUT
             )
+
+    def restart(self) -> None:
+        """Start the same command again (on the same port), once the last one has ended."""
+        assert self.process.poll() is not None, "the process is still running"
+        self.process = self._launch()
+
+    def kill(self) -> None:
+        """SIGKILL, and wait for the end."""
+        self.process.kill()
+        self.process.wait(timeout=10)
 
     def wait_healthy(self, timeout: float) -> None:
         """Return once ``/healthz`` answers; fail with the server's output if it exits first
@@ -62,3 +79,26 @@ class ServeProcess:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-3000:]
+
+
+class LearnProcess(ServeProcess):
+    """``lifelong-rec learn`` on a PostgreSQL ``db``: a learner process of its own."""
+
+    def __init__(self, db: str, env: dict[str, str], log: Path, args: tuple[str, ...] = ()) -> None:
+        self.db = db
+        self.log = log
+        self.url = ""
+        self.command = [sys.executable, "-m", "lifelong_rec", "learn", "--db", db, *args]
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("LIFELONG_REC_")}
+        self.env = inherited | env
+        self.process = self._launch()
+
+    def wait_for(self, text: str, timeout: float, start: int = 0) -> float:
+        """Wait until ``text`` is in the output after character ``start``; when it came."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log.read_text(errors="replace")[start:]:
+                return time.monotonic()
+            assert self.process.poll() is None, f"the learner exited:\n{self.output()}"
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not said within {timeout} s:\n{self.output()}")

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from test_service import stream_rows, wait_until
 
 from lifelong_rec.service import Settings, create_app
+from lifelong_rec.service.snapshots import PostgresSnapshotStore
 from lifelong_rec.store import open_log
 
 
@@ -18,8 +19,8 @@ def test_the_service_runs_on_postgresql(
     tmp_path: Path, postgres_url: str, postgres_schema: str
 ) -> None:
     settings = Settings(
-        db=postgres_url, db_schema=postgres_schema, snapshots=tmp_path / "snapshots",
-        publish_seconds=0.05, policy="epsilon(epsilon=0.2)",
+        db=postgres_url, db_schema=postgres_schema, publish_seconds=0.05,
+        persist_seconds=0.2, policy="epsilon(epsilon=0.2)",
     )  # fmt: skip
     rows = stream_rows(2_000)
     with TestClient(create_app(settings)) as client:
@@ -49,8 +50,18 @@ def test_the_service_runs_on_postgresql(
         kinds = set(log.read().kind_names.tolist())
         assert len(log) > len(rows)  # the events, the impressions and the purchase
     assert {"impression", "purchase"} <= kinds
+    # The snapshots are in the database: a new process restores the model from there.
+    store = PostgresSnapshotStore(postgres_url, postgres_schema, "mf")
+    try:
+        newest = store.newest()
+        assert newest is not None and newest.offset >= len(rows)
+        assert store.load(newest.version)[0].items_.lookup([rows[0]["item"]])[0] >= 0
+    finally:
+        store.close()
 
 
-def test_a_postgresql_db_needs_a_snapshot_folder() -> None:
-    with pytest.raises(ValueError, match="snapshots: a PostgreSQL db needs a snapshot folder"):
-        Settings(db="postgresql://postgres@127.0.0.1:5432/test")
+def test_a_postgresql_db_keeps_its_snapshots_in_the_database(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="keeps its snapshots in the database"):
+        Settings(db="postgresql://postgres@127.0.0.1:5432/test", snapshots=tmp_path)
+    with pytest.raises(ValueError, match="role: an API replica follows learners"):
+        Settings(db=str(tmp_path / "events.db"), role="api")

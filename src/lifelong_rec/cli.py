@@ -325,9 +325,47 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", default=None, help="model spec (default: mf)")
     serve.add_argument("--strategy", default=None, help="update strategy (default: naive@block)")
     serve.add_argument("--policy", default=None, help="exploration policy spec (default: none)")
-    serve.add_argument("--snapshots", type=Path, default=None, help="default: <db>.snapshots")
+    serve.add_argument(
+        "--snapshots", type=Path, default=None,
+        help="SQLite: the snapshot folder (default: <db>.snapshots); PostgreSQL keeps them in "
+        "the database",
+    )  # fmt: skip
+    serve.add_argument(
+        "--role", choices=("all", "api"), default=None,
+        help="all (default): serve and learn in this process; api: a replica on PostgreSQL "
+        "that serves what `lifelong-rec learn` processes publish",
+    )  # fmt: skip
+    serve.add_argument("--db-schema", default=None, help="PostgreSQL schema (default: public)")
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(run=_serve)
+
+    learn = commands.add_parser(
+        "learn",
+        help="one learner process for one model, on PostgreSQL, beside `serve --role api`",
+        description="Follow the PostgreSQL event log for one model and publish its snapshots "
+        "to the database, where API replicas load them. One learner per model runs at a time: "
+        "a second one waits for the lease and takes over when the first dies.",
+    )
+    learn.add_argument("--db", required=True, help="postgresql://user@host:5432/dbname")
+    learn.add_argument("--db-schema", default=None, help="PostgreSQL schema (default: public)")
+    learn.add_argument("--model", default=None, help="model spec (default: mf)")
+    learn.add_argument("--strategy", default=None, help="update strategy (default: naive@block)")
+    learn.add_argument(
+        "--arm", action="store_true",
+        help="learn the model as an experiment arm's (apart from the service's own)",
+    )  # fmt: skip
+    learn.add_argument("--log-level", default="info")
+    learn.set_defaults(run=_learn)
+
+    db = commands.add_parser("db", help="the database's schema")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    upgrade = db_commands.add_parser(
+        "upgrade",
+        help="apply the missing migrations (each process also does at start)",
+    )
+    upgrade.add_argument("--db", required=True, help="postgresql://user@host:5432/dbname")
+    upgrade.add_argument("--db-schema", default="public")
+    upgrade.set_defaults(run=_db_upgrade)
     return parser
 
 
@@ -611,7 +649,8 @@ def _serve(args: argparse.Namespace) -> int:
     from lifelong_rec.service.app import server_config
 
     options = {"db": args.db, "model": args.model, "strategy": args.strategy,
-               "policy": args.policy, "snapshots": args.snapshots}  # fmt: skip
+               "policy": args.policy, "snapshots": args.snapshots, "role": args.role,
+               "db_schema": args.db_schema}  # fmt: skip
     settings = _service_settings({k: v for k, v in options.items() if v is not None})
     _parsed("--host", settings.check_exposure, args.host)
     if not is_postgres(settings.db):
@@ -625,6 +664,50 @@ def _serve(args: argparse.Namespace) -> int:
     server = uvicorn.Server(server_config(settings, args.host, args.port, args.log_level))
     server.run()
     return 0 if server.started else EXIT_STARTUP
+
+
+def _learn(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    import threading
+
+    from lifelong_rec.service.worker import learner_name, run_learner
+
+    options = {"db": args.db, "model": args.model, "strategy": args.strategy,
+               "db_schema": args.db_schema}  # fmt: skip
+    settings = _service_settings({k: v for k, v in options.items() if v is not None})
+    if not is_postgres(settings.db):
+        raise InputError(
+            f"--db {settings.db}: a learner process needs PostgreSQL (postgresql://...); "
+            "with SQLite, `lifelong-rec serve` learns in its own process"
+        )
+    _, factory = _parsed("--model", parse_model, settings.model)
+    _parsed("--strategy", parse_strategy, settings.strategy, factory)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    stop = threading.Event()
+    for number in (signal.SIGTERM, signal.SIGINT):  # a clean stop persists, then returns
+        signal.signal(number, lambda *_: stop.set())
+    run_learner(settings, stop, name=learner_name(settings.model, args.arm))
+    return 0
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    if not is_postgres(args.db):
+        raise InputError(
+            f"--db {args.db}: an SQLite file is upgraded when it is opened; this command is "
+            "for PostgreSQL (postgresql://...)"
+        )
+    from lifelong_rec.service.stores import upgrade
+    from lifelong_rec.store.postgres import SchemaVersionError
+
+    try:
+        versions = _parsed("--db-schema", upgrade, args.db, args.db_schema)
+    except SchemaVersionError as error:
+        raise InputError(str(error)) from None
+    _print_json({"db_schema": args.db_schema, **versions})
+    return 0
 
 
 def _service_settings(options: dict[str, object]) -> Settings:

@@ -3,8 +3,9 @@
 
 The lifespan starts the engine (restore the newest snapshot, replay the log after it, start
 learning) and stops it (persist the newest model). Errors map to status codes here, once: a
-:class:`~lifelong_rec.service.errors.ClientError` is its 4xx, naming the field; anything else
-is the service's fault, a 500 with a request id whose traceback is logged with that id.
+:class:`~lifelong_rec.service.errors.ClientError` is its 4xx, naming the field; a database that
+cannot be reached is a 503 with ``Retry-After``; anything else is the service's fault, a 500
+with a request id whose traceback is logged with that id.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from lifelong_rec.service.routes import (
     recommendations,
 )
 from lifelong_rec.service.settings import Settings
+from lifelong_rec.store import is_postgres
 
 if TYPE_CHECKING:
     import uvicorn
@@ -86,7 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (events, recommendations, feedback, items, models, experiments, health):
         app.include_router(router.router)
     _offline_docs(app)
-    _handle_errors(app)
+    _handle_errors(app, settings)
     # Outermost last: metrics, request id and errors, CORS, token (before any body byte is
     # read), body limits, then the app.
     app.add_middleware(
@@ -222,7 +224,7 @@ def _offline_docs(app: FastAPI) -> None:
         )
 
 
-def _handle_errors(app: FastAPI) -> None:
+def _handle_errors(app: FastAPI, settings: Settings) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [_problem(e) for e in exc.errors()]
@@ -241,6 +243,23 @@ def _handle_errors(app: FastAPI) -> None:
                 {"detail": str(exc)}, status_code=exc.status, headers={"Retry-After": "1"}
             )
         raise exc  # the service's own fault: RequestIdMiddleware answers 500
+
+    if is_postgres(settings.db):
+        import psycopg
+
+        @app.exception_handler(psycopg.OperationalError)
+        async def unavailable(request: Request, exc: psycopg.OperationalError) -> JSONResponse:
+            # The database is down, restarting or out of reach: nothing was stored, and the
+            # pool reconnects by itself. Said once per request, without a traceback.
+            problem = (str(exc).splitlines() or [type(exc).__name__])[0]
+            log.warning(
+                "%s %s: the database is unreachable: %s", request.method, request.url.path, problem
+            )
+            return JSONResponse(
+                {"detail": "the database is unreachable; retry shortly"},
+                status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                headers={"Retry-After": "1"},
+            )
 
 
 def _problem(error: dict[str, Any]) -> dict[str, str]:

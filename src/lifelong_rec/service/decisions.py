@@ -26,12 +26,15 @@ import numpy as np
 
 from lifelong_rec.events import EventBatch
 from lifelong_rec.policy import Decisions
-from lifelong_rec.store import EventLog, open_log
+from lifelong_rec.service.errors import Unavailable
+from lifelong_rec.store import EventLog, is_unavailable, open_log
 
 if TYPE_CHECKING:
     from lifelong_rec.store.postgres import PostgresEventLog
 
 log = logging.getLogger("lifelong_rec.service")
+RETRY_SECONDS = 1.0  # between tries to write decisions while the database is away
+MAX_PENDING = 100_000  # decisions that wait for the database, at most
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions(
@@ -104,7 +107,8 @@ class _Decisions:
         with self._write_lock:
             if served.rewards is not None:
                 return False
-            self._flush_locked()
+            if not self._flush_locked():  # the decision itself may be among those waiting
+                raise Unavailable("the database is unreachable: feedback cannot be stored now")
             changed = self._record_feedback(served.id, json.dumps(rewards))
             if changed:
                 served.rewards = rewards
@@ -150,23 +154,42 @@ class _Decisions:
             self._arrived.clear()
             time.sleep(0.02)  # gather what arrives meanwhile into the same commit
             with self._write_lock:
-                self._flush_locked()
+                written = self._flush_locked()
+            if not written:  # the database is away: try again in a moment
+                time.sleep(RETRY_SECONDS)
+                self._arrived.set()
 
-    def _flush_locked(self) -> None:
-        """Write what is pending (the caller holds ``_write_lock``)."""
+    def _flush_locked(self) -> bool:
+        """Write what is pending (the caller holds ``_write_lock``); False if the database
+        could not be reached, the batch then waiting for the next try."""
         with self._lock:
             batch, self._pending = self._pending, []
-        self._write(batch)
+        return self._write(batch)
 
-    def _write(self, batch: list[Served]) -> None:
-        """One transaction for the decisions, one append for their impressions."""
+    def _write(self, batch: list[Served]) -> bool:
+        """One transaction for the decisions, one append for their impressions. While the
+        database is unreachable the batch goes back to the front of the queue (at most
+        :data:`MAX_PENDING` decisions wait; beyond, the oldest are dropped, and said)."""
         if not batch:
-            return
+            return True
         try:
             self._insert([_to_row(served) for served in batch])
             self._log.append(impressions(batch), source="decisions")
-        except Exception:
-            log.exception("could not write %d decisions", len(batch))
+        except Exception as error:
+            if not is_unavailable(error):
+                log.exception("could not write %d decisions", len(batch))
+                return True
+            with self._lock:
+                self._pending[:0] = batch
+                dropped = len(self._pending) - MAX_PENDING
+                if dropped > 0:
+                    del self._pending[:dropped]
+            log.warning(
+                "the database is unreachable (%s): %d decisions wait to be written%s",
+                error, len(batch), f", {dropped} oldest dropped" if dropped > 0 else "",
+            )  # fmt: skip
+            return False
+        return True
 
     # -------------------------------------------------------------- the backend's hooks
 

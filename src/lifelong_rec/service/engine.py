@@ -4,6 +4,12 @@ The engine owns the event log connection the API writes through, the background 
 decision store, the experiments and the metrics. Routes stay thin: they validate requests and
 shape responses; everything with state happens here.
 
+Roles: with ``role="all"`` the engine runs its learners in-process. With ``role="api"`` (an API
+replica on PostgreSQL) it runs a :class:`~lifelong_rec.service.follower.Follower` in their
+place, which serves what ``lifelong-rec learn`` publishes. On PostgreSQL every engine also
+follows the experiments table, so an experiment started or stopped through one replica is
+served the same way by all of them within ``EXPERIMENT_POLL_SECONDS``.
+
 State that requests read while others change it is swapped, never edited in place: the serving
 snapshot (the learner's), and the running experiment with its policies and arm learners (one
 frozen :class:`Live` object, replaced by a single assignment under ``_switch``). A request reads
@@ -21,7 +27,6 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,18 +38,22 @@ from lifelong_rec.policy import Decisions, Greedy, Policy, parse_policy, reward_
 from lifelong_rec.service.decisions import Served, rewards_matrix
 from lifelong_rec.service.errors import Conflict, Invalid, NotFound, NotReady
 from lifelong_rec.service.experiments import Arm, Experiment
+from lifelong_rec.service.follower import Follower
 from lifelong_rec.service.ingest import Ingested, ingest
 from lifelong_rec.service.learner import Learner, Snapshot
 from lifelong_rec.service.metrics import Metrics
 from lifelong_rec.service.settings import Settings
-from lifelong_rec.service.snapshots import DamagedSnapshot, SnapshotStore
-from lifelong_rec.service.stores import open_decisions, open_experiments
-from lifelong_rec.store import open_log
+from lifelong_rec.service.snapshots import DamagedSnapshot, PostgresSnapshotStore
+from lifelong_rec.service.stores import open_decisions, open_experiments, open_snapshots
+from lifelong_rec.service.worker import learner_name
+from lifelong_rec.store import is_postgres, is_unavailable, open_log
 
 log = logging.getLogger("lifelong_rec.service")
 
 #: the default policy's name among the policies saved with a snapshot
 DEFAULT_POLICY = "default"
+#: how often an engine on PostgreSQL looks for an experiment started or stopped elsewhere
+EXPERIMENT_POLL_SECONDS = 0.5
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,13 +65,13 @@ class Live:
     experiment : Experiment
     policies : tuple of Policy
         One per arm, in arm order.
-    learners : mapping of model spec to Learner
+    learners : mapping of model spec to Learner (or Follower, on an API replica)
         A learner for every model an arm names.
     """
 
     experiment: Experiment
     policies: tuple[Policy, ...]
-    learners: Mapping[str, Learner] = field(default_factory=dict)
+    learners: Mapping[str, Learner | Follower] = field(default_factory=dict)
 
     def ready(self) -> bool:
         """Whether every arm's model has published. Until then the experiment counts nobody
@@ -91,21 +100,25 @@ class Engine:
         self.settings = settings
         self.metrics = Metrics()
         self.rewards = reward_spec(settings.rewards)
-        self.log = open_log(settings.db, schema=settings.db_schema)
+        schema, timeout = settings.db_schema, settings.db_timeout_seconds
+        self.log = open_log(settings.db, schema=schema, timeout=timeout)
         self.default_policy = self._make_policy(settings.policy)
         # Guards every policy's learned state and generator: decisions and feedback change
         # them on the event loop; the learner thread copies them to save with a snapshot.
         self._policy_lock = threading.Lock()
-        assert settings.snapshots is not None  # Settings puts it next to the log when unset
-        self.snapshot_folder = settings.snapshots
+        self.snapshot_folder = settings.snapshots  # None on PostgreSQL: in the database
         self.learner = self._new_learner(
-            settings.model, self.snapshot_folder, self._published, self._policy_copies
+            settings.model, False, self._published, self._policy_copies
         )
-        self.decisions = open_decisions(settings.db, schema=settings.db_schema)
-        self.experiments = open_experiments(settings.db, schema=settings.db_schema)
+        self.decisions = open_decisions(settings.db, schema=schema, timeout=timeout)
+        self.experiments = open_experiments(settings.db, schema=schema, timeout=timeout)
         self.live: Live | None = None
         # Held while an experiment starts or stops: its learners start and stop one at a time.
         self._switch = threading.Lock()
+        self._stopping = threading.Event()
+        self._watcher = threading.Thread(
+            target=self._follow_experiments, name="experiments", daemon=True
+        )
         self._wording: Wording | None = None
         self._display: dict[str, tuple[str | None, list[str]]] | None = None
         self._log_budget = _ClientBudget(settings.log_rate, settings.log_burst)
@@ -122,6 +135,8 @@ class Engine:
         if running is not None:
             with self._switch:
                 self.live = self._go_live(running)
+        if is_postgres(self.settings.db):
+            self._watcher.start()
         # What is loaded by now (modules, the app, the restored model) lives as long as the
         # service: frozen, it is out of the collector's sight. A full collection walked its
         # ~300,000 objects and stalled every request in flight for 100-200 ms.
@@ -130,6 +145,9 @@ class Engine:
 
     def stop(self) -> None:
         gc.unfreeze()
+        self._stopping.set()
+        if self._watcher.is_alive():
+            self._watcher.join(timeout=10)
         self.learner.stop()  # its last snapshot saves the policies, the arms' ones included
         with self._switch:
             live, self.live = self.live, None
@@ -151,7 +169,7 @@ class Engine:
 
     # -------------------------------------------------------------- serving
 
-    def snapshot(self, learner: Learner | None = None) -> Snapshot:
+    def snapshot(self, learner: Learner | Follower | None = None) -> Snapshot:
         """The serving snapshot of the service's model, or of an arm's ``learner``."""
         snapshot = (learner or self.learner).current
         if snapshot.model is None:
@@ -512,30 +530,64 @@ class Engine:
             if restored is not None and repr(restored) == repr(policy):
                 policy = restored  # it learned before a restart: go on from there
             policies.append(policy)
-        learners: dict[str, Learner] = {}
+        learners: dict[str, Learner | Follower] = {}
         for spec in {arm.model for arm in experiment.arms if arm.model}:
             # A learner per model, the service's own included: an arm that names it still
-            # learns apart, so the arms stay comparable. Its folder is the model's: a later
+            # learns apart, so the arms stay comparable. Its snapshots are the model's: a later
             # experiment with the same model resumes it (one learner at a time: _switch).
-            folder = self.snapshot_folder / "arms" / re.sub(r"[^A-Za-z0-9]+", "-", spec)
-            learner = self._new_learner(spec, folder, None, None)
+            learner = self._new_learner(spec, True, None, None)
             learner.start()
             learners[spec] = learner
         return Live(experiment, tuple(policies), learners)
 
+    def _follow_experiments(self) -> None:
+        """On PostgreSQL: serve the experiment other replicas started, stop serving the one
+        they stopped (every ``EXPERIMENT_POLL_SECONDS``)."""
+        while not self._stopping.wait(EXPERIMENT_POLL_SECONDS):
+            try:
+                running = self.experiments.running()
+            except Exception as error:
+                if not is_unavailable(error):
+                    log.exception("reading the running experiment failed")
+                continue
+            live = self.live
+            if (running.name if running else None) == (live.experiment.name if live else None):
+                continue
+            with self._switch:
+                live = self.live
+                if live is not None and (running is None or running.name != live.experiment.name):
+                    self.live = None
+                    log.info("experiment %s stopped elsewhere", live.experiment.name)
+                    for learner in live.learners.values():
+                        learner.stop()
+                if running is not None and self.live is None and not self._stopping.is_set():
+                    log.info("experiment %s started elsewhere: serving it", running.name)
+                    self.live = self._go_live(running)
+
     def _new_learner(
         self,
         spec: str,
-        folder: Path,
+        arm: bool,
         on_publish: Callable[[Snapshot], None] | None,
         policies: Callable[[], Mapping[str, Policy]] | None,
-    ) -> Learner:
-        _, factory = parse_model(spec)
+    ) -> Learner | Follower:
+        """The learner of model ``spec`` (an ``arm``'s learns apart), or on an API replica the
+        follower of what its learner process publishes."""
         settings = self.settings
+        name = learner_name(spec, arm)
+        if settings.role == "api":
+            store = PostgresSnapshotStore(
+                settings.db, settings.db_schema, name, timeout=settings.db_timeout_seconds
+            )
+            return Follower(store, self.log, on_publish)  # type: ignore[arg-type]
+        folder = self.snapshot_folder
+        if folder is not None and arm:  # an arm's model keeps its snapshots apart
+            folder = folder / "arms" / re.sub(r"[^A-Za-z0-9]+", "-", spec)
+        _, factory = parse_model(spec)
         return Learner(
             db=settings.db,
             schema=settings.db_schema,
-            store=SnapshotStore(folder),
+            store=open_snapshots(settings.db, folder=folder, name=name, schema=settings.db_schema),
             # The catalogue as it is when a model is made (a text model reads it).
             factory=lambda: with_catalog(factory, self.log.catalog())(),
             strategy=settings.strategy,
@@ -545,6 +597,7 @@ class Engine:
             keep_snapshots=settings.keep_snapshots,
             on_publish=on_publish,
             policies=policies,
+            consumer=f"learner:{name}" if arm else "learner",
         )
 
     def _make_policy(self, spec: str | None) -> Policy:

@@ -48,3 +48,8 @@ class NotReady(ServiceError):
     """Nothing to serve yet (503): retry after a second."""
 
     status = 503
+
+
+class Unavailable(NotReady):
+    """The database cannot be reached now (503): retry after a second. Nothing the request
+    asked to store was stored."""

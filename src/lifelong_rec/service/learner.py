@@ -20,6 +20,11 @@ hands the misses to the strategy, whose drift detection watches them.
 
 A rollback (:meth:`Learner.activate`) pins serving to a snapshot until it is released; the pin
 is persisted and holds across restarts.
+
+The snapshot store is a folder (one machine) or PostgreSQL (:class:`PostgresSnapshotStore`),
+where API replicas on other machines follow what the learner publishes (``Follower``). While
+the database cannot be reached, the learner waits and tries again: what it has not read is
+read later, what it has not persisted is persisted later.
 """
 
 from __future__ import annotations
@@ -43,16 +48,18 @@ from lifelong_rec.models import Recommender
 from lifelong_rec.policy import Policy
 from lifelong_rec.service.snapshots import (
     DamagedSnapshot,
+    PostgresSnapshotStore,
     SavesItself,
     SnapshotInfo,
     SnapshotStore,
 )
-from lifelong_rec.store import open_log
+from lifelong_rec.store import is_unavailable, open_log
 
 log = logging.getLogger("lifelong_rec.service")
 CONSUMER = "learner"
 QUALITY_K = 10
 STOP_LOG_SECONDS = 10.0  # while stop waits for the thread, it says so this often
+RETRY_SECONDS = 1.0  # between tries while the database cannot be reached
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,7 +116,8 @@ class Learner:
     db : path or str
         The event log (an SQLite file or a PostgreSQL URL); the learner opens its own
         connection.
-    store : SnapshotStore
+    store : SnapshotStore or PostgresSnapshotStore
+        Where snapshots are persisted; the learner closes it when it stops.
     factory : callable
         Makes a fresh model (with the catalogue when the model reads text).
     strategy : str
@@ -134,6 +142,8 @@ class Learner:
         Seeds the sampling of scored events.
     schema : str
         The PostgreSQL schema of the log ("public"; SQLite has none).
+    consumer : str
+        The name under which the learned offset is committed in the log.
 
     Attributes
     ----------
@@ -152,7 +162,7 @@ class Learner:
     def __init__(
         self,
         db: str | Path,
-        store: SnapshotStore,
+        store: SnapshotStore | PostgresSnapshotStore,
         factory: Callable[[], Recommender],
         strategy: str,
         publish_seconds: float,
@@ -166,6 +176,7 @@ class Learner:
         quality_half_life: int = 1_000,
         seed: int = 0,
         schema: str = "public",
+        consumer: str = CONSUMER,
     ) -> None:
         check_positive_ints(
             learn_batch=learn_batch,
@@ -190,6 +201,7 @@ class Learner:
         self.quality_sample = quality_sample
         self.quality_half_life = quality_half_life
         self.seed = seed
+        self.consumer = consumer
         self.current = Snapshot(None, 0, 0, time.time())  # what serving reads
         self.latest = self.current  # the newest published, served or not (pinning)
         self.pinned = False
@@ -267,6 +279,7 @@ class Learner:
         if not self._closed:
             self._closed = True
             self.log.close()
+            self.store.close()
 
     def wake(self) -> None:
         """New events are in the log: learn them now rather than at the next poll."""
@@ -345,17 +358,30 @@ class Learner:
 
     def _run(self) -> None:
         last_publish = last_persist = time.monotonic()
+        away = False  # the database cannot be reached (said once per outage)
         try:
             while not self._stop.is_set():
-                learned = self._learn_pending()
-                if self._stop.is_set():
-                    break  # the final publish and persist follow
-                now = time.monotonic()
-                if now - last_publish >= self.publish_seconds and self._publish():
-                    last_publish = now
-                if now - last_persist >= self.persist_seconds:
-                    self._persist()
-                    last_persist = now
+                try:
+                    learned = self._learn_pending()
+                    if self._stop.is_set():
+                        break  # the final publish and persist follow
+                    now = time.monotonic()
+                    if now - last_publish >= self.publish_seconds and self._publish():
+                        last_publish = now
+                    if now - last_persist >= self.persist_seconds:
+                        self._persist()
+                        last_persist = now
+                except Exception as error:
+                    if not is_unavailable(error):
+                        raise
+                    if not away:
+                        log.warning("the database is unreachable, learning waits: %s", error)
+                    away = True
+                    self._stop.wait(RETRY_SECONDS)
+                    continue
+                if away:
+                    log.info("the database is back: learning goes on at offset %s", self.offset)
+                    away = False
                 if not learned:
                     self._wake.wait(timeout=0.05)
                     self._wake.clear()
@@ -424,9 +450,10 @@ class Learner:
         if snapshot.model is None or snapshot.version <= self._persisted_version:
             return None
         policies = self.policies() if self.policies is not None else None
-        info = self.store.save(snapshot.model, snapshot.version, snapshot.offset, policies)
-        self.log.commit(CONSUMER, snapshot.offset)
-        self._persisted_version = snapshot.version
+        quality = asdict(self._quality) if self._quality.scored else None
+        info = self.store.save(snapshot.model, snapshot.version, snapshot.offset, policies, quality)
+        self._persisted_version = snapshot.version  # saved: a retry must not save it again
+        self.log.commit(self.consumer, snapshot.offset)
         with self._serving_lock:  # what serves, or is pinned, stays on disk
             self.store.prune(self.keep_snapshots, {self.current.version})
         return info

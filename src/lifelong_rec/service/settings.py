@@ -7,7 +7,7 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,9 +29,15 @@ class Settings(BaseSettings):
         PostgreSQL URL ``postgresql://user@host:5432/dbname`` (the ``postgres`` extra).
     db_schema : str
         The PostgreSQL schema of the service's tables ("public"); SQLite has none.
+    db_timeout_seconds : float
+        PostgreSQL: the longest a request waits for a connection before it is answered 503.
+    role : str
+        "all" (the default): this process serves and learns. "api" (PostgreSQL only): a
+        replica that serves what ``lifelong-rec learn`` processes publish, and learns nothing.
     snapshots : path or None
-        Folder of model snapshots; ``<db>.snapshots`` next to an SQLite log when None (a
-        PostgreSQL db needs one named).
+        Folder of model snapshots of an SQLite log (``<db>.snapshots`` next to it when
+        None). A PostgreSQL db keeps its snapshots in the database, where every replica reads
+        them.
     model : str
         The model spec (``parse_model``): "mf", "itemknn", "transformer(epochs=5)", ...
     strategy : str
@@ -98,6 +104,8 @@ class Settings(BaseSettings):
 
     db: str = "events.db"
     db_schema: str = Field(default="public", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    db_timeout_seconds: float = Field(default=5.0, gt=0)
+    role: Literal["all", "api"] = "all"
     snapshots: Path | None = None
     model: str = "mf"
     strategy: str = "naive@block"
@@ -151,12 +159,19 @@ class Settings(BaseSettings):
     def _snapshot_folder(self) -> Settings:
         if not is_postgres(self.db) and self.db_schema != "public":
             raise ValueError("db_schema: a schema is for a PostgreSQL db, not an SQLite file")
-        if self.snapshots is None:
-            if is_postgres(self.db):  # (snapshots in the database come with issue #14)
+        if is_postgres(self.db):
+            if self.snapshots is not None:
                 raise ValueError(
-                    "snapshots: a PostgreSQL db needs a snapshot folder (--snapshots or "
-                    f"{ENV_PREFIX}SNAPSHOTS)"
+                    "snapshots: a PostgreSQL db keeps its snapshots in the database (every "
+                    "replica reads them there); leave the snapshot folder unset"
                 )
+            return self
+        if self.role != "all":
+            raise ValueError(
+                "role: an API replica follows learners through PostgreSQL; with an SQLite db "
+                "one process serves and learns (role all)"
+            )
+        if self.snapshots is None:
             folder = Path(self.db)
             object.__setattr__(self, "snapshots", folder.with_name(folder.name + ".snapshots"))
         return self

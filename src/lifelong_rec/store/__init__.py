@@ -3,6 +3,7 @@ and catalog."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,7 +12,15 @@ from lifelong_rec.store.eventlog import FORMAT_VERSION, Appended, EventLog
 if TYPE_CHECKING:
     from lifelong_rec.store.postgres import PostgresEventLog
 
-__all__ = ["FORMAT_VERSION", "Appended", "EventLog", "PostgresEventLog", "is_postgres", "open_log"]
+__all__ = [
+    "FORMAT_VERSION",
+    "Appended",
+    "EventLog",
+    "PostgresEventLog",
+    "is_postgres",
+    "is_unavailable",
+    "open_log",
+]
 
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
@@ -21,7 +30,17 @@ def is_postgres(target: str | Path) -> bool:
     return isinstance(target, str) and target.startswith(_POSTGRES_SCHEMES)
 
 
-def open_log(target: str | Path, *, schema: str = "public") -> EventLog | PostgresEventLog:
+def is_unavailable(error: BaseException) -> bool:
+    """Whether ``error`` says the database cannot be reached now (PostgreSQL stopped,
+    restarting, unreachable, or no pooled connection came in time): worth a retry later, not
+    a bug. Never true without psycopg loaded (an SQLite log raises no such error)."""
+    psycopg = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(error, psycopg.OperationalError)
+
+
+def open_log(
+    target: str | Path, *, schema: str = "public", timeout: float = 30.0
+) -> EventLog | PostgresEventLog:
     """Open the event log at ``target``: a PostgreSQL URL or an SQLite file.
 
     Parameters
@@ -31,6 +50,8 @@ def open_log(target: str | Path, *, schema: str = "public") -> EventLog | Postgr
         :class:`PostgresEventLog`; anything else is the path of an SQLite :class:`EventLog`.
     schema : str
         The PostgreSQL schema that holds the log; must stay "public" for SQLite.
+    timeout : float
+        PostgreSQL: seconds to wait for the server, and for a pooled connection.
 
     Raises
     ------
@@ -46,7 +67,7 @@ def open_log(target: str | Path, *, schema: str = "public") -> EventLog | Postgr
     'EventLog'
     """
     if is_postgres(target):
-        return _postgres_class()(str(target), schema)
+        return _postgres_class()(str(target), schema, timeout=timeout)
     if schema != "public":
         raise ValueError(f"schema: {schema!r} is for PostgreSQL; {target} is an SQLite file")
     return EventLog(target)

@@ -1,0 +1,202 @@
+"""``lifelong-rec learn``: one learner process for one model, under a lease.
+
+API replicas (``serve --role api``) learn nothing; a learner process follows the PostgreSQL
+event log for one model and publishes its snapshots to the database, where every replica
+loads them. One learner per model learns at a time: each holds a :class:`Lease`, a PostgreSQL
+session-level advisory lock of ``(schema, name)``. A second process for the same model waits
+for the lease and takes over when the holder dies:
+
+- the holder's process ends (a crash, SIGKILL): its connection closes and PostgreSQL frees
+  the lock at once;
+- the holder's machine or network goes away: the server notices the dead connection through
+  TCP keep-alives (:data:`LEASE_KEEPALIVE` gives about :data:`LEASE_SECONDS` s) and frees it.
+
+The new holder restores the newest snapshot in the database and learns the log from its
+offset on, so nothing is skipped and nothing is learned twice into the restored state. A holder
+that loses its lease (its connection breaks, e.g. while PostgreSQL restarts) stops learning at
+once without persisting, and queues for the lease again. A stale holder that did not notice is
+fenced off by the snapshot table: the version it would write next is taken (the save fails,
+and it starts over from the newest snapshot).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import zlib
+
+from lifelong_rec.models import parse_model, with_catalog
+from lifelong_rec.service.learner import Learner
+from lifelong_rec.service.settings import Settings
+from lifelong_rec.service.snapshots import PostgresSnapshotStore
+from lifelong_rec.store import is_unavailable, open_log
+
+log = logging.getLogger("lifelong_rec.service")
+
+_LEASE_LOCK = 0x4C52_0003  # first key of the two-key advisory lock (see store.postgres)
+#: TCP keep-alive settings of the lease's session, on the server's side (seconds, probes)
+LEASE_KEEPALIVE = {"tcp_keepalives_idle": 5, "tcp_keepalives_interval": 2,
+                   "tcp_keepalives_count": 3}  # fmt: skip
+#: about how long a lease outlives a holder whose machine vanished
+LEASE_SECONDS = (
+    LEASE_KEEPALIVE["tcp_keepalives_idle"]
+    + LEASE_KEEPALIVE["tcp_keepalives_interval"] * LEASE_KEEPALIVE["tcp_keepalives_count"]
+)
+
+
+class Lease:
+    """The right to learn model ``name`` in ``schema``: an advisory lock held by a session.
+
+    Parameters
+    ----------
+    url : str
+    schema : str
+    name : str
+    retry_seconds : float
+        How often a waiting process asks for the lease again.
+    """
+
+    def __init__(self, url: str, schema: str, name: str, retry_seconds: float = 0.5) -> None:
+        self.url, self.schema, self.name = url, schema, name
+        self.retry_seconds = retry_seconds
+        self.key = (_LEASE_LOCK, zlib.crc32(f"{schema}/{name}".encode()) - 2**31)
+        self._link: object | None = None
+
+    def acquire(self, stop: threading.Event) -> bool:
+        """Wait until this process holds the lease (True), or ``stop`` is set (False).
+        Reconnects while the database is away."""
+        import psycopg
+
+        said = False
+        while not stop.is_set():
+            try:
+                link = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+                try:
+                    for setting, value in LEASE_KEEPALIVE.items():
+                        link.execute(f"SET {setting} = {int(value)}")
+                    while not stop.is_set():
+                        row = link.execute("SELECT pg_try_advisory_lock(%s, %s)", self.key)
+                        if row.fetchone() == (True,):
+                            self._link = link
+                            return True
+                        if not said:
+                            log.info("waiting for the lease of %s (another learner holds it)",
+                                     self.name)  # fmt: skip
+                            said = True
+                        stop.wait(self.retry_seconds)
+                finally:
+                    if self._link is not link:
+                        link.close()
+            except Exception as error:
+                if not is_unavailable(error):
+                    raise
+                log.warning("the database is unreachable; waiting for the lease: %s", error)
+                stop.wait(1.0)
+        return False
+
+    def held(self) -> bool:
+        """Whether the lease is still this process's: its session answers (a broken
+        connection means PostgreSQL has freed the lock, or will)."""
+        import psycopg
+
+        link = self._link
+        if not isinstance(link, psycopg.Connection):
+            return False
+        try:
+            link.execute("SELECT 1")
+            return True
+        except Exception as error:
+            if not is_unavailable(error):
+                raise
+            return False
+
+    def release(self) -> None:
+        """Give the lease up (closing the session frees the lock)."""
+        link, self._link = self._link, None
+        if link is not None:
+            try:
+                link.close()  # type: ignore[attr-defined]
+            except Exception:  # already broken: the lock is gone with it
+                log.debug("closing the lease's connection failed", exc_info=True)
+
+
+def learner_name(spec: str, arm: bool = False) -> str:
+    """The name a model's snapshots, consumer offset and lease go by: the spec, or
+    ``arm:<spec>`` for a model an experiment arm learns apart."""
+    return f"arm:{spec}" if arm else spec
+
+
+def run_learner(
+    settings: Settings,
+    stop: threading.Event,
+    *,
+    name: str | None = None,
+    check_seconds: float = 0.5,
+) -> None:
+    """Learn ``settings.model`` under its lease until ``stop`` is set.
+
+    Publishes a snapshot to the database every ``settings.publish_seconds`` when it learned
+    something (the replicas' freshness), and persists at the end. Returns when ``stop`` is set.
+
+    Parameters
+    ----------
+    settings : Settings
+        ``db`` must be a PostgreSQL URL.
+    stop : threading.Event
+    name : str, optional
+        The snapshots' name (default: the model spec; ``arm:<spec>`` learns an arm's model).
+    check_seconds : float
+        How often the lease and the learner are checked.
+    """
+    name = name or settings.model
+    _, factory = parse_model(settings.model)
+    lease = Lease(settings.db, settings.db_schema, name)
+    while not stop.is_set():
+        if not lease.acquire(stop):
+            return
+        log.info("holding the lease of %s: learning", name)
+        learner: Learner | None = None
+        try:
+            catalog_log = open_log(settings.db, schema=settings.db_schema)
+            try:
+                catalog = catalog_log.catalog()
+            finally:
+                catalog_log.close()
+            learner = Learner(
+                db=settings.db,
+                schema=settings.db_schema,
+                store=PostgresSnapshotStore(settings.db, settings.db_schema, name),
+                factory=with_catalog(factory, catalog),
+                strategy=settings.strategy,
+                publish_seconds=settings.publish_seconds,
+                persist_seconds=settings.publish_seconds,  # published = in the database
+                learn_batch=settings.learn_batch,
+                keep_snapshots=settings.keep_snapshots,
+                consumer=f"learner:{name}",
+            )
+            started = time.monotonic()
+            learner.start()
+            log.info("restored offset %s of %s", learner.offset, name)
+            while not stop.wait(check_seconds):
+                if learner.error is not None:
+                    log.error("the learner of %s failed (%r): starting over", name,
+                              learner.error)  # fmt: skip
+                    break
+                if not lease.held():
+                    log.warning("lost the lease of %s: stopping without persisting", name)
+                    break
+                if learner.caught_up.is_set() and started:
+                    log.info("caught up with the log in %.1f s (offset %s)",
+                             time.monotonic() - started, learner.offset)  # fmt: skip
+                    started = 0.0
+        except Exception as error:
+            if not is_unavailable(error):
+                raise
+            log.warning("the database is unreachable; starting over: %s", error)
+        finally:
+            if learner is not None:
+                keep = stop.is_set() and learner.error is None and lease.held()
+                learner.stop(persist=keep)
+            lease.release()
+        stop.wait(1.0)
