@@ -157,16 +157,18 @@ def run_learner(
             return
         log.info("holding the lease of %s: learning", name)
         learner: Learner | None = None
+        store: PostgresSnapshotStore | None = None
         try:
             catalog_log = open_log(settings.db, schema=settings.db_schema)
             try:
                 catalog = catalog_log.catalog()
             finally:
                 catalog_log.close()
+            store = PostgresSnapshotStore(settings.db, settings.db_schema, name)
             learner = Learner(
                 db=settings.db,
                 schema=settings.db_schema,
-                store=PostgresSnapshotStore(settings.db, settings.db_schema, name),
+                store=store,
                 factory=with_catalog(factory, catalog),
                 strategy=settings.strategy,
                 publish_seconds=settings.publish_seconds,
@@ -175,7 +177,7 @@ def run_learner(
                 keep_snapshots=settings.keep_snapshots,
                 consumer=f"learner:{name}",
             )
-            started = time.monotonic()
+            started, caught_up = time.monotonic(), False
             learner.start()
             log.info("restored offset %s of %s", learner.offset, name)
             while not stop.wait(check_seconds):
@@ -186,17 +188,19 @@ def run_learner(
                 if not lease.held():
                     log.warning("lost the lease of %s: stopping without persisting", name)
                     break
-                if learner.caught_up.is_set() and started:
+                if learner.caught_up.is_set() and not caught_up:
+                    caught_up = True
                     log.info("caught up with the log in %.1f s (offset %s)",
                              time.monotonic() - started, learner.offset)  # fmt: skip
-                    started = 0.0
         except Exception as error:
             if not is_unavailable(error):
                 raise
             log.warning("the database is unreachable; starting over: %s", error)
         finally:
-            if learner is not None:
+            if learner is not None:  # it closes the store
                 keep = stop.is_set() and learner.error is None and lease.held()
                 learner.stop(persist=keep)
+            elif store is not None:
+                store.close()
             lease.release()
         stop.wait(1.0)

@@ -20,10 +20,15 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", responses={503: {"description": "not ready, and why"}})
 def readyz(engine: EngineDep) -> JSONResponse:
     """Ready once the learner has caught up with the log (after a restart: replayed it) and
-    has not failed."""
+    has not failed; an API replica, once it serves a published snapshot."""
     learner = engine.learner
     if learner.error is not None:
         reason = f"the learner failed: {learner.error!r}"
+    elif not learner.caught_up.is_set() and engine.settings.role == "api":
+        reason = (
+            f"no snapshot of {engine.settings.model} is published yet: is `lifelong-rec learn "
+            f"--model {engine.settings.model}` running against this database?"
+        )
     elif not learner.caught_up.is_set():
         reason = f"the learner is catching up: {learner.lag} events to go"
     else:
