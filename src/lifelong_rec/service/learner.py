@@ -144,6 +144,10 @@ class Learner:
         The PostgreSQL schema of the log ("public"; SQLite has none).
     consumer : str
         The name under which the learned offset is committed in the log.
+    idle_publish_seconds : float, optional
+        Also publish when the log moved on by events that change no score (impressions),
+        at most this often, so that a snapshot's offset (what API replicas report as learned)
+        reaches the log's end. None (in-process serving reads :attr:`offset`) never does.
 
     Attributes
     ----------
@@ -177,6 +181,7 @@ class Learner:
         seed: int = 0,
         schema: str = "public",
         consumer: str = CONSUMER,
+        idle_publish_seconds: float | None = None,
     ) -> None:
         check_positive_ints(
             learn_batch=learn_batch,
@@ -202,6 +207,7 @@ class Learner:
         self.quality_half_life = quality_half_life
         self.seed = seed
         self.consumer = consumer
+        self.idle_publish_seconds = idle_publish_seconds
         self.current = Snapshot(None, 0, 0, time.time())  # what serving reads
         self.latest = self.current  # the newest published, served or not (pinning)
         self.pinned = False
@@ -429,9 +435,15 @@ class Learner:
         self.strategy.end_block(batch, errors)
 
     def _publish(self) -> bool:
-        """Publish the learner's model as a new version, if it changed."""
-        if not self._dirty or self.strategy.model is None:
+        """Publish the learner's model as a new version, if it changed (or, with
+        ``idle_publish_seconds``, if only its offset moved and that long has passed)."""
+        if self.strategy.model is None:
             return False
+        if not self._dirty:
+            idle = self.idle_publish_seconds
+            moved = self.offset > self.latest.offset
+            if idle is None or not moved or time.time() - self.latest.published_at < idle:
+                return False
         model = copy.deepcopy(self.strategy.model)  # only this thread changes the model
         with self._serving_lock:
             self._last_version += 1

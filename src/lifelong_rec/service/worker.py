@@ -34,6 +34,8 @@ from lifelong_rec.store import is_unavailable, open_log
 
 log = logging.getLogger("lifelong_rec.service")
 
+#: a replica's learned offset reaches the log's end this long after impressions alone arrive
+IDLE_PUBLISH_SECONDS = 2.0
 _LEASE_LOCK = 0x4C52_0003  # first key of the two-key advisory lock (see store.postgres)
 #: TCP keep-alive settings of the lease's session, on the server's side (seconds, probes)
 LEASE_KEEPALIVE = {"tcp_keepalives_idle": 5, "tcp_keepalives_interval": 2,
@@ -176,6 +178,7 @@ def run_learner(
                 learn_batch=settings.learn_batch,
                 keep_snapshots=settings.keep_snapshots,
                 consumer=f"learner:{name}",
+                idle_publish_seconds=IDLE_PUBLISH_SECONDS,
             )
             started, caught_up = time.monotonic(), False
             learner.start()
