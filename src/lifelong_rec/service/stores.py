@@ -139,9 +139,8 @@ def open_pool(
     Imports psycopg (and the PostgreSQL log module) on first use: SQLite users never need it.
     """
     from psycopg import sql
-    from psycopg_pool import ConnectionPool
 
-    from lifelong_rec.store.postgres import _SCHEMA_NAME
+    from lifelong_rec.store.postgres import _SCHEMA_NAME, FailFastPool
 
     if not _SCHEMA_NAME.fullmatch(schema):
         raise ValueError(f"schema: {schema!r} must be lower-case letters, digits and underscores")
@@ -152,7 +151,7 @@ def open_pool(
         connection.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
         connection.commit()
 
-    pool = ConnectionPool(
+    pool = FailFastPool(
         url,
         min_size=1,
         max_size=pool_size,

@@ -48,13 +48,14 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pandas as pd
 import psycopg
 from psycopg import sql
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from lifelong_rec.data.report import Rejected
 from lifelong_rec.events import KIND_NAMES, Catalog, EventBatch, IdIndex
@@ -125,6 +126,39 @@ FROM unnest(%(user)s::bigint[], %(item)s::bigint[], %(ts)s::float8[], %(kind)s::
             %(version)s::text[], %(propensity)s::float8[], %(context)s::text[])
      WITH ORDINALITY AS x(u, i, t, k, v, w, p, m, pr, c, n)
 """
+
+
+class FailFastPool(ConnectionPool):
+    """A connection pool that stops making its callers wait once the server is known to be away.
+
+    ``getconn`` waits up to ``timeout`` for a connection. While the server is down none comes,
+    so every request would wait that long before it fails. Once a connection comes back broken,
+    or a wait runs out, this pool waits at most :attr:`away_timeout` until it hands out a
+    connection again; the pool's own reconnection runs meanwhile. A request then fails within
+    half a second (503) instead of waiting out the timeout.
+    """
+
+    away_timeout = 0.5
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._away = False
+        super().__init__(*args, **kwargs)
+
+    def getconn(self, timeout: float | None = None) -> psycopg.Connection:
+        if timeout is None and self._away:
+            timeout = min(self.timeout, self.away_timeout)
+        try:
+            connection = super().getconn(timeout)
+        except PoolTimeout:
+            self._away = True
+            raise
+        self._away = False
+        return connection
+
+    def putconn(self, conn: psycopg.Connection) -> None:
+        if conn.broken:  # the server closed it: it is stopping, or gone
+            self._away = True
+        super().putconn(conn)
 
 
 class SchemaVersionError(RuntimeError):
@@ -231,7 +265,7 @@ class PostgresEventLog:
         schema_key = zlib.crc32(schema.encode()) - 2**31  # an int4 for the lock functions
         self._append_lock = (_APPEND_LOCK, schema_key)
         self._migrate_lock = (_MIGRATE_LOCK, schema_key)
-        self._pool = ConnectionPool(
+        self._pool = FailFastPool(
             url,
             min_size=1,
             max_size=pool_size,
