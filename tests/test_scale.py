@@ -307,3 +307,31 @@ def test_a_database_restart_under_load(cluster: Cluster) -> None:
     with open_log(cluster.url, schema=cluster.schema) as log:
         keys = set(log.batches().key.dropna())
     assert {"before", "during"} <= keys
+
+
+def test_an_item_added_through_a_replica_reaches_the_learners_text_model(
+    postgres_url: str, postgres_schema: str, tmp_path: Path
+) -> None:
+    """A news item PUT to an API replica is announced to the learner process, whose text
+    model makes it rankable; the replica serves it once the next snapshot is published."""
+    model = "transformer(epochs=1, dim=16, max_len=8, layers=1, explain_steps=4)"
+    env = {"LIFELONG_REC_DB_SCHEMA": postgres_schema, "LIFELONG_REC_PUBLISH_SECONDS": "0.2",
+           "LIFELONG_REC_MODEL": model}  # fmt: skip
+    cluster = Cluster(postgres_url, postgres_schema, tmp_path, env)
+    try:
+        learner = cluster.learner()
+        server = cluster.replica()
+        server.wait_healthy(60)
+        post(server, ROWS[:1_000], "first")
+        wait_until(lambda: serving(server)[2] >= 1_000, 120, every=0.2)
+        item = {"title": "Storm closes the harbour", "text": "A storm hit the coast overnight."}
+        answer = httpx.put(f"{server.url}/items/news-1", json=item, timeout=30)
+        assert answer.status_code == 200, answer.text
+        learner.wait_for("1 catalogue items added or changed", 30)
+
+        def recommendable() -> bool:
+            return httpx.get(f"{server.url}/items/news-1").json()["recommendable"]
+
+        wait_until(recommendable, 30, every=0.2)
+    finally:
+        cluster.stop()

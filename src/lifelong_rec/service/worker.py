@@ -12,7 +12,9 @@ for the lease and takes over when the holder dies:
   TCP keep-alives (:data:`LEASE_KEEPALIVE` gives about :data:`LEASE_SECONDS` s) and frees it.
 
 The new holder restores the newest snapshot in the database and learns the log from its
-offset on, so nothing is skipped and nothing is learned twice into the restored state. A holder
+offset on, so nothing is skipped and nothing is learned twice into the restored state. It also
+listens for the catalogue's notices: an item added through any replica reaches a text model
+(which makes it rankable through its text) in the next snapshot. A holder
 that loses its lease (its connection breaks, e.g. while PostgreSQL restarts) stops learning at
 once without persisting, and queues for the lease again. A stale holder that did not notice is
 fenced off by the snapshot table: the version it would write next is taken (the save fails,
@@ -26,6 +28,9 @@ import threading
 import time
 import zlib
 
+import numpy as np
+
+from lifelong_rec.events import Catalog
 from lifelong_rec.models import parse_model, with_catalog
 from lifelong_rec.service.learner import Learner
 from lifelong_rec.service.settings import Settings
@@ -160,6 +165,7 @@ def run_learner(
         log.info("holding the lease of %s: learning", name)
         learner: Learner | None = None
         store: PostgresSnapshotStore | None = None
+        items: _CatalogFollower | None = None
         try:
             catalog_log = open_log(settings.db, schema=settings.db_schema)
             try:
@@ -183,7 +189,15 @@ def run_learner(
             started, caught_up = time.monotonic(), False
             learner.start()
             log.info("restored offset %s of %s", learner.offset, name)
-            while not stop.wait(check_seconds):
+            items = _CatalogFollower(settings, catalog)
+            while True:
+                items.wait(check_seconds)  # a catalogue notice ends the wait early
+                if stop.is_set():
+                    break
+                changed = items.changes()
+                if changed is not None and len(changed):
+                    learner.add_items(changed)
+                    log.info("%d catalogue items added or changed", len(changed))
                 if learner.error is not None:
                     log.error("the learner of %s failed (%r): starting over", name,
                               learner.error)  # fmt: skip
@@ -200,6 +214,8 @@ def run_learner(
                 raise
             log.warning("the database is unreachable; starting over: %s", error)
         finally:
+            if items is not None:
+                items.close()
             if learner is not None:  # it closes the store
                 keep = stop.is_set() and learner.error is None and lease.held()
                 learner.stop(persist=keep)
@@ -207,3 +223,75 @@ def run_learner(
                 store.close()
             lease.release()
         stop.wait(1.0)
+
+
+class _CatalogFollower:
+    """Hears the catalogue's notices (:data:`~lifelong_rec.store.postgres.CATALOG_CHANNEL`) on
+    a connection of its own, and tells which items are new or changed since it last looked:
+    an item added through any API replica reaches the learner's text model within a second."""
+
+    def __init__(self, settings: Settings, known: Catalog) -> None:
+        import psycopg
+
+        from lifelong_rec.store.postgres import CATALOG_CHANNEL
+
+        self.settings = settings
+        self.known = known
+        self._link = psycopg.connect(settings.db, autocommit=True, connect_timeout=5)
+        self._link.execute(f"LISTEN {CATALOG_CHANNEL}")
+        # An upsert that committed between the learner's catalogue read and the LISTEN above
+        # sent its notice to nobody: look once anyway.
+        self._heard = True
+
+    def wait(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for a catalogue notice (of any schema)."""
+        schema = self.settings.db_schema
+        for notice in self._link.notifies(timeout=seconds, stop_after=1):
+            self._heard = self._heard or notice.payload == schema
+
+    def changes(self) -> Catalog | None:
+        """The items new or changed since the last look, if a notice came; None otherwise."""
+        if not self._heard:
+            return None
+        self._heard = False
+        catalog_log = open_log(self.settings.db, schema=self.settings.db_schema)
+        try:
+            current = catalog_log.catalog()
+        finally:
+            catalog_log.close()
+        changed = catalog_changes(self.known, current)
+        self.known = current
+        return changed
+
+    def close(self) -> None:
+        self._link.close()
+
+
+def catalog_changes(before: Catalog, after: Catalog) -> Catalog:
+    """The items of ``after`` that ``before`` lacks, or whose title, text or categories differ.
+
+    Examples
+    --------
+    >>> old = Catalog.from_records([{"item": "a", "title": "A"}, {"item": "b", "title": "B"}])
+    >>> new = Catalog.from_records([{"item": "a", "title": "A"}, {"item": "b", "title": "B2"},
+    ...                             {"item": "c", "title": "C"}])
+    >>> catalog_changes(old, new).item.tolist()
+    ['b', 'c']
+    """
+
+    def keys(catalog: Catalog) -> np.ndarray:
+        joined = ["\x1f".join(categories) for categories in catalog.categories]
+        parts = (catalog.item, catalog.title, catalog.text, np.array(joined, dtype=str))
+        out = parts[0].astype(object)
+        for part in parts[1:]:
+            out = out + "\x1e" + part.astype(object)
+        return out
+
+    changed = np.flatnonzero(~np.isin(keys(after), keys(before)))
+    return Catalog(
+        item=after.item[changed],
+        title=after.title[changed],
+        text=after.text[changed],
+        categories=tuple(after.categories[row] for row in changed.tolist()),
+        attributes=tuple(after.attributes[row] for row in changed.tolist()),
+    )

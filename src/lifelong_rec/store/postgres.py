@@ -70,7 +70,16 @@ from lifelong_rec.store.eventlog import (
     rejected_from_rows,
 )
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresEventLog", "SchemaVersionError"]
+__all__ = [
+    "CATALOG_CHANNEL",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "PostgresEventLog",
+    "SchemaVersionError",
+]
+
+#: the channel on which a catalogue upsert is announced when it commits (payload: the schema)
+CATALOG_CHANNEL = "lifelong_rec_catalog"
 
 # (version, description, DDL), applied in order; never edit one that has shipped, add a new one.
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
@@ -554,6 +563,8 @@ class PostgresEventLog:
                     [json.dumps(a) for a in catalog.attributes],
                 ),
             )
+            # Learner processes listen: a text model makes the new items rankable at once.
+            connection.execute("SELECT pg_notify(%s, %s)", (CATALOG_CHANNEL, self.schema))
         return len(catalog)
 
     def catalog(self) -> Catalog:
