@@ -335,3 +335,56 @@ def test_an_item_added_through_a_replica_reaches_the_learners_text_model(
         wait_until(recommendable, 30, every=0.2)
     finally:
         cluster.stop()
+
+
+def test_policies_learn_from_every_replicas_feedback(cluster: Cluster) -> None:
+    """Feedback taken by two replicas teaches one policy, in the learner process; it is saved
+    with the snapshots with its place in the settlements, and every replica serves it."""
+    cluster.env["LIFELONG_REC_POLICY"] = "thompson"
+    cluster.learner()
+    a, b = cluster.replica(), cluster.replica()
+    for server in (a, b):
+        server.wait_healthy(60)
+    post(a, ROWS[:2_000], "events")
+    wait_until(lambda: serving(a)[2] >= 2_000 and serving(b)[2] >= 2_000, 60)
+    shown = 0
+    for n, (decider, receiver) in enumerate([(a, b), (b, a), (a, a), (b, b)]):
+        served = httpx.get(f"{decider.url}/users/u{n + 1:05d}/recommendations",
+                           params={"k": 4}).json()  # fmt: skip
+        shown += len(served["items"])
+        rewards = [{"item": served["items"][0]["item"], "kind": "purchase"}]
+        time.sleep(0.2)  # the decision reaches the table within ~20 ms
+        feedback = {"decision_id": served["decision_id"], "rewards": rewards}
+        assert httpx.post(f"{receiver.url}/feedback", json=feedback).status_code == 200
+
+    store = cluster.store()
+    try:
+
+        def taught() -> tuple[float, float, int] | None:
+            newest = store.newest()
+            if newest is None or newest.settled != 4:
+                return None
+            policy = store.load_policies(newest.version)["default"]
+            return policy.successes_.sum(), policy.failures_.sum(), newest.version
+
+        wins, losses, version = wait_until(taught, 30, every=0.2)  # type: ignore[misc]
+    finally:
+        store.close()
+    assert (wins, wins + losses) == (4.0, shown)  # one purchase per decision, every shown item
+
+    def served_version(server: ServeProcess) -> int:
+        return int(str(serving(server)[0]).rsplit("-v", 1)[1])
+
+    wait_until(lambda: min(served_version(a), served_version(b)) >= version, 5)
+
+    # A replica that starts now serves the taught policy from the first snapshot it loads.
+    from lifelong_rec.service import Settings
+    from lifelong_rec.service.engine import Engine
+
+    engine = Engine(Settings(db=cluster.url, db_schema=cluster.schema, role="api",
+                             policy="thompson"))  # fmt: skip
+    engine.start()
+    try:
+        assert engine.default_policy.successes_.sum() == 4.0  # type: ignore[attr-defined]
+    finally:
+        engine.stop()

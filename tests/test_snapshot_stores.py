@@ -40,10 +40,11 @@ def test_a_saved_snapshot_loads_back_whole(store: Store) -> None:
     quality = {"scored": 10, "hr_at_10": 0.5, "ndcg_at_10": 0.25,
                "recent_hr_at_10": 0.5, "recent_ndcg_at_10": 0.25}  # fmt: skip
     policy = LinUCB(k=2, alpha=0.3)
-    info = store.save(model, 1, 30, {"default": policy}, quality)
+    info = store.save(model, 1, 30, {"default": policy}, quality, settled=7)
     loaded, loaded_info = store.load(1)
     assert loaded_info == info == store.info(1) == store.newest()
     assert loaded_info.offset == 30 and loaded_info.quality == quality
+    assert loaded_info.settled == 7
     users = np.array(["u1", "u2"])
     np.testing.assert_array_equal(loaded.recommend(users, 5).items, model.recommend(users, 5).items)
     policies = store.load_policies(1)

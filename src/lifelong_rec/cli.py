@@ -351,6 +351,10 @@ def _parser() -> argparse.ArgumentParser:
     learn.add_argument("--model", default=None, help="model spec (default: mf)")
     learn.add_argument("--strategy", default=None, help="update strategy (default: naive@block)")
     learn.add_argument(
+        "--policy", default=None,
+        help="the replicas' exploration policy spec, taught here from their feedback",
+    )  # fmt: skip
+    learn.add_argument(
         "--arm", action="store_true",
         help="learn the model as an experiment arm's (apart from the service's own)",
     )  # fmt: skip
@@ -674,7 +678,7 @@ def _learn(args: argparse.Namespace) -> int:
     from lifelong_rec.service.worker import learner_name, run_learner
 
     options = {"db": args.db, "model": args.model, "strategy": args.strategy,
-               "db_schema": args.db_schema}  # fmt: skip
+               "policy": args.policy, "db_schema": args.db_schema}  # fmt: skip
     settings = _service_settings({k: v for k, v in options.items() if v is not None})
     if not is_postgres(settings.db):
         raise InputError(
@@ -683,6 +687,8 @@ def _learn(args: argparse.Namespace) -> int:
         )
     _, factory = _parsed("--model", parse_model, settings.model)
     _parsed("--strategy", parse_strategy, settings.strategy, factory)
+    if settings.policy is not None:
+        _parsed("--policy", parse_policy, settings.policy, k=1)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -17,6 +17,7 @@ import logging
 import sqlite3
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("lifelong_rec.service")
 RETRY_SECONDS = 1.0  # between tries to write decisions while the database is away
 MAX_PENDING = 100_000  # decisions that wait for the database, at most
+_SETTLE_LOCK = 0x4C52_0004  # first key of the advisory lock that numbers settlements
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions(
@@ -309,6 +311,7 @@ class PostgresDecisionStore(_Decisions):
 
         self.url = url
         self.schema = schema
+        self._settle_lock = (_SETTLE_LOCK, zlib.crc32(schema.encode()) - 2**31)
         self._log = open_log(url, schema=schema)  # first: it creates the schema
         try:
             self._pool = open_pool(url, schema, pool_size=pool_size, timeout=timeout)
@@ -338,12 +341,30 @@ class PostgresDecisionStore(_Decisions):
 
     def _record_feedback(self, decision_id: str, rewards: str) -> bool:
         with self._pool.connection() as connection:
+            # Settlements are numbered in commit order, as the log's offsets are (a lock held
+            # to the commit): a reader of settled_seq > n never steps over a late commit.
+            connection.execute("SELECT pg_advisory_xact_lock(%s, %s)", self._settle_lock)
             changed = connection.execute(
-                "UPDATE decisions SET feedback_at = %s, rewards = %s "
+                "UPDATE decisions SET feedback_at = %s, rewards = %s, settled_seq = "
+                "(SELECT COALESCE(MAX(settled_seq), 0) + 1 FROM decisions) "
                 "WHERE id = %s AND feedback_at IS NULL",
                 (time.time(), rewards, decision_id),
             ).rowcount
         return changed == 1
+
+    def settled_since(self, after: int, limit: int = 10_000) -> list[tuple[int, Served]]:
+        """Decisions whose feedback was recorded after settlement number ``after``, with their
+        numbers, in the order they were settled (at most ``limit``): what a learner process
+        teaches the policies. Every process's settlements are there once committed, and one
+        committed late never numbers below one read before it."""
+        with self._pool.connection() as connection:
+            rows = connection.execute(
+                "SELECT settled_seq, id, user_id, experiment, arm, policy, model_version, "
+                "slate, propensities, exploring, features, created_at, rewards FROM decisions "
+                "WHERE settled_seq > %s ORDER BY settled_seq LIMIT %s",
+                (after, limit),
+            ).fetchall()
+        return [(int(row[0]), _from_row(row[1:])) for row in rows]
 
     def _arm_rewards(self, experiment: str) -> list[tuple[str, str | None]]:
         with self._pool.connection() as connection:

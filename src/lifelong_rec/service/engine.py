@@ -19,6 +19,7 @@ each once and works with what it read.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gc
 import logging
 import re
@@ -37,7 +38,7 @@ from lifelong_rec.models import Recommender, Wording, parse_model, with_catalog
 from lifelong_rec.policy import Decisions, Greedy, Policy, parse_policy, reward_spec, serve
 from lifelong_rec.service.decisions import Served, rewards_matrix
 from lifelong_rec.service.errors import Conflict, Invalid, NotFound, NotReady
-from lifelong_rec.service.experiments import Arm, Experiment
+from lifelong_rec.service.experiments import DEFAULT_POLICY, Arm, Experiment, policy_key
 from lifelong_rec.service.follower import Follower
 from lifelong_rec.service.ingest import Ingested, ingest
 from lifelong_rec.service.learner import Learner, Snapshot
@@ -50,8 +51,6 @@ from lifelong_rec.store import is_postgres, is_unavailable, open_log
 
 log = logging.getLogger("lifelong_rec.service")
 
-#: the default policy's name among the policies saved with a snapshot
-DEFAULT_POLICY = "default"
 #: how often an engine on PostgreSQL looks for an experiment started or stopped elsewhere
 EXPERIMENT_POLL_SECONDS = 0.5
 
@@ -346,7 +345,7 @@ class Engine:
             policies = {DEFAULT_POLICY: copy.deepcopy(self.default_policy)}
             if live is not None:
                 for arm, policy in zip(live.experiment.arms, live.policies, strict=True):
-                    policies[_arm_policy(live.experiment, arm)] = copy.deepcopy(policy)
+                    policies[policy_key(live.experiment.name, arm.name)] = copy.deepcopy(policy)
         return policies
 
     def _restore_policies(self, saved: Mapping[str, Policy]) -> None:
@@ -526,7 +525,7 @@ class Engine:
         policies = []
         for arm in experiment.arms:
             policy = self._make_policy(arm.policy)
-            restored = saved.get(_arm_policy(experiment, arm))
+            restored = saved.get(policy_key(experiment.name, arm.name))
             if restored is not None and repr(restored) == repr(policy):
                 policy = restored  # it learned before a restart: go on from there
             policies.append(policy)
@@ -605,11 +604,28 @@ class Engine:
 
     def _published(self, snapshot: Snapshot) -> None:
         self.metrics.version.set(snapshot.version)
+        if self.settings.role == "api":  # the learner process taught the policies: take them
+            self._adopt_policies(self.learner.restored_policies)
 
-
-def _arm_policy(experiment: Experiment, arm: Arm) -> str:
-    """The name an arm's policy is saved under with a snapshot."""
-    return f"arm-{experiment.name}-{arm.name}"
+    def _adopt_policies(self, saved: Mapping[str, Policy]) -> None:
+        """Serve the policies a learner process saved with the snapshot now served (each in
+        place of the configured one with the same repr): what every replica's feedback
+        taught them. Called by the follower as it swaps the snapshot."""
+        if not saved:
+            return
+        with self._switch, self._policy_lock:
+            restored = saved.get(DEFAULT_POLICY)
+            if restored is not None and repr(restored) == repr(self.default_policy):
+                self.default_policy = restored
+            live = self.live
+            if live is None:
+                return
+            policies = tuple(
+                taught if (taught := saved.get(policy_key(live.experiment.name, arm.name)))
+                is not None and repr(taught) == repr(current) else current
+                for arm, current in zip(live.experiment.arms, live.policies, strict=True)
+            )  # fmt: skip
+            self.live = dataclasses.replace(live, policies=policies)
 
 
 class _ClientBudget:

@@ -36,6 +36,16 @@ CREATE TABLE IF NOT EXISTS experiments(
 _Row = tuple[str, str, float, float | None]
 
 
+#: the default policy's name among the policies saved with a snapshot
+DEFAULT_POLICY = "default"
+
+
+def policy_key(experiment: str | None, arm: str | None) -> str:
+    """The name a policy is saved under with a snapshot: the default policy's, or an
+    experiment arm's (``arm-<experiment>-<arm>``)."""
+    return DEFAULT_POLICY if experiment is None or arm is None else f"arm-{experiment}-{arm}"
+
+
 @dataclass(frozen=True)
 class Arm:
     name: str

@@ -27,10 +27,16 @@ from typing import TYPE_CHECKING
 
 from lifelong_rec.events import Catalog
 from lifelong_rec.service.learner import OnlineQuality, Snapshot
-from lifelong_rec.service.snapshots import CHANNEL, DamagedSnapshot, PostgresSnapshotStore
+from lifelong_rec.service.snapshots import (
+    CHANNEL,
+    DamagedSnapshot,
+    PostgresSnapshotStore,
+    SnapshotInfo,
+)
 from lifelong_rec.store import is_unavailable
 
 if TYPE_CHECKING:
+    from lifelong_rec.models import Recommender
     from lifelong_rec.policy import Policy
     from lifelong_rec.store.postgres import PostgresEventLog
 
@@ -61,8 +67,9 @@ class Follower:
         Set once a model is loaded: the replica is ready.
     error : BaseException or None
         Always None: a follower's failures are retried, never fatal.
-    restored_policies : dict
-        Empty: the replica's policies start afresh (they learn from its own feedback).
+    restored_policies : dict of str to Policy
+        The policies saved with the serving snapshot: those the learner process taught from
+        every replica's feedback, which the engine serves (see ``Engine._adopt_policies``).
     """
 
     def __init__(
@@ -141,10 +148,10 @@ class Follower:
         """
         with self._lock:
             if version is not None:
-                model, info = self.store.load(version)  # fails before anything is pinned
+                loaded = self.store.load_all(version)  # fails before anything is pinned
                 self.store.write_pin(version)
-                self._serve(Snapshot(model, info.version, info.offset, time.time()), info.quality)
                 self.pinned = True
+                self._serve(*loaded)
                 return self.current
             self.store.write_pin(None)
         self.refresh()
@@ -163,22 +170,23 @@ class Follower:
             if target is None or (target == self.current.version and self.current.model):
                 return False
             try:
-                model, info = self.store.load(target)
+                loaded = self.store.load_all(target)
             except (KeyError, DamagedSnapshot) as error:
                 log.warning("snapshot %s of %s cannot be served: %s", target, self.store.name,
                             error)  # fmt: skip
                 return False
-            self._serve(Snapshot(model, info.version, info.offset, time.time()), info.quality)
+            self._serve(*loaded)
             return True
 
-    def _serve(self, snapshot: Snapshot, quality: dict[str, float] | None) -> None:
-        self.current = snapshot
-        if quality is not None:  # OnlineQuality's fields, saved as JSON numbers
-            values = dict(quality) | {"scored": int(quality.get("scored", 0))}
+    def _serve(self, model: Recommender, info: SnapshotInfo, policies: dict[str, Policy]) -> None:
+        self.current = Snapshot(model, info.version, info.offset, time.time())
+        self.restored_policies = policies
+        if info.quality is not None:  # OnlineQuality's fields, saved as JSON numbers
+            values = dict(info.quality) | {"scored": int(info.quality.get("scored", 0))}
             self._quality = OnlineQuality(**values)  # type: ignore[arg-type]
         self.caught_up.set()
         if self.on_publish:
-            self.on_publish(snapshot)
+            self.on_publish(self.current)
 
     def _run(self) -> None:
         """Listen for notices on a connection of its own; look on each one, and at least every

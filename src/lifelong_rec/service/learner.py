@@ -144,6 +144,9 @@ class Learner:
         The PostgreSQL schema of the log ("public"; SQLite has none).
     consumer : str
         The name under which the learned offset is committed in the log.
+    settled : callable, optional
+        Called at every persist right after ``policies``: the last settlement number (of the
+        decisions table) the copies it returned have learned, saved with the snapshot.
     idle_publish_seconds : float, optional
         Also publish when the log moved on by events that change no score (impressions),
         at most this often, so that a snapshot's offset (what API replicas report as learned)
@@ -181,6 +184,7 @@ class Learner:
         seed: int = 0,
         schema: str = "public",
         consumer: str = CONSUMER,
+        settled: Callable[[], int] | None = None,
         idle_publish_seconds: float | None = None,
     ) -> None:
         check_positive_ints(
@@ -207,6 +211,8 @@ class Learner:
         self.quality_half_life = quality_half_life
         self.seed = seed
         self.consumer = consumer
+        self.settled = settled
+        self.restored_settled = 0  # the restored snapshot's settlement number
         self.idle_publish_seconds = idle_publish_seconds
         self.current = Snapshot(None, 0, 0, time.time())  # what serving reads
         self.latest = self.current  # the newest published, served or not (pinning)
@@ -253,6 +259,7 @@ class Learner:
             self.strategy.model = model
             self.offset = info.offset
             self.restored_policies = policies
+            self.restored_settled = info.settled or 0
             self.current = self.latest = Snapshot(
                 copy.deepcopy(model), info.version, info.offset, time.time()
             )
@@ -289,6 +296,12 @@ class Learner:
 
     def wake(self) -> None:
         """New events are in the log: learn them now rather than at the next poll."""
+        self._wake.set()
+
+    def touch(self) -> None:
+        """Something saved with the snapshots changed (the policies): publish and persist at
+        the next turn, even if no event was learned."""
+        self._dirty = True
         self._wake.set()
 
     def add_items(self, catalog: Catalog) -> None:
@@ -462,8 +475,11 @@ class Learner:
         if snapshot.model is None or snapshot.version <= self._persisted_version:
             return None
         policies = self.policies() if self.policies is not None else None
+        settled = self.settled() if self.settled is not None else None
         quality = asdict(self._quality) if self._quality.scored else None
-        info = self.store.save(snapshot.model, snapshot.version, snapshot.offset, policies, quality)
+        info = self.store.save(
+            snapshot.model, snapshot.version, snapshot.offset, policies, quality, settled
+        )
         self._persisted_version = snapshot.version  # saved: a retry must not save it again
         self.log.commit(self.consumer, snapshot.offset)
         with self._serving_lock:  # what serves, or is pinned, stays on disk

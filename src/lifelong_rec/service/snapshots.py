@@ -86,13 +86,16 @@ class SnapshotInfo:
     """A snapshot's manifest: ``version``, the log ``offset`` it learned up to (exclusive),
     ``created_at`` (Unix seconds), the ``model`` it holds (its repr) and, when its learner
     measured it, the online ``quality`` of the serving model then (``OnlineQuality`` as a
-    dict): what API replicas report for a model learned in another process."""
+    dict): what API replicas report for a model learned in another process. ``settled`` is,
+    for a learner process's snapshot, the last settlement number (of the decisions table) its
+    policies learned from."""
 
     version: int
     offset: int
     created_at: float
     model: str
     quality: dict[str, float] | None = None
+    settled: int | None = None
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -127,6 +130,7 @@ class SnapshotStore:
         offset: int,
         policies: Mapping[str, SavesItself] | None = None,
         quality: Mapping[str, float] | None = None,
+        settled: int | None = None,
     ) -> SnapshotInfo:
         """Write ``model`` (and ``policies``, each into ``policies/<name>/``) as snapshot
         ``version``, atomically, with the learner's online ``quality``.
@@ -142,7 +146,7 @@ class SnapshotStore:
         policies = dict(policies or {})
         for name in policies:
             _check_policy_name(name)
-        info = SnapshotInfo(version, offset, time.time(), repr(model), _floats(quality))
+        info = SnapshotInfo(version, offset, time.time(), repr(model), _floats(quality), settled)
         final = self._path(version)
         if final.exists():
             raise FileExistsError(f"snapshot {version} exists already")
@@ -373,21 +377,23 @@ class PostgresSnapshotStore:
         offset: int,
         policies: Mapping[str, SavesItself] | None = None,
         quality: Mapping[str, float] | None = None,
+        settled: int | None = None,
     ) -> SnapshotInfo:
         """As :meth:`SnapshotStore.save`; the snapshot's files travel as one tar archive."""
         policies = dict(policies or {})
         for name in policies:
             _check_policy_name(name)
-        info = SnapshotInfo(version, offset, time.time(), repr(model), _floats(quality))
+        info = SnapshotInfo(version, offset, time.time(), repr(model), _floats(quality), settled)
         with tempfile.TemporaryDirectory(prefix="lifelong-rec-snapshot-") as folder:
             _write_files(Path(folder), model, policies, info)
             archive = _pack(Path(folder))
         with self._pool.connection() as connection:
             inserted = connection.execute(
                 'INSERT INTO snapshots(name, version, "offset", created_at, model, quality, '
-                "archive) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                "settled, archive) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT DO NOTHING",
                 (self.name, version, offset, info.created_at, info.model,
-                 None if info.quality is None else json.dumps(info.quality), archive),
+                 None if info.quality is None else json.dumps(info.quality), settled, archive),
             ).rowcount  # fmt: skip
             if not inserted:
                 raise FileExistsError(f"snapshot {version} of {self.name} exists already")
@@ -434,7 +440,7 @@ class PostgresSnapshotStore:
         """The newest snapshot's manifest and the pin, in one query (what a follower polls)."""
         with self._pool.connection() as connection:
             row = connection.execute(
-                'SELECT s.version, s."offset", s.created_at, s.model, s.quality, '
+                'SELECT s.version, s."offset", s.created_at, s.model, s.quality, s.settled, '
                 "  (SELECT version FROM snapshot_pins WHERE name = %(name)s) "
                 "FROM (SELECT 1) AS one LEFT JOIN LATERAL ("
                 "  SELECT * FROM snapshots WHERE name = %(name)s ORDER BY version DESC LIMIT 1"
@@ -442,8 +448,8 @@ class PostgresSnapshotStore:
                 {"name": self.name},
             ).fetchone()
         assert row is not None  # the LEFT JOIN always gives one row
-        newest = None if row[0] is None else _info_from_row(row[:5])
-        return newest, None if row[5] is None else int(row[5])
+        newest = None if row[0] is None else _info_from_row(row[:6])
+        return newest, None if row[6] is None else int(row[6])
 
     def versions(self) -> list[int]:
         with self._pool.connection() as connection:
@@ -455,8 +461,7 @@ class PostgresSnapshotStore:
     def list(self) -> list[SnapshotInfo]:
         with self._pool.connection() as connection:
             rows = connection.execute(
-                'SELECT version, "offset", created_at, model, quality FROM snapshots '
-                "WHERE name = %s ORDER BY version",
+                f"SELECT {_INFO_COLUMNS} FROM snapshots WHERE name = %s ORDER BY version",
                 (self.name,),
             ).fetchall()
         return [_info_from_row(row) for row in rows]
@@ -467,8 +472,7 @@ class PostgresSnapshotStore:
     def info(self, version: int) -> SnapshotInfo:
         with self._pool.connection() as connection:
             row = connection.execute(
-                'SELECT version, "offset", created_at, model, quality FROM snapshots '
-                "WHERE name = %s AND version = %s",
+                f"SELECT {_INFO_COLUMNS} FROM snapshots WHERE name = %s AND version = %s",
                 (self.name, version),
             ).fetchone()
         if row is None:
@@ -484,22 +488,26 @@ class PostgresSnapshotStore:
         with self._unpacked(version) as (folder, _):
             return _read_policies(folder)
 
+    def load_all(self, version: int) -> tuple[Recommender, SnapshotInfo, dict[str, Policy]]:
+        """:meth:`load` and :meth:`load_policies` from one read of the snapshot."""
+        with self._unpacked(version) as (folder, info):
+            return Recommender.load(folder), info, _read_policies(folder)
+
     @contextmanager
     def _unpacked(self, version: int) -> Iterator[tuple[Path, SnapshotInfo]]:
         """Snapshot ``version``'s files in a temporary folder; a failure to read them is a
         DamagedSnapshot."""
         with self._pool.connection() as connection:
             row = connection.execute(
-                'SELECT version, "offset", created_at, model, quality, archive FROM snapshots '
-                "WHERE name = %s AND version = %s",
+                f"SELECT {_INFO_COLUMNS}, archive FROM snapshots WHERE name = %s AND version = %s",
                 (self.name, version),
             ).fetchone()
         if row is None:
             raise KeyError(f"no snapshot {version} of {self.name}")
-        info = _info_from_row(row[:5])
+        info = _info_from_row(row[:6])
         with tempfile.TemporaryDirectory(prefix="lifelong-rec-snapshot-") as folder:
             try:
-                with tarfile.open(fileobj=io.BytesIO(row[5]), mode="r:") as archive:
+                with tarfile.open(fileobj=io.BytesIO(row[6]), mode="r:") as archive:
                     archive.extractall(folder, filter="data")  # no path leaves the folder
                 yield Path(folder), info
             except DamagedSnapshot:
@@ -508,11 +516,16 @@ class PostgresSnapshotStore:
                 raise DamagedSnapshot(version, f"{type(error).__name__}: {error}") from error
 
 
+_INFO_COLUMNS = 'version, "offset", created_at, model, quality, settled'
+
+
 def _info_from_row(row: tuple | object) -> SnapshotInfo:
-    version, offset, created_at, model, quality = row  # type: ignore[misc]
+    """A manifest from the columns :data:`_INFO_COLUMNS`, in their order."""
+    version, offset, created_at, model, quality, settled = row  # type: ignore[misc]
     return SnapshotInfo(
         int(version), int(offset), float(created_at), str(model),
         None if quality is None else json.loads(quality),
+        None if settled is None else int(settled),
     )  # fmt: skip
 
 

@@ -65,6 +65,15 @@ CREATE TABLE snapshots(
 CREATE TABLE snapshot_pins(name text PRIMARY KEY, version integer NOT NULL);
 """,
     ),
+    (
+        3,
+        "settlements numbered in commit order; the policies' place in them, per snapshot",
+        """
+ALTER TABLE decisions ADD COLUMN settled_seq bigint;
+CREATE UNIQUE INDEX decisions_settled ON decisions(settled_seq);
+ALTER TABLE snapshots ADD COLUMN settled bigint;
+""",
+    ),
 )
 SERVICE_SCHEMA_VERSION = SERVICE_MIGRATIONS[-1][0]
 

@@ -23,15 +23,20 @@ and it starts over from the newest snapshot).
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
 import zlib
+from collections.abc import Mapping
 
 import numpy as np
 
 from lifelong_rec.events import Catalog
 from lifelong_rec.models import parse_model, with_catalog
+from lifelong_rec.policy import Decisions, Greedy, Policy, parse_policy
+from lifelong_rec.service.decisions import Served
+from lifelong_rec.service.experiments import DEFAULT_POLICY, Experiment, policy_key
 from lifelong_rec.service.learner import Learner
 from lifelong_rec.service.settings import Settings
 from lifelong_rec.service.snapshots import PostgresSnapshotStore
@@ -166,6 +171,7 @@ def run_learner(
         learner: Learner | None = None
         store: PostgresSnapshotStore | None = None
         items: _CatalogFollower | None = None
+        trainer: PolicyTrainer | None = None
         try:
             catalog_log = open_log(settings.db, schema=settings.db_schema)
             try:
@@ -173,6 +179,7 @@ def run_learner(
             finally:
                 catalog_log.close()
             store = PostgresSnapshotStore(settings.db, settings.db_schema, name)
+            trainer = PolicyTrainer(settings)
             learner = Learner(
                 db=settings.db,
                 schema=settings.db_schema,
@@ -184,16 +191,22 @@ def run_learner(
                 learn_batch=settings.learn_batch,
                 keep_snapshots=settings.keep_snapshots,
                 consumer=f"learner:{name}",
+                policies=trainer.copies,
+                settled=trainer.copied,
                 idle_publish_seconds=IDLE_PUBLISH_SECONDS,
             )
             started, caught_up = time.monotonic(), False
             learner.start()
+            trainer.restore(learner.restored_policies, learner.restored_settled)
             log.info("restored offset %s of %s", learner.offset, name)
             items = _CatalogFollower(settings, catalog)
             while True:
                 items.wait(check_seconds)  # a catalogue notice ends the wait early
                 if stop.is_set():
                     break
+                taught = trainer.step()
+                if taught:
+                    learner.touch()  # the policies changed: publish them
                 changed = items.changes()
                 if changed is not None and len(changed):
                     learner.add_items(changed)
@@ -214,6 +227,8 @@ def run_learner(
                 raise
             log.warning("the database is unreachable; starting over: %s", error)
         finally:
+            if trainer is not None:
+                trainer.close()
             if items is not None:
                 items.close()
             if learner is not None:  # it closes the store
@@ -223,6 +238,111 @@ def run_learner(
                 store.close()
             lease.release()
         stop.wait(1.0)
+
+
+class PolicyTrainer:
+    """The serving policies, taught in the learner process from the feedback every replica
+    records, and saved with each snapshot, where every replica takes them.
+
+    Replicas record feedback in the decisions table, where each settlement gets a number in
+    commit order (``settled_seq``). The trainer reads the settlements after the last one it
+    learned, teaches each decision's policy (the default one, configured by ``policy`` as on
+    the replicas, or the running experiment arm's), and remembers where it is; the learner saves
+    that number with the policies (:meth:`copies`, then :meth:`copied`), so a learner taking
+    over restores both from the newest snapshot and goes on from there.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        from lifelong_rec.service.decisions import PostgresDecisionStore
+        from lifelong_rec.service.experiments import PostgresExperiments
+
+        self.settings = settings
+        self._decisions = PostgresDecisionStore(settings.db, settings.db_schema, memory=1)
+        try:
+            self._experiments = PostgresExperiments(settings.db, settings.db_schema)
+        except BaseException:
+            self._decisions.close()
+            raise
+        self._lock = threading.Lock()  # the policies: taught here, copied by the learner
+        self._policies: dict[str, Policy] = {DEFAULT_POLICY: _configured(settings.policy)}
+        self._restored: Mapping[str, Policy] = {}
+        self.settled = 0  # the last settlement taught
+        self._copied = 0
+
+    def restore(self, saved: Mapping[str, Policy], settled: int) -> None:
+        """Go on from a snapshot's policies (each that matches its configuration) and its
+        settlement number."""
+        default = _matching(saved.get(DEFAULT_POLICY), _configured(self.settings.policy))
+        with self._lock:
+            self._restored = saved
+            self._policies = {DEFAULT_POLICY: default}
+            self.settled = settled
+
+    def step(self, limit: int = 10_000) -> int:
+        """Teach the policies the settlements since the last step; how many were read."""
+        rows = self._decisions.settled_since(self.settled, limit)
+        if not rows:
+            return 0
+        running = self._experiments.running()
+        groups: dict[tuple[str, str, int], list[Served]] = {}
+        for _, served in rows:
+            key = policy_key(served.experiment, served.arm)
+            if served.experiment is not None and (
+                running is None or served.experiment != running.name
+            ):
+                continue  # a stopped experiment's policies are gone
+            groups.setdefault((key, served.decisions.policy, served.decisions.k), []).append(served)
+        with self._lock:
+            for (key, _, _), group in groups.items():
+                policy = self._policy(key, running)
+                if policy is None:
+                    continue
+                decisions = Decisions.concat([served.decisions for served in group])
+                rewards = np.array([served.rewards for served in group], dtype=np.float64)
+                try:
+                    policy.update(decisions, rewards)
+                except Exception:  # one policy's failure must not stop the others
+                    log.exception("policy %s could not learn %d decisions", key, len(group))
+            self.settled = rows[-1][0]
+        return len(rows)
+
+    def _policy(self, key: str, running: Experiment | None) -> Policy | None:
+        """The policy saved under ``key``, made (or restored) on first use for an arm of the
+        running experiment."""
+        if key in self._policies:
+            return self._policies[key]
+        if running is None:
+            return None
+        for arm in running.arms:
+            if policy_key(running.name, arm.name) == key:
+                made = _matching(self._restored.get(key), _configured(arm.policy))
+                self._policies[key] = made
+                return made
+        return None
+
+    def copies(self) -> dict[str, Policy]:
+        """Copies of the policies, to save with a snapshot (the learner's thread calls it)."""
+        with self._lock:
+            self._copied = self.settled
+            return {key: copy.deepcopy(policy) for key, policy in self._policies.items()}
+
+    def copied(self) -> int:
+        """The settlement number the last :meth:`copies` had learned."""
+        return self._copied
+
+    def close(self) -> None:
+        self._decisions.close()
+        self._experiments.close()
+
+
+def _configured(spec: str | None) -> Policy:
+    """The policy a spec configures, as the service makes it (greedy when None)."""
+    return Greedy(k=1) if spec is None else parse_policy(spec, k=1)
+
+
+def _matching(saved: Policy | None, configured: Policy) -> Policy:
+    """``saved`` if it is the configured policy (same repr), else ``configured``."""
+    return saved if saved is not None and repr(saved) == repr(configured) else configured
 
 
 class _CatalogFollower:
