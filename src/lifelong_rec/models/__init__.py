@@ -1,6 +1,7 @@
 """Recommenders that learn from every event: popularity, item-kNN, matrix factorisation, and
 the sequential transformer (imported on first use: it needs PyTorch, the ``deep`` extra)."""
 
+from lifelong_rec.models.auto import Auto
 from lifelong_rec.models.base import (
     Recommendations,
     Recommender,
@@ -35,6 +36,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "BPR",
     "REASON_KINDS",
+    "Auto",
     "Explanation",
     "GrowingSparse",
     "HashingTextEncoder",

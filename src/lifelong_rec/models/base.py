@@ -747,6 +747,7 @@ class Recommender(ABC):
             "updates": self.updates_,
         }
         (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+        self._save_parts(folder)
 
     @classmethod
     def load(cls, path: str | Path) -> Recommender:
@@ -776,6 +777,7 @@ class Recommender(ABC):
         model.history_size_ = arrays["history_size"].astype(np.int64)
         model.updates_ = int(manifest.get("updates", 0))
         model._set_state(part("model."))
+        model._load_parts(folder)
         return model
 
     # -------------------------------------------------------------- hooks
@@ -814,6 +816,12 @@ class Recommender(ABC):
             f"{type(self).__name__} does not compute its scores from the user's history, so "
             "there is no history item to delete"
         )
+
+    def _save_parts(self, folder: Path) -> None:  # noqa: B027 (an optional hook: the default does nothing)
+        """Write what arrays cannot hold (the models inside an ensemble) under ``folder``."""
+
+    def _load_parts(self, folder: Path) -> None:  # noqa: B027 (an optional hook: the default does nothing)
+        """Read back what :meth:`_save_parts` wrote."""
 
     @abstractmethod
     def _state(self) -> dict[str, np.ndarray]:
