@@ -70,7 +70,7 @@ from typing import TypeVar
 import aiohttp
 import numpy as np
 from common import RESULTS, report
-from service_load import Server, free_port, make_events, percentiles, recommend_load
+from service_load import Server, free_port, ingest, make_events, recommend_load
 
 from lifelong_rec.service.snapshots import PostgresSnapshotStore
 from lifelong_rec.store import open_log
@@ -195,52 +195,6 @@ async def metered(pids: dict[str, int], phase: Awaitable[T]) -> tuple[T, dict[st
 
 
 # ------------------------------------------------------------------------------ load
-
-
-async def ingest_spread(
-    session: aiohttp.ClientSession,
-    urls: list[str],
-    events: list[dict],
-    batch: int,
-    connections: int,
-) -> tuple[dict[str, object], dict[str, int]]:
-    """``service_load.ingest`` over several replicas: connection ``n`` posts to
-    ``urls[n % len(urls)]``. Also returns what was acknowledged, ``{key: accepted}``."""
-    bodies = []
-    for first in range(0, len(events), batch):
-        key = f"load-{first}"
-        bodies.append((key, json.dumps({"events": events[first : first + batch], "key": key})))
-    queue = list(reversed(bodies))
-    latencies: list[float] = []
-    acknowledged: dict[str, int] = {}
-
-    async def worker(url: str) -> None:
-        while queue:
-            key, body = queue.pop()
-            sent = time.perf_counter()
-            async with session.post(
-                url + "/events", data=body.encode(), headers={"Content-Type": "application/json"}
-            ) as response:
-                answer = await response.json()
-                if response.status != 200:
-                    raise RuntimeError(f"POST /events: {response.status} {answer}")
-            latencies.append(time.perf_counter() - sent)
-            acknowledged[key] = answer["accepted"]
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker(urls[n % len(urls)]) for n in range(connections)))
-    seconds = time.perf_counter() - started
-    accepted = sum(acknowledged.values())
-    return {
-        "events": len(events),
-        "accepted": accepted,
-        "batch": batch,
-        "posts": len(bodies),
-        "connections": connections,
-        "seconds": round(seconds, 2),
-        "events_per_s": round(accepted / seconds),
-        "post": percentiles(latencies),
-    }, acknowledged
 
 
 async def recommend_spread(
@@ -424,7 +378,7 @@ async def measure(
     """Ingestion, catch-up and recommendations, the same for every configuration."""
     urls = [server.url for server in servers]
     (ingestion, acknowledged), ingest_cores = await metered(
-        pids, ingest_spread(session, urls, events, args.batch, args.ingest_connections)
+        pids, ingest(session, urls, events, args.batch, args.ingest_connections)
     )
     ingestion["cores_busy"] = ingest_cores
     catch_up_s = await caught_up(session, servers)

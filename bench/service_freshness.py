@@ -73,7 +73,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         try:
             async with aiohttp.ClientSession() as session:
                 await server.wait(session, "/healthz", 120)
-                ingestion = await ingest(session, server.url, events, 2_000, 2)
+                ingestion, _ = await ingest(session, server.url, events, 2_000, 2)
                 await server.caught_up(session, 300)
                 print(f"ingested: {ingestion}", file=sys.stderr)
                 samples = []

@@ -168,21 +168,28 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
 
 
 async def ingest(
-    session: aiohttp.ClientSession, url: str, events: list[dict], batch: int, connections: int
-) -> dict[str, object]:
-    """POST the events in keyed batches, ``connections`` at a time; events/s."""
+    session: aiohttp.ClientSession,
+    urls: str | list[str],
+    events: list[dict],
+    batch: int,
+    connections: int,
+) -> tuple[dict[str, object], dict[str, int]]:
+    """POST the events in keyed batches, ``connections`` at a time (connection ``n`` to
+    ``urls[n % len(urls)]`` when several replicas are given); events/s, and what was
+    acknowledged, ``{key: accepted}``."""
+    urls = [urls] if isinstance(urls, str) else urls
     bodies = [
-        json.dumps({"events": events[first : first + batch], "key": f"load-{first}"}).encode()
+        (f"load-{first}",
+         json.dumps({"events": events[first : first + batch], "key": f"load-{first}"}).encode())
         for first in range(0, len(events), batch)
-    ]
+    ]  # fmt: skip
     queue = list(reversed(bodies))
     latencies: list[float] = []
-    accepted = 0
+    acknowledged: dict[str, int] = {}
 
-    async def worker() -> None:
-        nonlocal accepted
+    async def worker(url: str) -> None:
         while queue:
-            body = queue.pop()
+            key, body = queue.pop()
             sent = time.perf_counter()
             async with session.post(
                 url + "/events", data=body, headers={"Content-Type": "application/json"}
@@ -191,11 +198,12 @@ async def ingest(
                 if response.status != 200:
                     raise RuntimeError(f"POST /events: {response.status} {answer}")
             latencies.append(time.perf_counter() - sent)
-            accepted += answer["accepted"]
+            acknowledged[key] = answer["accepted"]
 
     started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(connections)))
+    await asyncio.gather(*(worker(urls[n % len(urls)]) for n in range(connections)))
     seconds = time.perf_counter() - started
+    accepted = sum(acknowledged.values())
     return {
         "events": len(events),
         "accepted": accepted,
@@ -205,7 +213,7 @@ async def ingest(
         "seconds": round(seconds, 2),
         "events_per_s": round(accepted / seconds),
         "post": percentiles(latencies),
-    }
+    }, acknowledged
 
 
 async def recommend_load(
@@ -322,7 +330,7 @@ async def run_config(args: argparse.Namespace, policy: str | None, events: list[
         try:
             async with aiohttp.ClientSession(connector=connector) as session:
                 started_s = await server.wait(session, "/healthz", 120)
-                ingestion = await ingest(
+                ingestion, _ = await ingest(
                     session, server.url, events, args.batch, args.ingest_connections
                 )
                 catch_up_s = await server.caught_up(session, 300)
