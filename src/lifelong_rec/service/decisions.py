@@ -31,6 +31,8 @@ from lifelong_rec.service.errors import Unavailable
 from lifelong_rec.store import EventLog, is_unavailable, open_log
 
 if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
+
     from lifelong_rec.store.postgres import PostgresEventLog
 
 log = logging.getLogger("lifelong_rec.service")
@@ -352,20 +354,6 @@ class PostgresDecisionStore(_Decisions):
             ).rowcount
         return changed == 1
 
-    def settled_since(self, after: int, limit: int = 10_000) -> list[tuple[int, Served]]:
-        """Decisions whose feedback was recorded after settlement number ``after``, with their
-        numbers, in the order they were settled (at most ``limit``): what a learner process
-        teaches the policies. Every process's settlements are there once committed, and one
-        committed late never numbers below one read before it."""
-        with self._pool.connection() as connection:
-            rows = connection.execute(
-                "SELECT settled_seq, id, user_id, experiment, arm, policy, model_version, "
-                "slate, propensities, exploring, features, created_at, rewards FROM decisions "
-                "WHERE settled_seq > %s ORDER BY settled_seq LIMIT %s",
-                (after, limit),
-            ).fetchall()
-        return [(int(row[0]), _from_row(row[1:])) for row in rows]
-
     def _arm_rewards(self, experiment: str) -> list[tuple[str, str | None]]:
         with self._pool.connection() as connection:
             return connection.execute(
@@ -374,6 +362,24 @@ class PostgresDecisionStore(_Decisions):
 
     def _close_table(self) -> None:
         self._pool.close()
+
+
+def settled_since(
+    pool: ConnectionPool, after: int, limit: int = 10_000
+) -> list[tuple[int, Served]]:
+    """Decisions whose feedback was recorded after settlement number ``after``, with their
+    numbers, in the order they were settled (at most ``limit``), read through ``pool`` (of the
+    decisions' schema): what a learner process teaches the policies. Every process's
+    settlements are there once committed, and one committed late never numbers below one read
+    before it (:meth:`PostgresDecisionStore._record_feedback`)."""
+    with pool.connection() as connection:
+        rows = connection.execute(
+            "SELECT settled_seq, id, user_id, experiment, arm, policy, model_version, "
+            "slate, propensities, exploring, features, created_at, rewards FROM decisions "
+            "WHERE settled_seq > %s ORDER BY settled_seq LIMIT %s",
+            (after, limit),
+        ).fetchall()
+    return [(int(row[0]), _from_row(row[1:])) for row in rows]
 
 
 def _to_row(served: Served) -> tuple:

@@ -143,10 +143,7 @@ class SnapshotStore:
         FileExistsError
             If snapshot ``version`` exists already.
         """
-        policies = dict(policies or {})
-        for name in policies:
-            _check_policy_name(name)
-        info = SnapshotInfo(version, offset, time.time(), repr(model), _floats(quality), settled)
+        policies, info = _manifest(model, version, offset, policies, quality, settled)
         final = self._path(version)
         if final.exists():
             raise FileExistsError(f"snapshot {version} exists already")
@@ -380,10 +377,7 @@ class PostgresSnapshotStore:
         settled: int | None = None,
     ) -> SnapshotInfo:
         """As :meth:`SnapshotStore.save`; the snapshot's files travel as one tar archive."""
-        policies = dict(policies or {})
-        for name in policies:
-            _check_policy_name(name)
-        info = SnapshotInfo(version, offset, time.time(), repr(model), _floats(quality), settled)
+        policies, info = _manifest(model, version, offset, policies, quality, settled)
         with tempfile.TemporaryDirectory(prefix="lifelong-rec-snapshot-") as folder:
             _write_files(Path(folder), model, policies, info)
             archive = _pack(Path(folder))
@@ -529,8 +523,20 @@ def _info_from_row(row: tuple | object) -> SnapshotInfo:
     )  # fmt: skip
 
 
-def _floats(quality: Mapping[str, float] | None) -> dict[str, float] | None:
-    return None if quality is None else {key: float(value) for key, value in quality.items()}
+def _manifest(
+    model: Recommender,
+    version: int,
+    offset: int,
+    policies: Mapping[str, SavesItself] | None,
+    quality: Mapping[str, float] | None,
+    settled: int | None,
+) -> tuple[dict[str, SavesItself], SnapshotInfo]:
+    """What both stores save: the policies (their names checked) and the manifest."""
+    policies = dict(policies or {})
+    for name in policies:
+        _check_policy_name(name)
+    floats = None if quality is None else {key: float(value) for key, value in quality.items()}
+    return policies, SnapshotInfo(version, offset, time.time(), repr(model), floats, settled)
 
 
 def _write_files(

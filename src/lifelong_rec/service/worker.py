@@ -29,18 +29,23 @@ import threading
 import time
 import zlib
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lifelong_rec.events import Catalog
 from lifelong_rec.models import parse_model, with_catalog
 from lifelong_rec.policy import Decisions, Greedy, Policy, parse_policy
-from lifelong_rec.service.decisions import Served
+from lifelong_rec.service.decisions import Served, settled_since
 from lifelong_rec.service.experiments import DEFAULT_POLICY, Experiment, policy_key
 from lifelong_rec.service.learner import Learner
 from lifelong_rec.service.settings import Settings
 from lifelong_rec.service.snapshots import PostgresSnapshotStore
 from lifelong_rec.store import is_unavailable, open_log
+
+if TYPE_CHECKING:  # psycopg is imported only where a PostgreSQL database is used
+    from lifelong_rec.store import EventLog
+    from lifelong_rec.store.postgres import PostgresEventLog
 
 log = logging.getLogger("lifelong_rec.service")
 
@@ -199,7 +204,7 @@ def run_learner(
             learner.start()
             trainer.restore(learner.restored_policies, learner.restored_settled)
             log.info("restored offset %s of %s", learner.offset, name)
-            items = _CatalogFollower(settings, catalog)
+            items = _CatalogFollower(settings, learner.log, catalog)
             while True:
                 items.wait(check_seconds)  # a catalogue notice ends the wait early
                 if stop.is_set():
@@ -253,15 +258,15 @@ class PolicyTrainer:
     """
 
     def __init__(self, settings: Settings) -> None:
-        from lifelong_rec.service.decisions import PostgresDecisionStore
         from lifelong_rec.service.experiments import PostgresExperiments
+        from lifelong_rec.service.stores import open_pool
 
         self.settings = settings
-        self._decisions = PostgresDecisionStore(settings.db, settings.db_schema, memory=1)
+        self._pool = open_pool(settings.db, settings.db_schema, pool_size=1, timeout=30.0)
         try:
             self._experiments = PostgresExperiments(settings.db, settings.db_schema)
         except BaseException:
-            self._decisions.close()
+            self._pool.close()
             raise
         self._lock = threading.Lock()  # the policies: taught here, copied by the learner
         self._policies: dict[str, Policy] = {DEFAULT_POLICY: _configured(settings.policy)}
@@ -280,7 +285,7 @@ class PolicyTrainer:
 
     def step(self, limit: int = 10_000) -> int:
         """Teach the policies the settlements since the last step; how many were read."""
-        rows = self._decisions.settled_since(self.settled, limit)
+        rows = settled_since(self._pool, self.settled, limit)
         if not rows:
             return 0
         running = self._experiments.running()
@@ -331,7 +336,7 @@ class PolicyTrainer:
         return self._copied
 
     def close(self) -> None:
-        self._decisions.close()
+        self._pool.close()
         self._experiments.close()
 
 
@@ -350,12 +355,15 @@ class _CatalogFollower:
     a connection of its own, and tells which items are new or changed since it last looked:
     an item added through any API replica reaches the learner's text model within a second."""
 
-    def __init__(self, settings: Settings, known: Catalog) -> None:
+    def __init__(
+        self, settings: Settings, log: EventLog | PostgresEventLog, known: Catalog
+    ) -> None:
         import psycopg
 
         from lifelong_rec.store.postgres import CATALOG_CHANNEL
 
         self.settings = settings
+        self.log = log  # the learner's: thread-safe, and open already
         self.known = known
         self._link = psycopg.connect(settings.db, autocommit=True, connect_timeout=5)
         self._link.execute(f"LISTEN {CATALOG_CHANNEL}")
@@ -374,11 +382,7 @@ class _CatalogFollower:
         if not self._heard:
             return None
         self._heard = False
-        catalog_log = open_log(self.settings.db, schema=self.settings.db_schema)
-        try:
-            current = catalog_log.catalog()
-        finally:
-            catalog_log.close()
+        current = self.log.catalog()
         changed = catalog_changes(self.known, current)
         self.known = current
         return changed
