@@ -10,6 +10,7 @@ from lifelong_rec.events import Catalog, EventBatch
 from lifelong_rec.explain import deletion_test, explain_decisions
 from lifelong_rec.models import (
     BPR,
+    Auto,
     ItemKNN,
     MatrixFactorization,
     Popularity,
@@ -94,8 +95,10 @@ def test_the_version_counts_the_updates(shop, tmp_path):
         (lambda: ItemKNN(), 0.9, 0.9),
         (lambda: MatrixFactorization(factors=32, iterations=8), 0.95, 0.9),
         (_transformer, 0.75, 0.75),
+        # the leading candidate's reasons; the other's part answers a deletion too
+        (lambda: Auto(candidates=("itemknn", "mf(factors=32, iterations=8)")), 0.9, 0.8),
     ],
-    ids=["itemknn", "mf", "transformer"],
+    ids=["itemknn", "mf", "transformer", "auto"],
 )
 def test_removing_the_top_reason_lowers_the_score_more_than_a_random_item(
     shop, factory, drops, beats_random

@@ -210,9 +210,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--map", dest="mapping", default=None, metavar="FIELD=COLUMN,...")
     evaluate.add_argument(
         "--models",
-        default="pop,itemknn,mf",
-        help="comma-separated: " + ", ".join(MODEL_NAMES) + "; with parameters as "
-        "mf(factors=32,recency_half_life_seconds=60)",
+        default="auto,pop,itemknn,session-mf,mf",
+        help="comma-separated (default: the ensemble auto and each of its candidates): "
+        + ", ".join(MODEL_NAMES)
+        + "; with parameters as mf(factors=32,recency_half_life_seconds=60)",
     )
     evaluate.add_argument(
         "--strategies",
@@ -322,7 +323,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--model", default=None, help="model spec (default: mf)")
+    serve.add_argument("--model", default=None, help="model spec (default: auto)")
     serve.add_argument("--strategy", default=None, help="update strategy (default: naive@block)")
     serve.add_argument("--policy", default=None, help="exploration policy spec (default: none)")
     serve.add_argument(
@@ -348,7 +349,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     learn.add_argument("--db", required=True, help="postgresql://user@host:5432/dbname")
     learn.add_argument("--db-schema", default=None, help="PostgreSQL schema (default: public)")
-    learn.add_argument("--model", default=None, help="model spec (default: mf)")
+    learn.add_argument("--model", default=None, help="model spec (default: auto)")
     learn.add_argument("--strategy", default=None, help="update strategy (default: naive@block)")
     learn.add_argument(
         "--policy", default=None,

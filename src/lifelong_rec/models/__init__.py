@@ -10,6 +10,7 @@ from lifelong_rec.models.base import (
 )
 from lifelong_rec.models.bpr import BPR
 from lifelong_rec.models.explanation import REASON_KINDS, Explanation, Reason, Wording
+from lifelong_rec.models.fresh import Fresh
 from lifelong_rec.models.itemknn import ItemKNN
 from lifelong_rec.models.mf import MatrixFactorization
 from lifelong_rec.models.popularity import Popularity
@@ -38,6 +39,7 @@ __all__ = [
     "REASON_KINDS",
     "Auto",
     "Explanation",
+    "Fresh",
     "GrowingSparse",
     "HashingTextEncoder",
     "ItemKNN",

@@ -1,35 +1,40 @@
 """``auto``: an online ensemble that follows the best of its candidate models per situation.
 
-Which model wins changes with the data set, and within one stream with the user: a bestseller
-list for someone who just arrived, item-kNN or a session-aware MF for someone with a few
-recent events, a classic MF for a long history. :class:`Auto` runs its candidates side by side
-on the same events and learns, online, how much to trust each one in each situation.
+Which model wins changes with the data set, and within one stream with the user and the item:
+a bestseller list for someone who just arrived or for an item that appeared an hour ago,
+item-kNN or a session-aware MF for someone with a few recent events, a classic MF for a long
+history. :class:`Auto` runs its candidates side by side on the same events and learns, online,
+how much to trust each one in each situation.
 
-Situations are buckets of the length of the user's history as the ensemble has learned it:
-:data:`SITUATIONS` (no history, 1-4 items, 5-19, 20 and more).
+A situation is a pair of buckets: the length of the user's history as the ensemble has learned
+it (:data:`HISTORY_BUCKETS`: none, 1-4 items, 5-19, 20 and more) and the item's age, the time
+since its first event as the ensemble saw it (:data:`AGE_BUCKETS`: never seen, under an hour,
+under a day, under 30 days, older).
 
-Test then train: before the candidates learn a batch, a sample (``sample``) of its positive
-events that are first sightings of their (user, item) pair, for items some candidate knows,
-is ranked by every candidate as it stands; an event's loss for a candidate is ``1 - gain``,
-the gain being ``1 / log2(rank + 1)`` when the item is in the candidate's top ``k`` for the
-user (seen items excluded), 0 otherwise. Each situation's weights then take a Hedge step with
-fixed share::
+Test then train: before the candidates learn a batch, its positive events that are first
+sightings of their (user, item) pair are judged, each with probability ``judge_share`` and at
+most ``sample`` per batch: every candidate ranks the item for the user as it stands; the loss
+is ``1 - gain``, the gain ``1 / log2(rank + 1)`` when the item is in the candidate's top ``k``
+for the user (seen items excluded), 0 otherwise. Each situation's weights then take a Hedge step
+with fixed share::
 
     w[s, c] <- w[s, c] * exp(-learning_rate * L[s, c])      # L: the summed losses in s
     w[s, :] <- (1 - share) * w[s, :] / sum(w[s, :]) + share / n_candidates
 
 Fixed share keeps every candidate's weight above ``share / n_candidates``, so the ensemble can
-follow a switch of the best candidate within a bounded number of events.
+follow a switch of the best candidate within a bounded number of events. Judging a share of the
+events keeps the ensemble's cost close to the sum of its candidates' (ranking an event costs
+every candidate a recommendation).
 
-Serving blends the candidates' standardised scores: for a user in situation ``s``,
-``score(i) = sum_c w[s, c] * (s_c(i) - mean_c) / std_c``, the mean and standard deviation
-over every item (so a score never depends on which other items are scored). Users without a
-history get the fallback (decayed popularity), as with every model.
+Serving blends the candidates' standardised scores: for a user in history bucket ``h`` and an
+item in age bucket ``a``, ``score(i) = sum_c w[h, a, c] * (s_c(i) - mean_c) / std_c``, the mean
+and standard deviation over every item (so a score never depends on which other items are
+scored). Users without a history get the fallback (decayed popularity), as with every model.
 
 Explanations are faithful to the blend's leading part: the reasons of the candidate with the
-largest weight in the user's situation, each scaled by that weight over the candidate's
-standard deviation (exactly its share of the score), the other candidates' parts in ``rest``;
-the method names the candidate and its weight.
+largest mean weight over the explained items' situations, each scaled by the item's weight over
+the candidate's standard deviation (exactly its share of the score), the other candidates'
+parts in ``rest``; the method names the candidate and its mean weight.
 """
 
 from __future__ import annotations
@@ -41,12 +46,15 @@ import numpy as np
 
 from lifelong_rec.checks import check_positive_ints
 from lifelong_rec.events import EventBatch
-from lifelong_rec.models.base import Recommender, _check_batch
+from lifelong_rec.models.base import IndexedEvents, Recommender, _check_batch
 from lifelong_rec.models.explanation import Attribution
 
-#: the lower ends of the history-length buckets that make the situations
-SITUATIONS = (0, 1, 5, 20)
+#: the lower ends of the history-length buckets (distinct positive items of the user)
+HISTORY_BUCKETS = (0, 1, 5, 20)
+#: the lower ends of the item-age buckets in seconds, after the bucket of never-seen items
+AGE_BUCKETS = (0.0, 3_600.0, 86_400.0, 30 * 86_400.0)
 DEFAULT_CANDIDATES = ("pop", "itemknn", "session-mf", "mf")
+_JUDGE_BLOCK = 8_000_000  # most candidate scores held at once (64 MB of float64)
 
 
 class Auto(Recommender):
@@ -60,8 +68,11 @@ class Auto(Recommender):
         Hedge's step size (per unit of summed loss).
     share : float
         The fixed share in [0, 1): each step mixes this much of the uniform weights back in.
+    judge_share : float
+        The chance, in (0, 1], that an eligible event is judged.
     sample : int
-        Most events per learned batch ranked by every candidate.
+        Most events judged per learned batch (fewer where the catalogue is so large that
+        their scores would take more than 64 MB).
     k : int
         The list length the candidates are judged on.
     seed : int
@@ -77,6 +88,8 @@ class Auto(Recommender):
         candidates: Sequence[str] = DEFAULT_CANDIDATES,
         learning_rate: float = 0.5,
         share: float = 0.02,
+        blend: str = "hedge",
+        judge_share: float = 0.25,
         sample: int = 256,
         k: int = 10,
         seed: int = 0,
@@ -96,9 +109,15 @@ class Auto(Recommender):
             raise ValueError(f"learning_rate must be finite and >= 0, got {learning_rate!r}")
         if not 0 <= share < 1:
             raise ValueError(f"share must be in [0, 1), got {share!r}")
+        if not 0 < judge_share <= 1:
+            raise ValueError(f"judge_share must be in (0, 1], got {judge_share!r}")
         self.candidates = candidates
         self.learning_rate = learning_rate
+        if blend not in ("hedge", "softmax"):
+            raise ValueError(f"blend must be 'hedge' or 'softmax', got {blend!r}")
         self.share = share
+        self.blend = blend
+        self.judge_share = judge_share
         self.sample = sample
         self.k = k
         self.seed = seed
@@ -106,7 +125,10 @@ class Auto(Recommender):
 
     @classmethod
     def _unit_test_params(cls) -> dict[str, object]:
-        return {"candidates": ("pop", "itemknn(neighbours=20)", "mf(factors=8, iterations=3)")}
+        return {
+            "candidates": ("pop", "itemknn(neighbours=20)", "mf(factors=8, iterations=3)"),
+            "judge_share": 1.0,
+        }
 
     # -------------------------------------------------------------- learning
 
@@ -115,35 +137,32 @@ class Auto(Recommender):
 
         self.models_ = [parse_model(spec)[1]() for spec in self.candidates]
         n = len(self.candidates)
-        self.weights_ = np.full((len(SITUATIONS), n), 1.0 / n)
-        self.judged_ = np.zeros(len(SITUATIONS), dtype=np.int64)  # events judged per situation
+        situations = (len(HISTORY_BUCKETS), len(AGE_BUCKETS) + 1)
+        self.weights_ = np.full((*situations, n), 1.0 / n)
+        self.bias_ = np.zeros(situations)  # the softmax blend's per situation
+        self.squares_ = np.zeros_like(self.weights_)  # AdaGrad's summed squared gradients
+        self.bias_squares_ = np.zeros(situations)
+        self.judged_ = np.zeros(situations, dtype=np.int64)  # events judged per situation
+        self.first_seen_ = np.zeros(0)  # each item's first positive event (inf: none yet)
+        self.clock_ = -np.inf  # the latest event time learned
 
     def _grow(self, n_users: int, n_items: int) -> None:
-        """The candidates grow as they learn: nothing of the ensemble's own grows."""
+        extra = n_items - len(self.first_seen_)
+        self.first_seen_ = np.concatenate([self.first_seen_, np.full(extra, np.inf)])
 
-    def fit(self, events: EventBatch) -> Recommender:
-        """Train every candidate from scratch on ``events``; the weights start uniform."""
-        _check_batch(events)
-        self._reset()
+    def _fit(self, events: IndexedEvents) -> None:
+        """Every candidate trains from scratch; the weights start uniform."""
         for model in self.models_:
-            model.fit(events)
-        self._index(events)
-        self.updates_ += 1
-        return self
+            model.fit(_source(events))
+        self._note_times(events)
 
-    def learn(self, events: EventBatch) -> None:
-        """Judge the candidates on ``events`` (test then train), then let every one learn."""
-        _check_batch(events)
-        if not self.is_fitted:
-            self._reset()
-        if not len(events):
-            return
+    def _learn(self, events: IndexedEvents) -> None:
+        """Judge the candidates on the batch (test then train), then let every one learn."""
         if self.updates_:
-            self.weigh(events)
+            self._weigh(events)
         for model in self.models_:
-            model.learn(events)
-        self._index(events)
-        self.updates_ += 1
+            model.learn(_source(events))
+        self._note_times(events)
 
     def replay(self, events: EventBatch) -> None:
         _check_batch(events)
@@ -158,49 +177,141 @@ class Auto(Recommender):
             if model.is_fitted:
                 model.anchor(strength)
 
-    def _learn(self, events: object) -> None:  # learn() above does the work
-        raise AssertionError("Auto.learn drives its candidates itself")
+    def _note_times(self, events: IndexedEvents) -> None:
+        positive = events.positive
+        np.minimum.at(self.first_seen_, events.item[positive], events.timestamp[positive])
+        if len(events.timestamp):
+            self.clock_ = max(self.clock_, float(events.timestamp.max()))
 
     def weigh(self, events: EventBatch) -> np.ndarray:
-        """One Hedge step per situation from the candidates' losses on ``events`` (judged as
-        they stand: call before they learn them); returns the losses, shape (n_judged,
-        n_candidates). See the module docstring."""
-        users, items = np.asarray(events.user), np.asarray(events.item)
-        user_index, item_index = self.users_.lookup(users), self.items_.lookup(items)
-        first = np.zeros(len(events), dtype=bool)
-        keys = np.char.add(np.char.add(users.astype(str), "\x1f"), items.astype(str))
-        first[np.unique(keys, return_index=True)[1]] = True
+        """One step of the weights from the candidates' losses on ``events``, judged as they
+        stand (before they learn them), every eligible event judged; returns the losses, shape
+        (n_judged, n_candidates). See the module docstring."""
+        _check_batch(events)
+        self._check_fitted()
+        users, items = self.users_.lookup(events.user), self.items_.lookup(events.item)
+        known = (users >= 0) & (items >= 0)
         seen = np.zeros(len(events), dtype=bool)
-        both = np.flatnonzero((user_index >= 0) & (item_index >= 0))
-        seen[both] = self.history_.contains(user_index[both], item_index[both])
-        rows = np.flatnonzero((events.weight > 0) & first & ~seen & (item_index >= 0))
+        seen[known] = self.history_.contains(users[known], items[known])
+        keys = np.char.add(np.char.add(events.user.astype(str), "\x1f"), events.item.astype(str))
+        first = np.zeros(len(events), dtype=bool)
+        first[np.unique(keys, return_index=True)[1]] = True
+        rows = np.flatnonzero((events.weight > 0) & first & known & ~seen)
+        sizes = self.history_size_[users[rows]]
+        return self._judge(users[rows], items[rows], events.timestamp[rows], sizes)
+
+    def _weigh(self, events: IndexedEvents) -> None:
+        """:meth:`weigh` inside learning, on a share of the eligible events: the indexes
+        already count the batch, so history sizes are taken back to what they were before it
+        (and the judged item is not masked as seen)."""
+        sizes = (
+            self.history_size_[events.user]
+            - np.bincount(events.user[events.new_pair], minlength=len(self.users_))[events.user]
+        )
         rng = np.random.default_rng((self.seed, self.updates_))
-        if len(rows) > self.sample:
-            rows = np.sort(rng.choice(rows, self.sample, replace=False))
-        if not len(rows):
-            return np.zeros((0, len(self.models_)))
-        distinct, row = np.unique(users[rows], return_inverse=True)
-        losses = np.empty((len(rows), len(self.models_)))
-        for c, model in enumerate(self.models_):
-            top = model.recommend(distinct, k=self.k).items[row]
-            match = top == items[rows, None].astype(str)
-            rank = np.where(match.any(axis=1), match.argmax(axis=1) + 1.0, np.inf)
-            losses[:, c] = 1.0 - np.where(np.isfinite(rank), 1.0 / np.log2(rank + 1.0), 0.0)
-        situation = self._situation(user_index[rows])
-        summed = np.zeros_like(self.weights_)
-        np.add.at(summed, situation, losses)
-        weights = self.weights_ * np.exp(-self.learning_rate * summed)
-        weights /= weights.sum(axis=1, keepdims=True)
-        self.weights_ = (1.0 - self.share) * weights + self.share / len(self.models_)
-        self.judged_ += np.bincount(situation, minlength=len(SITUATIONS))
+        chosen = events.new_pair & (rng.random(len(events.user)) < self.judge_share)
+        rows = np.flatnonzero(chosen & (sizes > 0))  # a user without history gets the fallback
+        most = min(self.sample, max(1, _JUDGE_BLOCK // (len(self.models_) * len(self.items_))))
+        if len(rows) > most:
+            rows = np.sort(rng.choice(rows, most, replace=False))
+        self._judge(events.user[rows], events.item[rows], events.timestamp[rows], sizes[rows])
+
+    def _judge(
+        self, user_index: np.ndarray, item_index: np.ndarray, times: np.ndarray, sizes: np.ndarray
+    ) -> np.ndarray:
+        """Rank each (user, item) under every candidate, take a step of the weights; returns
+        the losses, shape (n, n_candidates)."""
+        n, n_candidates = len(user_index), len(self.models_)
+        if not n:
+            return np.zeros((0, n_candidates))
+        parts = self._parts(user_index)  # (candidates, n, items)
+        rows = np.arange(n)
+        excluded = self._seen(user_index)
+        excluded[rows, item_index] = False
+        target = parts[:, rows, item_index]
+        rank = ((parts >= target[:, :, None]) & ~excluded).sum(axis=2).T  # ties count against
+        losses = 1.0 - np.where(rank <= self.k, 1.0 / np.log2(rank + 1.0), 0.0)
+        history = _bucket(HISTORY_BUCKETS, sizes)
+        ages = self._age(np.arange(len(self.items_))[None, :], times[:, None])  # (n, items)
+        if self.blend == "hedge":
+            age = ages[rows, item_index]
+            summed = np.zeros_like(self.weights_)
+            np.add.at(summed, (history, age), losses)
+            weights = self.weights_ * np.exp(-self.learning_rate * summed)
+            weights /= weights.sum(axis=2, keepdims=True)
+            self.weights_ = (1.0 - self.share) * weights + self.share / n_candidates
+        else:
+            self._softmax_step(parts, excluded, history, ages, item_index)
+        np.add.at(self.judged_, (history, ages[rows, item_index]), 1)
         return losses
 
+    def _softmax_step(
+        self,
+        parts: np.ndarray,
+        excluded: np.ndarray,
+        history: np.ndarray,
+        ages: np.ndarray,
+        item_index: np.ndarray,
+    ) -> None:
+        """An AdaGrad step up the log-likelihood of the judged items under a softmax of the
+        blend over every unexcluded item (a conditional logit over the candidates' parts)."""
+        n, n_ages = len(history), self.weights_.shape[1]
+        rows = np.arange(n)
+        blend = self._blend(parts, history, ages)
+        blend[excluded] = -np.inf
+        blend -= blend.max(axis=1, keepdims=True)
+        p = np.exp(blend)
+        p /= p.sum(axis=1, keepdims=True)
+        cell = (rows[:, None] * n_ages + ages).ravel()  # (row, age bucket) of every item
+
+        def by_age(values: np.ndarray) -> np.ndarray:  # (n, items) -> sums per (n, age)
+            return np.bincount(cell, values.ravel(), minlength=n * n_ages).reshape(n, n_ages)
+
+        target_age = np.zeros((n, n_ages))
+        target_age[rows, ages[rows, item_index]] = 1.0
+        grad = np.zeros_like(self.weights_)
+        for c in range(parts.shape[0]):
+            expected = by_age(p * parts[c])
+            np.add.at(grad[:, :, c], history, target_age * parts[c, rows, item_index][:, None]
+                      - expected)  # fmt: skip
+        bias = np.zeros_like(self.bias_)
+        np.add.at(bias, history, target_age - by_age(p))
+        self.squares_ += grad**2
+        self.bias_squares_ += bias**2
+        self.weights_ += self.learning_rate * grad / (np.sqrt(self.squares_) + 1e-12)
+        self.bias_ += self.learning_rate * bias / (np.sqrt(self.bias_squares_) + 1e-12)
+
+    def _blend(self, parts: np.ndarray, history: np.ndarray, ages: np.ndarray) -> np.ndarray:
+        """sum_c w[h, a, c] * part_c + bias[h, a], per user (history bucket h) and item (age
+        bucket a): parts (candidates, n, items), ages (n, items) or (items,)."""
+        ages = np.broadcast_to(ages, parts.shape[1:])
+        total = np.take_along_axis(self.bias_[history], ages, axis=1)
+        for c in range(parts.shape[0]):
+            total = (
+                total + np.take_along_axis(self.weights_[history, :, c], ages, axis=1) * parts[c]
+            )
+        return total
+
+    def _seen(self, user_index: np.ndarray) -> np.ndarray:
+        """(n, items): the items in each user's history."""
+        seen = np.zeros((len(user_index), len(self.items_)), dtype=bool)
+        rows = self.history_.row_block(user_index)
+        seen[np.repeat(np.arange(len(user_index)), np.diff(rows.indptr)), rows.indices] = True
+        return seen
+
+    def _age(self, item_index: np.ndarray, now: np.ndarray | float) -> np.ndarray:
+        """Each item's age bucket at ``now``: 0 if never seen, else 1 + its bucket."""
+        first = self.first_seen_[item_index]
+        seen = np.isfinite(first)
+        age = np.where(seen, np.asarray(now) - np.where(seen, first, 0.0), 0.0)
+        return np.where(seen, 1 + _bucket(AGE_BUCKETS, np.maximum(age, 0.0)), 0)
+
     def _situation(self, user_index: np.ndarray) -> np.ndarray:
-        """Each user's situation: the bucket of its history length (unknown users: 0)."""
+        """Each user's history bucket (unknown users: 0)."""
         sizes = np.zeros(len(user_index), dtype=np.int64)
         known = user_index >= 0
         sizes[known] = self.history_size_[user_index[known]]
-        return np.searchsorted(np.asarray(SITUATIONS), sizes, side="right") - 1
+        return _bucket(HISTORY_BUCKETS, sizes)
 
     # -------------------------------------------------------------- scoring
 
@@ -219,21 +330,35 @@ class Auto(Recommender):
             out.append((scores, np.nan_to_num(mean), np.where(std > 0, std, 1.0)))
         return out
 
-    def _score(self, user_index: np.ndarray, item_index: np.ndarray | slice) -> np.ndarray:
-        weights = self.weights_[self._situation(user_index)]
-        total = np.zeros((len(user_index), len(self.items_)))
+    def _parts(self, user_index: np.ndarray) -> np.ndarray:
+        """(candidates, users, items): each candidate's standardised scores, an item it does
+        not know at the user's lowest."""
+        parts = np.empty((len(self.models_), len(user_index), len(self.items_)))
         for c, (scores, mean, std) in enumerate(self._standardised(user_index)):
             part = (scores - mean) / std
             floor = np.nanmin(part, axis=1, keepdims=True, initial=0.0)
-            total += weights[:, c : c + 1] * np.where(np.isnan(part), floor, part)
-        return total[:, item_index].astype(np.float32)
+            parts[c] = np.where(np.isnan(part), floor, part)
+        return parts
+
+    def _score(self, user_index: np.ndarray, item_index: np.ndarray | slice) -> np.ndarray:
+        ages = self._age(np.arange(len(self.items_)), self.clock_)
+        history = self._situation(user_index)
+        out = [np.zeros((0, len(self.items_)), dtype=np.float32)[:, item_index]]
+        block = max(1, _JUDGE_BLOCK // (len(self.models_) * max(len(self.items_), 1)))
+        for start in range(0, len(user_index), block):  # the parts of a block of users at once
+            rows = slice(start, start + block)
+            total = self._blend(self._parts(user_index[rows]), history[rows], ages)
+            out.append(total[:, item_index].astype(np.float32))
+        return np.concatenate(out)
 
     # -------------------------------------------------------------- explaining
 
     def _attribute(self, users: np.ndarray, items: np.ndarray) -> Attribution:
         n, k = items.shape
-        weights = self.weights_[self._situation(users)]
-        lead = weights.argmax(axis=1)
+        # (users, k, candidates): each explained item's weights, from its user's and its age
+        item_weights = self.weights_[self._situation(users)[:, None], self._age(items, self.clock_)]
+        weights = item_weights.mean(axis=1)
+        lead = weights.argmax(axis=1)  # the candidate with the most weight in these items
         standardised = self._standardised(users)
         user_ids = self.users_.ids(users)
         item_ids = self.items_.ids(items.ravel())
@@ -243,15 +368,16 @@ class Auto(Recommender):
             model = self.models_[c]
             own_items = model.items_.lookup(item_ids).reshape(n, k)[rows]
             found = model._attribute(model.users_.lookup(user_ids[rows]), np.maximum(own_items, 0))
-            scale = weights[rows, c] / standardised[c][2][rows, 0]  # its share of the score
+            # its share of each item's score: the weight of the item's situation over its std
+            scale = item_weights[rows, :, c] / standardised[c][2][rows]
             known = own_items >= 0
             history = np.full(found.history.shape, -1, dtype=np.int64)
             present = found.history >= 0
             history[present] = self.items_.lookup(model.items_.ids(found.history[present]))
-            contribution = found.weights * scale[:, None, None] * known[:, None, :]
+            contribution = found.weights * (scale * known)[:, None, :]
             popularity = None
             if found.popularity is not None:
-                popularity = found.popularity * scale[:, None] * known
+                popularity = found.popularity * scale * known
             scaled = Attribution(
                 found.method, history, contribution, found.kinds, popularity, found.trend
             )
@@ -275,9 +401,29 @@ class Auto(Recommender):
         return Attribution(f"auto ({'; '.join(methods)})", history, contribution, kinds,
                            popularity, trend)  # fmt: skip
 
+    def _deletion_scores(self, user: int, items: np.ndarray, removed: np.ndarray) -> np.ndarray:
+        """The blend of the candidates' deletion scores, each standardised by the mean and
+        standard deviation of its scores with the whole history (a candidate whose score does
+        not come from the history, popularity, keeps its score in every row)."""
+        user_id = self.users_.ids(np.array([user]))
+        item_ids, removed_ids = self.items_.ids(items), self.items_.ids(removed)
+        history = self._situation(np.array([user]))
+        ages = self._age(items, self.clock_)
+        total = np.tile(self.bias_[history[0], ages], (len(removed) + 1, 1))
+        for c, (scores, mean, std) in enumerate(self._standardised(np.array([user]))):
+            model = self.models_[c]
+            try:
+                own = model.deletion_scores(user_id[0], item_ids, removed_ids)
+            except NotImplementedError:
+                own = np.tile(scores[0, items], (len(removed) + 1, 1))
+            total += self.weights_[history[0], ages, c] * (own - mean[0, 0]) / std[0, 0]
+        return total
+
     def _item_similarity(self, item: int) -> np.ndarray:
-        """The leading candidate's similarities (of returning users' situation)."""
-        model = self.models_[int(self.weights_[-1].argmax())]
+        """The leading candidate's similarities (for the longest histories, the most judged
+        item age)."""
+        weights = self.weights_[-1, self.judged_[-1].argmax()]
+        model = self.models_[int(weights.argmax())]
         own = model.items_.lookup(self.items_.ids(np.arange(len(self.items_))))
         index = int(model.items_.lookup(self.items_.ids([item]))[0])
         similarity = np.full(len(self.items_), -np.inf)
@@ -289,11 +435,24 @@ class Auto(Recommender):
     # -------------------------------------------------------------- persistence
 
     def _state(self) -> dict[str, np.ndarray]:
-        return {"weights": self.weights_, "judged": self.judged_}
+        return {
+            "weights": self.weights_,
+            "judged": self.judged_,
+            "bias": self.bias_,
+            "squares": self.squares_,
+            "bias_squares": self.bias_squares_,
+            "first_seen": self.first_seen_,
+            "clock": np.array([self.clock_]),
+        }
 
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
         self.weights_ = arrays["weights"].astype(np.float64)
         self.judged_ = arrays["judged"].astype(np.int64)
+        self.bias_ = arrays["bias"].astype(np.float64)
+        self.squares_ = arrays["squares"].astype(np.float64)
+        self.bias_squares_ = arrays["bias_squares"].astype(np.float64)
+        self.first_seen_ = arrays["first_seen"].astype(np.float64)
+        self.clock_ = float(arrays["clock"][0])
 
     def _save_parts(self, folder: Path) -> None:
         for number, model in enumerate(self.models_):
@@ -304,3 +463,13 @@ class Auto(Recommender):
             Recommender.load(folder / "candidates" / str(number))
             for number in range(len(self.candidates))
         ]
+
+
+def _bucket(lower_ends: tuple[float, ...], values: np.ndarray) -> np.ndarray:
+    """The bucket of each value, buckets given by their lower ends (the first one 0)."""
+    return np.searchsorted(np.asarray(lower_ends), values, side="right") - 1
+
+
+def _source(events: IndexedEvents) -> EventBatch:
+    assert events.source is not None, "indexed by Recommender._index, which keeps its batch"
+    return events.source

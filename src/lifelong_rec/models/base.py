@@ -103,6 +103,7 @@ class IndexedEvents:
     weight: np.ndarray  # float32, (n,)
     timestamp: np.ndarray  # float64, (n,)
     new_pair: np.ndarray  # bool, (n,): first positive event of this (user, item) pair
+    source: EventBatch | None = None  # the batch these indexes were made from
 
     @property
     def positive(self) -> np.ndarray:
@@ -274,7 +275,7 @@ class Recommender(ABC):
             self.last_seen_.add(users[positive], items[positive], events.timestamp[positive])
             np.add.at(self.history_size_, users[new_pair], 1)
         self.popularity_.add(items, weight.astype(np.float64), events.timestamp)
-        return IndexedEvents(users, items, weight, events.timestamp, new_pair)
+        return IndexedEvents(users, items, weight, events.timestamp, new_pair, events)
 
     def _grow_all(self, n_users: int, n_items: int) -> None:
         self.history_.grow(n_users, n_items)
