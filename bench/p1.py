@@ -22,7 +22,7 @@ below popularity, >= 1.3x the best tuned peer on the MovieLens sets and >= 1.2x 
 popularity on YOOCHOOSE (issue #15).
 
 Run: .venv/bin/pip install -e '.[bench]' && .venv/bin/python bench/p1.py [--data ml-100k]
-     [--blocks 500] [--workers 2] [--models auto,pop] [--tag NAME]
+     [--blocks 500] [--workers 2] [--models auto,pop] [--strategies naive@row] [--tag NAME]
 Writes bench/results/p1-<data>[-NAME].json (with the machine) and p1-<data>[-NAME]/p1.md, p1.png.
 """
 
@@ -123,8 +123,10 @@ def main() -> int:
     parser.add_argument("--blocks", type=int, default=500)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--models", default="", help="default: all but the transformer's")
+    parser.add_argument("--strategies", default="", help="default: each model's (RUNS)")
     parser.add_argument("--tag", default="", help="results go to p1-<data>-<tag>.json")
     args = parser.parse_args()
+    only = {spec.strip() for spec in args.strategies.split(",") if spec.strip()}
     for data_name in DATA if args.data == "all" else [args.data]:
         chosen = [name.strip() for name in args.models.split(",") if name.strip()] or [
             name for name in RUNS if name not in DEEP
@@ -140,6 +142,7 @@ def main() -> int:
             (model, spec): partial(parse_strategy, spec, with_catalog(RUNS[model][0], data.catalog))
             for model in chosen
             for spec in RUNS[model][1]
+            if not only or spec in only
         }
         started = time.perf_counter()
         report = prequential(events, strategies, blocks=args.blocks, workers=args.workers)

@@ -113,30 +113,3 @@ def test_specs_and_bad_parameters() -> None:
         Auto(judge_share=0.0)
     with pytest.raises(ValueError, match="mff"):
         Auto(candidates=("mff",))
-
-
-def test_one_softmax_step_by_hand() -> None:
-    model = Auto(candidates=("pop", "itemknn(neighbours=20)"), blend="softmax",
-                 learning_rate=0.3)  # fmt: skip
-    model.fit(_events(["u1", "u2", "u3", "u2", "u3", "u3"], ["a", "a", "a", "b", "b", "c"]))
-    before = model.weights_.copy()
-    user, item = model.users_.lookup(["u1"]), model.items_.lookup(["c"])
-    parts = model._parts(user)[:, 0]  # (candidates, items)
-    allowed = ~model._seen(user)[0]
-    # the probabilities the blend gave every unseen item of u1, under uniform weights
-    blend = before[1, 1] @ parts
-    p = np.where(allowed, np.exp(blend - blend[allowed].max()), 0.0)
-    p /= p.sum()
-    ages = model._age(np.arange(len(model.items_)), 1.7e9 + 100.0)
-    expected_weights = before.copy()
-    for age in np.unique(ages):
-        grad = (ages[item[0]] == age) * parts[:, item[0]] - parts[:, ages == age] @ p[ages == age]
-        step = np.where(grad != 0, 0.3 * np.sign(grad), 0.0)  # AdaGrad's first step
-        expected_weights[1, age] += step
-
-    model.weigh(_events(["u1"], ["c"], start=100.0))
-    np.testing.assert_allclose(model.weights_, expected_weights)
-    # the step raised the judged item's probability
-    after = model._blend(model._parts(user), np.array([1]), ages[None, :])[0]
-    q = np.where(allowed, np.exp(after - after[allowed].max()), 0.0)
-    assert q[item[0]] / q.sum() > p[item[0]]

@@ -318,7 +318,7 @@ def test_recommendations_are_the_models_ranking(client: httpx.Client, rows: list
     assert served["fallback"] is False
     assert served["policy"] == "greedy"
     assert served["experiment"] is None and served["arm"] is None
-    assert re.fullmatch(r"mf-v[0-9]+", served["model_version"])
+    assert re.fullmatch(r"auto-v[0-9]+", served["model_version"])
     assert re.fullmatch(r"[0-9a-f]{32}", served["decision_id"])
     items = served["items"]
     assert len(items) == 7
@@ -480,7 +480,7 @@ def test_similar_items_exclude_the_item(client: httpx.Client) -> None:
     assert "i00007" not in names
     scores = [entry["score"] for entry in body["items"]]
     assert scores == sorted(scores, reverse=True)
-    assert re.fullmatch(r"mf-v[0-9]+", body["model_version"])
+    assert re.fullmatch(r"auto-v[0-9]+", body["model_version"])
 
 
 # ------------------------------------------------------------------------------ models
@@ -502,22 +502,22 @@ def test_activate_pins_serving_and_latest_unpins(client: httpx.Client, rows: lis
         pinned = client.post(f"/models/{older}/activate")
         assert pinned.status_code == 200, pinned.text
         assert pinned.json()["pinned"] is True
-        assert pinned.json()["serving_version"] == f"mf-v{older}"
-        assert recommend(client, "u00003")["model_version"] == f"mf-v{older}"
+        assert pinned.json()["serving_version"] == f"auto-v{older}"
+        assert recommend(client, "u00003")["model_version"] == f"auto-v{older}"
         # The learner goes on learning; serving stays where it was put.
         client.post("/events", json={"user": "models-u", "item": rows[1]["item"]})
         time.sleep(0.3)
-        assert recommend(client, "u00003")["model_version"] == f"mf-v{older}"
+        assert recommend(client, "u00003")["model_version"] == f"auto-v{older}"
         listed = {s["version"]: s["serving"] for s in client.get("/models").json()["snapshots"]}
         assert listed[older] is True
     finally:
         unpinned = client.post("/models/latest/activate")
     assert unpinned.status_code == 200
     assert unpinned.json()["pinned"] is False
-    newest = int(unpinned.json()["serving_version"].removeprefix("mf-v"))
+    newest = int(unpinned.json()["serving_version"].removeprefix("auto-v"))
     assert newest > older
     # serving follows the learner again (which may have published more meanwhile)
-    assert int(recommend(client, "u00003")["model_version"].removeprefix("mf-v")) >= newest
+    assert int(recommend(client, "u00003")["model_version"].removeprefix("auto-v")) >= newest
 
 
 def test_activating_a_missing_version_is_404(client: httpx.Client) -> None:
@@ -733,7 +733,7 @@ def test_health_and_readiness(anonymous: httpx.Client) -> None:
     ready = anonymous.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["status"] == "ready"
-    assert re.fullmatch(r"mf-v[0-9]+", ready.json()["model_version"])
+    assert re.fullmatch(r"auto-v[0-9]+", ready.json()["model_version"])
 
 
 def test_no_cors_headers_by_default(anonymous: httpx.Client) -> None:

@@ -26,7 +26,7 @@ def test_model_arms_serve_their_own_model_and_report_per_arm(tmp_path):
         while client.get("/models").json()["serving_version"] is None:
             assert time.monotonic() < deadline, "the service's model never published"
             time.sleep(0.02)
-        arms = [{"name": "mf"}, {"name": "knn", "model": "itemknn(neighbours=20)"}]
+        arms = [{"name": "default"}, {"name": "knn", "model": "itemknn(neighbours=20)"}]
         created = client.post("/experiments", json={"name": "models", "arms": arms})
         assert created.status_code == 201
         assert [arm["model"] for arm in created.json()["arms"]] == [None, "itemknn(neighbours=20)"]
@@ -35,21 +35,21 @@ def test_model_arms_serve_their_own_model_and_report_per_arm(tmp_path):
         users = list(map(str, sorted(set(data.events.user.tolist()))[:40]))
         deadline = time.monotonic() + 30
         while (early := _serving(client, users[0]))["arm"] is None:
-            assert early["model_version"].startswith("mf-v") and early["experiment"] is None
+            assert early["model_version"].startswith("auto-v") and early["experiment"] is None
             assert time.monotonic() < deadline, "the arm's learner never published"
             time.sleep(0.02)
         _click_first(client, early)
-        seen: dict[str, set[str]] = {"mf": set(), "knn": set()}
+        seen: dict[str, set[str]] = {"default": set(), "knn": set()}
         for user in users:
             listed = _serving(client, user)
             seen[listed["arm"]].add(listed["model_version"].split("-v")[0])
             _click_first(client, listed)
-        assert seen == {"mf": {"mf"}, "knn": {"itemknn"}}  # each arm serves its own model
+        assert seen == {"default": {"auto"}, "knn": {"itemknn"}}  # each arm serves its own model
 
         (result,) = client.get("/experiments").json()
         by_arm = {arm["name"]: arm for arm in result["arms"]}
         # the 40 users, and the first counted request of the wait above
-        assert by_arm["mf"]["decisions"] + by_arm["knn"]["decisions"] == 41
+        assert by_arm["default"]["decisions"] + by_arm["knn"]["decisions"] == 41
         for counted in by_arm.values():  # one click each
             assert counted["positives"] == counted["decisions"] > 0
         assert by_arm["knn"]["interval"] is not None
@@ -68,7 +68,7 @@ def test_model_arms_serve_their_own_model_and_report_per_arm(tmp_path):
         stopped = client.post("/experiments/models/stop")
         assert stopped.status_code == 200 and stopped.json()["running"] is False
         after = client.get(f"/users/{knn_user}/recommendations").json()
-        assert after["arm"] is None and after["model_version"].startswith("mf-v")
+        assert after["arm"] is None and after["model_version"].startswith("auto-v")
         assert (tmp_path / "events.db.snapshots" / "arms").is_dir()
 
 

@@ -51,7 +51,7 @@ def test_the_service_runs_on_postgresql(
         assert len(log) > len(rows)  # the events, the impressions and the purchase
     assert {"impression", "purchase"} <= kinds
     # The snapshots are in the database: a new process restores the model from there.
-    store = PostgresSnapshotStore(postgres_url, postgres_schema, "mf")
+    store = PostgresSnapshotStore(postgres_url, postgres_schema, "auto")
     try:
         newest = store.newest()
         assert newest is not None and newest.offset >= len(rows)

@@ -12,19 +12,20 @@ since its first event as the ensemble saw it (:data:`AGE_BUCKETS`: never seen, u
 under a day, under 30 days, older).
 
 Test then train: before the candidates learn a batch, its positive events that are first
-sightings of their (user, item) pair are judged, each with probability ``judge_share`` and at
-most ``sample`` per batch: every candidate ranks the item for the user as it stands; the loss
-is ``1 - gain``, the gain ``1 / log2(rank + 1)`` when the item is in the candidate's top ``k``
-for the user (seen items excluded), 0 otherwise. Each situation's weights then take a Hedge step
-with fixed share::
+sightings of their (user, item) pair, by users with a history, are judged, each with
+probability ``judge_share`` and at most ``sample`` per batch: every candidate ranks the item
+for the user as it stands, from one pass of its scores over every item; the loss is
+``1 - gain``, the gain ``1 / log2(rank + 1)`` when the item is in the candidate's top ``k`` for
+the user (seen items excluded, ties counted against the item), 0 otherwise. Each situation's
+weights then take a Hedge step with fixed share::
 
     w[s, c] <- w[s, c] * exp(-learning_rate * L[s, c])      # L: the summed losses in s
     w[s, :] <- (1 - share) * w[s, :] / sum(w[s, :]) + share / n_candidates
 
 Fixed share keeps every candidate's weight above ``share / n_candidates``, so the ensemble can
 follow a switch of the best candidate within a bounded number of events. Judging a share of the
-events keeps the ensemble's cost close to the sum of its candidates' (ranking an event costs
-every candidate a recommendation).
+events keeps the ensemble's cost closer to the sum of its candidates' (judging an event costs
+every candidate a scoring of every item).
 
 Serving blends the candidates' standardised scores: for a user in history bucket ``h`` and an
 item in age bucket ``a``, ``score(i) = sum_c w[h, a, c] * (s_c(i) - mean_c) / std_c``, the mean
@@ -88,7 +89,6 @@ class Auto(Recommender):
         candidates: Sequence[str] = DEFAULT_CANDIDATES,
         learning_rate: float = 0.5,
         share: float = 0.02,
-        blend: str = "hedge",
         judge_share: float = 0.25,
         sample: int = 256,
         k: int = 10,
@@ -113,10 +113,7 @@ class Auto(Recommender):
             raise ValueError(f"judge_share must be in (0, 1], got {judge_share!r}")
         self.candidates = candidates
         self.learning_rate = learning_rate
-        if blend not in ("hedge", "softmax"):
-            raise ValueError(f"blend must be 'hedge' or 'softmax', got {blend!r}")
         self.share = share
-        self.blend = blend
         self.judge_share = judge_share
         self.sample = sample
         self.k = k
@@ -139,9 +136,6 @@ class Auto(Recommender):
         n = len(self.candidates)
         situations = (len(HISTORY_BUCKETS), len(AGE_BUCKETS) + 1)
         self.weights_ = np.full((*situations, n), 1.0 / n)
-        self.bias_ = np.zeros(situations)  # the softmax blend's per situation
-        self.squares_ = np.zeros_like(self.weights_)  # AdaGrad's summed squared gradients
-        self.bias_squares_ = np.zeros(situations)
         self.judged_ = np.zeros(situations, dtype=np.int64)  # events judged per situation
         self.first_seen_ = np.zeros(0)  # each item's first positive event (inf: none yet)
         self.clock_ = -np.inf  # the latest event time learned
@@ -232,64 +226,21 @@ class Auto(Recommender):
         rank = ((parts >= target[:, :, None]) & ~excluded).sum(axis=2).T  # ties count against
         losses = 1.0 - np.where(rank <= self.k, 1.0 / np.log2(rank + 1.0), 0.0)
         history = _bucket(HISTORY_BUCKETS, sizes)
-        ages = self._age(np.arange(len(self.items_))[None, :], times[:, None])  # (n, items)
-        if self.blend == "hedge":
-            age = ages[rows, item_index]
-            summed = np.zeros_like(self.weights_)
-            np.add.at(summed, (history, age), losses)
-            weights = self.weights_ * np.exp(-self.learning_rate * summed)
-            weights /= weights.sum(axis=2, keepdims=True)
-            self.weights_ = (1.0 - self.share) * weights + self.share / n_candidates
-        else:
-            self._softmax_step(parts, excluded, history, ages, item_index)
-        np.add.at(self.judged_, (history, ages[rows, item_index]), 1)
+        ages = self._age(item_index, times)
+        summed = np.zeros_like(self.weights_)
+        np.add.at(summed, (history, ages), losses)
+        weights = self.weights_ * np.exp(-self.learning_rate * summed)
+        weights /= weights.sum(axis=2, keepdims=True)
+        self.weights_ = (1.0 - self.share) * weights + self.share / n_candidates
+        np.add.at(self.judged_, (history, ages), 1)
         return losses
 
-    def _softmax_step(
-        self,
-        parts: np.ndarray,
-        excluded: np.ndarray,
-        history: np.ndarray,
-        ages: np.ndarray,
-        item_index: np.ndarray,
-    ) -> None:
-        """An AdaGrad step up the log-likelihood of the judged items under a softmax of the
-        blend over every unexcluded item (a conditional logit over the candidates' parts)."""
-        n, n_ages = len(history), self.weights_.shape[1]
-        rows = np.arange(n)
-        blend = self._blend(parts, history, ages)
-        blend[excluded] = -np.inf
-        blend -= blend.max(axis=1, keepdims=True)
-        p = np.exp(blend)
-        p /= p.sum(axis=1, keepdims=True)
-        cell = (rows[:, None] * n_ages + ages).ravel()  # (row, age bucket) of every item
-
-        def by_age(values: np.ndarray) -> np.ndarray:  # (n, items) -> sums per (n, age)
-            return np.bincount(cell, values.ravel(), minlength=n * n_ages).reshape(n, n_ages)
-
-        target_age = np.zeros((n, n_ages))
-        target_age[rows, ages[rows, item_index]] = 1.0
-        grad = np.zeros_like(self.weights_)
-        for c in range(parts.shape[0]):
-            expected = by_age(p * parts[c])
-            np.add.at(grad[:, :, c], history, target_age * parts[c, rows, item_index][:, None]
-                      - expected)  # fmt: skip
-        bias = np.zeros_like(self.bias_)
-        np.add.at(bias, history, target_age - by_age(p))
-        self.squares_ += grad**2
-        self.bias_squares_ += bias**2
-        self.weights_ += self.learning_rate * grad / (np.sqrt(self.squares_) + 1e-12)
-        self.bias_ += self.learning_rate * bias / (np.sqrt(self.bias_squares_) + 1e-12)
-
     def _blend(self, parts: np.ndarray, history: np.ndarray, ages: np.ndarray) -> np.ndarray:
-        """sum_c w[h, a, c] * part_c + bias[h, a], per user (history bucket h) and item (age
-        bucket a): parts (candidates, n, items), ages (n, items) or (items,)."""
-        ages = np.broadcast_to(ages, parts.shape[1:])
-        total = np.take_along_axis(self.bias_[history], ages, axis=1)
+        """sum_c w[h, a, c] * part_c per user (history bucket h) and item (age bucket a):
+        parts (candidates, n, items), ages (items,)."""
+        total = np.zeros(parts.shape[1:])
         for c in range(parts.shape[0]):
-            total = (
-                total + np.take_along_axis(self.weights_[history, :, c], ages, axis=1) * parts[c]
-            )
+            total += self.weights_[history, :, c][:, ages] * parts[c]
         return total
 
     def _seen(self, user_index: np.ndarray) -> np.ndarray:
@@ -409,7 +360,7 @@ class Auto(Recommender):
         item_ids, removed_ids = self.items_.ids(items), self.items_.ids(removed)
         history = self._situation(np.array([user]))
         ages = self._age(items, self.clock_)
-        total = np.tile(self.bias_[history[0], ages], (len(removed) + 1, 1))
+        total = np.zeros((len(removed) + 1, len(items)))
         for c, (scores, mean, std) in enumerate(self._standardised(np.array([user]))):
             model = self.models_[c]
             try:
@@ -438,9 +389,6 @@ class Auto(Recommender):
         return {
             "weights": self.weights_,
             "judged": self.judged_,
-            "bias": self.bias_,
-            "squares": self.squares_,
-            "bias_squares": self.bias_squares_,
             "first_seen": self.first_seen_,
             "clock": np.array([self.clock_]),
         }
@@ -448,9 +396,6 @@ class Auto(Recommender):
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
         self.weights_ = arrays["weights"].astype(np.float64)
         self.judged_ = arrays["judged"].astype(np.int64)
-        self.bias_ = arrays["bias"].astype(np.float64)
-        self.squares_ = arrays["squares"].astype(np.float64)
-        self.bias_squares_ = arrays["bias_squares"].astype(np.float64)
         self.first_seen_ = arrays["first_seen"].astype(np.float64)
         self.clock_ = float(arrays["clock"][0])
 

@@ -39,7 +39,8 @@ class Settings(BaseSettings):
         None). A PostgreSQL db keeps its snapshots in the database, where every replica reads
         them.
     model : str
-        The model spec (``parse_model``): "mf", "itemknn", "transformer(epochs=5)", ...
+        The model spec (``parse_model``): "auto" (the default: the online ensemble of
+        popularity, item-kNN, session MF and MF), "mf", "itemknn", "transformer(epochs=5)", ...
     strategy : str
         How the learner follows the log (``parse_strategy``): "naive@block" learns each new
         batch; "incremental@block" adds replay and a pull toward the last parameters.
@@ -107,7 +108,7 @@ class Settings(BaseSettings):
     db_timeout_seconds: float = Field(default=5.0, gt=0)
     role: Literal["all", "api"] = "all"
     snapshots: Path | None = None
-    model: str = "mf"
+    model: str = "auto"
     strategy: str = "naive@block"
     policy: str | None = None
     candidates: int = Field(default=100, ge=1, le=10_000)
