@@ -64,7 +64,9 @@ class Auto(Recommender):
     Parameters
     ----------
     candidates : sequence of str
-        Model specs (``parse_model``), e.g. ``("pop", "itemknn", "session-mf", "mf")``.
+        Model specs (``parse_model``), e.g. ``("pop", "itemknn", "session-mf", "mf")``; where
+        PyTorch is installed the transformer can join, e.g. ``"transformer(update_steps=0)"``
+        (sequence updates only), at the cost of its scoring on every judged event.
     learning_rate : float
         Hedge's step size (per unit of summed loss).
     share : float
