@@ -96,7 +96,7 @@ def test_the_version_counts_the_updates(shop, tmp_path):
         (lambda: MatrixFactorization(factors=32, iterations=8), 0.95, 0.9),
         (_transformer, 0.75, 0.75),
         # the leading candidate's reasons; the other's part answers a deletion too
-        (lambda: Auto(candidates=("itemknn", "mf(factors=32, iterations=8)")), 0.9, 0.8),
+        (lambda: Auto(candidates=("itemknn", "mf(factors=32, iterations=8)")), 0.85, 0.7),
     ],
     ids=["itemknn", "mf", "transformer", "auto"],
 )

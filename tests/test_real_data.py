@@ -35,6 +35,18 @@ def test_movielens_latest_small_loads_whole(datasets):
     assert len(data.catalog) >= len(np.unique(data.events.item))
 
 
+def test_yoochoose_clicks_load_as_csv_with_a_mapping(datasets):
+    # anonymous sessions are the users; rows come grouped by session, not sorted by time
+    data = load(datasets / "yoochoose-100k" / "clicks.tsv", "csv",
+                mapping="user=SessionId,item=ItemId,time=Time")  # fmt: skip
+    assert data.report.rows_read == 83_846
+    assert data.report.rejected == {"duplicate": 1}  # one exact copy, kept aside
+    assert len(data.events) == 83_845
+    assert len(np.unique(data.events.user)) == 21_210
+    assert len(np.unique(data.events.item)) == 2_933
+    assert (data.events.weight > 0).all()
+
+
 @pytest.mark.parametrize("behavior", ["random", "bts"])
 @pytest.mark.parametrize(("campaign", "n_items"), [("all", 80), ("men", 34), ("women", 46)])
 def test_open_bandit_dataset_files(datasets, behavior, campaign, n_items):

@@ -32,10 +32,10 @@ item in age bucket ``a``, ``score(i) = sum_c w[h, a, c] * (s_c(i) - mean_c) / st
 and standard deviation over every item (so a score never depends on which other items are
 scored). Users without a history get the fallback (decayed popularity), as with every model.
 
-Explanations are faithful to the blend's leading part: the reasons of the candidate with the
-largest mean weight over the explained items' situations, each scaled by the item's weight over
-the candidate's standard deviation (exactly its share of the score), the other candidates'
-parts in ``rest``; the method names the candidate and its mean weight.
+Explanations are faithful to the blend's leading part: an item is explained by the reasons of
+the candidate whose weighted part lifts its score most, each scaled by the item's weight over
+that candidate's standard deviation (exactly its share of the score), the other candidates'
+parts in ``rest``; the method names the leading candidates and their weights.
 """
 
 from __future__ import annotations
@@ -310,49 +310,40 @@ class Auto(Recommender):
         n, k = items.shape
         # (users, k, candidates): each explained item's weights, from its user's and its age
         item_weights = self.weights_[self._situation(users)[:, None], self._age(items, self.clock_)]
-        weights = item_weights.mean(axis=1)
-        lead = weights.argmax(axis=1)  # the candidate with the most weight in these items
         standardised = self._standardised(users)
+        # each item's lead: the candidate whose weighted part lifts its score most
+        lifts = np.stack([
+            item_weights[:, :, c] * (np.take_along_axis(scores, items, axis=1) - mean) / std
+            for c, (scores, mean, std) in enumerate(standardised)
+        ], axis=2)  # fmt: skip
+        lead = np.nan_to_num(lifts, nan=-np.inf).argmax(axis=2)  # (users, k)
         user_ids = self.users_.ids(users)
         item_ids = self.items_.ids(items.ravel())
-        parts: list[tuple[np.ndarray, Attribution, int]] = []
+        histories, contributions, methods = [], [], []
+        kinds = np.full((n, k), "history", dtype=object)
+        popularity = np.zeros((n, k))
+        trend = False
         for c in np.unique(lead).tolist():
-            rows = np.flatnonzero(lead == c)
             model = self.models_[c]
-            own_items = model.items_.lookup(item_ids).reshape(n, k)[rows]
-            found = model._attribute(model.users_.lookup(user_ids[rows]), np.maximum(own_items, 0))
-            # its share of each item's score: the weight of the item's situation over its std
-            scale = item_weights[rows, :, c] / standardised[c][2][rows]
-            known = own_items >= 0
+            own_items = model.items_.lookup(item_ids).reshape(n, k)
+            found = model._attribute(model.users_.lookup(user_ids), np.maximum(own_items, 0))
+            # its share of each item it leads: the weight of the item's situation over its std
+            led = (lead == c) & (own_items >= 0)
+            scale = np.where(led, item_weights[:, :, c] / standardised[c][2], 0.0)
             history = np.full(found.history.shape, -1, dtype=np.int64)
             present = found.history >= 0
             history[present] = self.items_.lookup(model.items_.ids(found.history[present]))
-            contribution = found.weights * (scale * known)[:, None, :]
-            popularity = None
+            histories.append(history)
+            contributions.append(found.weights * scale[:, None, :])
+            kinds[led] = found.kinds[led]
             if found.popularity is not None:
-                popularity = found.popularity * scale * known
-            scaled = Attribution(
-                found.method, history, contribution, found.kinds, popularity, found.trend
-            )
-            parts.append((rows, scaled, c))
-        width = max(part.history.shape[1] for _, part, _ in parts)
-        history = np.full((n, width), -1, dtype=np.int64)
-        contribution = np.zeros((n, width, k))
-        kinds = np.full((n, k), "history", dtype=object)
-        popularity = np.zeros((n, k))
-        methods = []
-        for rows, part, leader in parts:
-            h = part.history.shape[1]
-            history[rows, :h] = part.history
-            contribution[rows, :h] = part.weights
-            kinds[rows] = part.kinds
-            if part.popularity is not None:
-                popularity[rows] = part.popularity
-            share = float(weights[rows, leader].mean())
-            methods.append(f"{self.candidates[leader]}, {share:.0%} of the blend: {part.method}")
-        trend = any(part.trend for _, part, _ in parts)
-        return Attribution(f"auto ({'; '.join(methods)})", history, contribution, kinds,
-                           popularity, trend)  # fmt: skip
+                popularity += found.popularity * scale
+            trend = trend or found.trend
+            share = float(item_weights[:, :, c][lead == c].mean())
+            methods.append(f"{self.candidates[c]}, {share:.0%} of the blend: {found.method}")
+        return Attribution(f"auto ({'; '.join(methods)})", np.concatenate(histories, axis=1),
+                           np.concatenate(contributions, axis=1), kinds, popularity,
+                           trend)  # fmt: skip
 
     def _deletion_scores(self, user: int, items: np.ndarray, removed: np.ndarray) -> np.ndarray:
         """The blend of the candidates' deletion scores, each standardised by the mean and
