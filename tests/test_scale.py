@@ -62,7 +62,9 @@ class Cluster:
 
 @pytest.fixture
 def cluster(postgres_url: str, postgres_schema: str, tmp_path: Path) -> Iterator[Cluster]:
-    env = {"LIFELONG_REC_DB_SCHEMA": postgres_schema, "LIFELONG_REC_PUBLISH_SECONDS": "0.2"}
+    # MF, not the default ensemble: these tests are about the processes, and MF learns fastest
+    env = {"LIFELONG_REC_DB_SCHEMA": postgres_schema, "LIFELONG_REC_PUBLISH_SECONDS": "0.2",
+           "LIFELONG_REC_MODEL": "mf"}  # fmt: skip
     running = Cluster(postgres_url, postgres_schema, tmp_path, env)
     try:
         yield running
@@ -382,7 +384,7 @@ def test_policies_learn_from_every_replicas_feedback(cluster: Cluster) -> None:
     from lifelong_rec.service.engine import Engine
 
     engine = Engine(Settings(db=cluster.url, db_schema=cluster.schema, role="api",
-                             policy="thompson"))  # fmt: skip
+                             model="mf", policy="thompson"))  # fmt: skip
     engine.start()
     try:
         assert engine.default_policy.successes_.sum() == 4.0  # type: ignore[attr-defined]
