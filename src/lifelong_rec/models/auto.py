@@ -186,13 +186,8 @@ class Auto(Recommender):
         _check_batch(events)
         self._check_fitted()
         users, items = self.users_.lookup(events.user), self.items_.lookup(events.item)
-        known = (users >= 0) & (items >= 0)
-        seen = np.zeros(len(events), dtype=bool)
-        seen[known] = self.history_.contains(users[known], items[known])
-        keys = np.char.add(np.char.add(events.user.astype(str), "\x1f"), events.item.astype(str))
-        first = np.zeros(len(events), dtype=bool)
-        first[np.unique(keys, return_index=True)[1]] = True
-        rows = np.flatnonzero((events.weight > 0) & first & known & ~seen)
+        rows = np.flatnonzero((users >= 0) & (items >= 0) & (events.weight > 0))
+        rows = rows[self._new_pairs(users[rows], items[rows])]
         sizes = self.history_size_[users[rows]]
         return self._judge(users[rows], items[rows], events.timestamp[rows], sizes)
 
@@ -200,10 +195,9 @@ class Auto(Recommender):
         """:meth:`weigh` inside learning, on a share of the eligible events: the indexes
         already count the batch, so history sizes are taken back to what they were before it
         (and the judged item is not masked as seen)."""
-        sizes = (
-            self.history_size_[events.user]
-            - np.bincount(events.user[events.new_pair], minlength=len(self.users_))[events.user]
-        )
+        batch_users, user = np.unique(events.user, return_inverse=True)  # not every user
+        new_pairs = np.bincount(user[events.new_pair], minlength=len(batch_users))
+        sizes = self.history_size_[events.user] - new_pairs[user]
         rng = np.random.default_rng((self.seed, self.updates_))
         chosen = events.new_pair & (rng.random(len(events.user)) < self.judge_share)
         rows = np.flatnonzero(chosen & (sizes > 0))  # a user without history gets the fallback
@@ -222,7 +216,9 @@ class Auto(Recommender):
             return np.zeros((0, n_candidates))
         parts = self._parts(user_index)  # (candidates, n, items)
         rows = np.arange(n)
-        excluded = self._seen(user_index)
+        masked = np.zeros((n, len(self.items_)))
+        self._mask_seen(masked, user_index, slice(None))  # -inf on what each user has seen
+        excluded = np.isinf(masked)
         excluded[rows, item_index] = False
         target = parts[:, rows, item_index]
         rank = ((parts >= target[:, :, None]) & ~excluded).sum(axis=2).T  # ties count against
@@ -244,13 +240,6 @@ class Auto(Recommender):
         for c in range(parts.shape[0]):
             total += self.weights_[history, :, c][:, ages] * parts[c]
         return total
-
-    def _seen(self, user_index: np.ndarray) -> np.ndarray:
-        """(n, items): the items in each user's history."""
-        seen = np.zeros((len(user_index), len(self.items_)), dtype=bool)
-        rows = self.history_.row_block(user_index)
-        seen[np.repeat(np.arange(len(user_index)), np.diff(rows.indptr)), rows.indices] = True
-        return seen
 
     def _age(self, item_index: np.ndarray, now: np.ndarray | float) -> np.ndarray:
         """Each item's age bucket at ``now``: 0 if never seen, else 1 + its bucket."""
