@@ -254,3 +254,22 @@ def test_models_from_specs():
     for unclosed in ("mf(factors=8", "mf("):  # "mf(" used to pass as plain "mf"
         with pytest.raises(ValueError, match="parameters go in parentheses"):
             parse_model(unclosed)
+
+
+def test_a_deep_copy_is_consolidated_so_reading_it_never_writes():
+    # Serving reads a published deep copy from many threads at once; reading pending
+    # increments joins or folds them in place, which two threads once did together.
+    import copy
+    from concurrent.futures import ThreadPoolExecutor
+
+    events = synthetic_stream(n_users=80, n_items=60, n_events=3_000, seed=5).events
+    model = ItemKNN(neighbours=10).fit(events.take(slice(0, 2_000)))
+    for start in range(2_000, 2_100):
+        model.learn(events.take(slice(start, start + 1)))
+    assert model.cooccurrence_._pending_count > 0  # what the learner holds: pending rows
+    served = copy.deepcopy(model)
+    assert served.cooccurrence_._pending_count == served.history_._pending_count == 0
+    users = np.unique(events.user)[:40]
+    with ThreadPoolExecutor(8) as pool:
+        scores = list(pool.map(lambda user: served.score_all([user]), users))
+    np.testing.assert_allclose(np.vstack(scores), model.score_all(users), rtol=1e-5)

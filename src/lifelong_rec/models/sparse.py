@@ -205,8 +205,17 @@ class GrowingSparse:
         return matrix
 
     def copy(self) -> GrowingSparse:
+        """A consolidated copy: it has no pending increments, so reading it never writes."""
         clone = GrowingSparse(self.shape, self.aggregate, self.dtype)
         clone._base = self.tocsr().copy()
+        return clone
+
+    def __deepcopy__(self, memo: dict[int, object]) -> GrowingSparse:
+        """:meth:`copy`. A model published to serving is a deep copy that many request threads
+        read at once; reads of pending increments join or fold them in place, which two
+        threads must not do together (one found the list the other had just emptied)."""
+        clone = self.copy()
+        memo[id(self)] = clone
         return clone
 
     def _pending(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
