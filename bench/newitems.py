@@ -1,12 +1,12 @@
 """New items reach their users (issue #15, part 4): the ``fresh`` wrapper against its inner model.
 
 Protocol P1 (prequential, warm-up 50 %) on ML latest-small, every model learning with the naive
-strategy (plain ``learn``) per block and/or per row. Each inner model (``pop``, ``session-mf``)
-runs alone and inside ``fresh(inner=...)``, which ranks the catalogue's never-seen items
-against the known ones by a calibrated chance (src/lifelong_rec/models/fresh.py). Every model
-gets the catalogue through ``with_catalog``; the wrapper is also given the catalogue itself,
-since the release years it reads are in the titles, which ``with_catalog``'s text embeddings
-do not carry.
+strategy (plain ``learn``) per block and/or per row. Each inner model (``pop``, ``session-mf``,
+``ensemble``) runs alone and with the placement: inside ``fresh(inner=...)``, which ranks the
+catalogue's never-seen items against the known ones by a calibrated chance
+(src/lifelong_rec/models/fresh.py); for ``ensemble`` that is ``auto``, the default model, whose
+placement is calibrated by the ensemble's own judging (src/lifelong_rec/models/auto.py). Every
+model gets the catalogue (texts and release years) through ``with_catalog``.
 
 Reported per run: NDCG@10 and HR@10 over all scored rows, HR@10 and NDCG@10 over the rows that
 are the first interaction with their item (``new_items``), update and warm-up seconds; and the
@@ -14,7 +14,7 @@ expected HR@10 of a ranker that picks 10 of the catalogue's items at random. The
 wrapper's new-item HR@10 >= 5x random, with overall NDCG@10 at most 2 % below the inner model's.
 
 Run: .venv/bin/python bench/newitems.py [--blocks 100] [--strategies naive@block]
-     [--inners pop,session-mf] [--workers 1] [--tag NAME]
+     [--inners pop,session-mf,ensemble] [--workers 1] [--tag NAME]
 Writes bench/results/newitems[-NAME].json (with the machine).
 """
 
@@ -31,7 +31,7 @@ from common import DATASETS, RESULTS, machine
 from lifelong_rec.data import load
 from lifelong_rec.evaluate import prequential
 from lifelong_rec.lifelong import parse_strategy
-from lifelong_rec.models import Fresh, parse_model, with_catalog
+from lifelong_rec.models import parse_model, with_catalog
 
 TARGET_FACTOR = 5.0  # new-item HR@10 over random
 TARGET_DROP = 0.02  # most relative NDCG@10 loss on all rows
@@ -41,7 +41,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--blocks", type=int, default=100)
     parser.add_argument("--strategies", default="naive@block")
-    parser.add_argument("--inners", default="pop,session-mf")
+    parser.add_argument("--inners", default="pop,session-mf,ensemble")
     parser.add_argument("--fresh", default="", help="extra Fresh parameters, e.g. depth=50")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--tag", default="", help="results go to newitems-<tag>.json")
@@ -52,11 +52,13 @@ def main() -> int:
         return 1
     data = load(source, "movielens")
     extra = f", {args.fresh}" if args.fresh else ""
-    factories = {}
+    factories, inner_of = {}, {}
     for inner in args.inners.split(","):
         factories[inner] = parse_model(inner)[1]
-        spec = f"fresh(inner={inner!r}{extra})"
-        factories[spec] = partial(_with_catalogue, parse_model(spec)[1], data.catalog)
+        ensemble = inner.partition("(")[0].strip() == "ensemble"  # auto(...) takes its params
+        spec = "auto" + inner[len("ensemble") :] if ensemble else f"fresh(inner={inner!r}{extra})"
+        factories[spec] = parse_model(spec)[1]
+        inner_of[spec] = inner
     strategies = {
         (name, strategy): partial(parse_strategy, strategy, with_catalog(factory, data.catalog))
         for name, factory in factories.items()
@@ -81,10 +83,9 @@ def main() -> int:
     ]
     verdicts = {}
     for result in report.results:
-        if not result.model.startswith("fresh("):
+        if result.model not in inner_of:
             continue
-        inner = result.model.removeprefix("fresh(inner=").split(",")[0].rstrip(")").strip("'")
-        alone = report.result(inner, result.strategy)
+        alone = report.result(inner_of[result.model], result.strategy)
         if alone is None:
             continue
         drop = 1.0 - result.ndcg / alone.ndcg
@@ -114,13 +115,6 @@ def main() -> int:
     (RESULTS / f"{payload['benchmark']}.json").write_text(text + "\n")
     print(text)
     return 0
-
-
-def _with_catalogue(factory, catalog):
-    """A Fresh model given the catalogue itself (for the release years in its titles)."""
-    model = factory()
-    assert isinstance(model, Fresh)
-    return model.add_items(catalog)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""``auto``, the online ensemble (issue #15): its Hedge step checked by hand, its weights
-following a switch of the best candidate, and explanations that name the candidate behind them.
-(The conformance suite runs it like every model.)"""
+"""``ensemble`` and ``auto`` (issue #15): the Hedge step checked by hand, weights following a
+switch of the best candidate, explanations that name the candidate behind them, and ``auto``'s
+new-item placement calibrated by the blend's own judged ranks. (The conformance suite runs
+both like every model; tests/test_fresh.py tests the placement itself.)"""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from lifelong_rec.events import EventBatch
-from lifelong_rec.models import Auto, parse_model
+from lifelong_rec.models import Auto, Ensemble, parse_model
 
 
 def _events(users: list[str], items: list[str], start: float = 0.0) -> EventBatch:
@@ -19,7 +20,7 @@ def _events(users: list[str], items: list[str], start: float = 0.0) -> EventBatc
 
 def test_one_hedge_step_by_hand() -> None:
     # Popularity: a (3 users), b (2), c (1). u1 has seen a; u2 has seen a and b.
-    model = Auto(candidates=("pop", "itemknn(neighbours=20)"), learning_rate=0.7, share=0.1)
+    model = Ensemble(candidates=("pop", "itemknn(neighbours=20)"), learning_rate=0.7, share=0.1)
     model.fit(_events(["u1", "u2", "u3", "u2", "u3", "u3"], ["a", "a", "a", "b", "b", "c"]))
     # u1 and u2 have 1-4 history items (history bucket 1); c is 95 s old (age bucket 1: < 1 h)
     model.weights_[1, 1] = [0.4, 0.6]
@@ -62,14 +63,14 @@ def _switching_stream(seed: int = 0, users: int = 150, items: int = 120, half: i
     return _events([f"u{u}" for u in who], [f"i{i}" for i in what])
 
 
-def _busiest(model: Auto, history: int) -> np.ndarray:
+def _busiest(model: Ensemble, history: int) -> np.ndarray:
     """The weights of the item age most judged for users of a history bucket."""
     return model.weights_[history, model.judged_[history].argmax()]
 
 
 def test_the_weights_follow_a_switch_of_the_best_candidate() -> None:
     events = _switching_stream()
-    model = Auto(candidates=("pop", "itemknn(neighbours=20)"), learning_rate=0.5, share=0.02,
+    model = Ensemble(candidates=("pop", "itemknn(neighbours=20)"), learning_rate=0.5, share=0.02,
                  judge_share=1.0)  # fmt: skip
     half, batch = len(events) // 2, 50
     for start in range(0, half, batch):
@@ -87,14 +88,14 @@ def test_the_weights_follow_a_switch_of_the_best_candidate() -> None:
 
 def test_explanations_name_the_leading_candidate() -> None:
     events = _switching_stream(half=1_500)
-    model = Auto(candidates=("pop", "itemknn(neighbours=20)"), learning_rate=0.5, share=0.02,
+    model = Ensemble(candidates=("pop", "itemknn(neighbours=20)"), learning_rate=0.5, share=0.02,
                  judge_share=1.0)  # fmt: skip
     for start in range(0, len(events), 100):
         model.learn(events.take(slice(start, start + 100)))
     user = str(events.user[-1])
     listed = model.recommend([user], k=3, explain=True)
     explanation = listed.explanations[0][0]
-    assert explanation.method.startswith("auto (itemknn(neighbours=20), ")
+    assert explanation.method.startswith("ensemble (itemknn(neighbours=20), ")
     assert "of the blend" in explanation.method
     assert explanation.score == pytest.approx(float(listed.scores[0, 0]), rel=1e-5)
     assert explanation.reasons and explanation.reasons[0].kind in ("history", "similar_item")
@@ -103,6 +104,7 @@ def test_explanations_name_the_leading_candidate() -> None:
 def test_specs_and_bad_parameters() -> None:
     _, factory = parse_model("auto(candidates=('pop', 'mf'), share=0.05)")
     assert factory().candidates == ("pop", "mf")
+    assert factory().share == 0.05
     with pytest.raises(ValueError, match="nest an ensemble"):
         Auto(candidates=("pop", "auto"))
     with pytest.raises(ValueError, match="candidates"):
@@ -113,3 +115,51 @@ def test_specs_and_bad_parameters() -> None:
         Auto(judge_share=0.0)
     with pytest.raises(ValueError, match="mff"):
         Auto(candidates=("mff",))
+
+
+def test_the_blend_ranks_each_judged_event_as_it_was_served() -> None:
+    events = _switching_stream(half=800)
+    model = Ensemble(candidates=("pop", "itemknn(neighbours=20)"), judge_share=1.0)
+    model.fit(events.take(slice(0, 1_000)))
+    later = events.take(slice(1_000, 1_400))
+    first = np.unique(later.user, return_index=True)[1]  # one event per user: none masks another
+    batch = later.take(np.sort(first))
+    items = model.items_.to_array()
+    served = model.score(batch.user, items)
+    listed = model.recommend(batch.user, k=len(items)).items  # seen items left out
+    model.learn(batch)
+    rows, ranks = model.last_judged_
+    assert len(rows) > 20
+    for row, rank in zip(rows.tolist(), ranks.tolist(), strict=True):
+        target = model.items_.lookup([batch.item[row]])[0]
+        if target >= len(items):  # never seen before the batch
+            assert rank == math.inf
+            continue
+        unseen = np.isin(items, listed[row]) | (items == batch.item[row])
+        above = served[row][unseen] - served[row, target]  # served as float32: near-ties either way
+        assert (above > 1e-5).sum() < rank <= (above >= -1e-5).sum()
+
+
+def test_auto_is_the_ensemble_whose_judged_ranks_calibrate_the_placement() -> None:
+    events = _switching_stream(half=800)
+    params = {"candidates": ("pop", "itemknn(neighbours=20)"), "judge_share": 1.0}
+    auto, ensemble = Auto(**params, text_encoder="hashing(dim=32)"), Ensemble(**params)
+    judged = hits = 0
+    for start in range(0, len(events), 100):
+        batch = events.take(slice(start, start + 100))
+        auto.learn(batch)
+        ensemble.learn(batch)
+        rows, ranks = auto.inner_.last_judged_
+        if start:
+            judged += len(rows)
+            hits += int((ranks <= auto.depth).sum())
+    assert judged > 500
+    assert auto.rates_.events_.sum() == judged
+    assert auto.rates_.hits_.sum() == hits
+    users, items = events.user[-50:], ensemble.items_.to_array()
+    # without a catalogue nothing is new: auto scores every item as the ensemble does
+    np.testing.assert_allclose(auto.score(users, items), ensemble.score(users, items), rtol=1e-6)
+    with pytest.raises(ValueError, match="nest an ensemble"):
+        Auto(candidates=("pop", "ensemble"))
+    with pytest.raises(ValueError, match="text_encoder"):
+        Auto(text_encoder="nope")

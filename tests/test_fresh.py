@@ -8,7 +8,8 @@ import pytest
 
 from lifelong_rec.events import Catalog, EventBatch
 from lifelong_rec.models import Fresh, ItemTexts, Recommender, parse_model
-from lifelong_rec.models.fresh import RankRates, release_years
+from lifelong_rec.models.fresh import RankRates
+from lifelong_rec.models.text import release_years
 
 START = 978_307_200.0  # 2001-01-01, UTC
 EXPLORERS = [f"x{u}" for u in range(5)]
@@ -167,11 +168,13 @@ def test_saving_and_loading_keep_the_prior_and_the_catalogue(trained, tmp_path):
     assert set(ALPHA) <= set(loaded.items_.to_array().tolist())
 
 
-def test_add_items_takes_texts_and_keeps_the_years():
-    model = Fresh(inner="pop", text_encoder="hashing(dim=32)").add_items(_catalog())
-    texts = ItemTexts.encode(_catalog(), "hashing(dim=32)")
-    model.add_items(texts)  # what with_catalog passes: texts only
-    assert model._catalog_release[model._catalog.lookup(["a-future"])[0]] == 2003
+def test_add_items_takes_texts_with_their_years():
+    texts = ItemTexts.encode(_catalog(), "hashing(dim=32)")  # what with_catalog passes
+    model = Fresh(inner="pop", text_encoder="hashing(dim=32)").add_items(texts)
+    row = model._catalog.lookup(["a-future"])[0]
+    assert model._catalog_release[row] == 2003
+    model.add_items(ItemTexts(texts.items, texts.embeddings, texts.encoder))  # no years: kept
+    assert model._catalog_release[row] == 2003
     with pytest.raises(ValueError, match="encoded with 'hashing\\(dim=64\\)'"):
         model.add_items(ItemTexts.encode(_catalog(), "hashing(dim=64)"))
     with pytest.raises(TypeError, match="items must be a Catalog or ItemTexts"):

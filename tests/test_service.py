@@ -460,7 +460,7 @@ def test_an_item_put_is_read_back(client: httpx.Client) -> None:
     assert got.json() == {"item": "i00007", **item, "recommendable": True}
 
     fresh = client.put("/items/catalogue-only", json={"title": "New"}).json()
-    assert fresh["recommendable"] is False  # mf does not read text
+    assert fresh["recommendable"] is True  # auto ranks never-seen catalogue items too
     assert client.get("/items/catalogue-only").json()["title"] == "New"
 
 

@@ -200,7 +200,7 @@ def run_demo(
         events = log.read()  # the model learns from what the log holds
 
     cut = int(TRAIN_SHARE * len(events))
-    model = Auto(seed=seed)
+    model = Auto(seed=seed).add_items(data.catalog)  # as the service hands it the catalogue
     fit_seconds, learn_seconds = _fit_then_learn(model, events, cut)
 
     # the most active users of the last day: whose lists the stream has just changed

@@ -1,7 +1,7 @@
 """Recommenders that learn from every event: popularity, item-kNN, matrix factorisation, and
 the sequential transformer (imported on first use: it needs PyTorch, the ``deep`` extra)."""
 
-from lifelong_rec.models.auto import Auto
+from lifelong_rec.models.auto import Auto, Ensemble
 from lifelong_rec.models.base import (
     Recommendations,
     Recommender,
@@ -38,6 +38,7 @@ __all__ = [
     "BPR",
     "REASON_KINDS",
     "Auto",
+    "Ensemble",
     "Explanation",
     "Fresh",
     "GrowingSparse",

@@ -36,7 +36,7 @@ with that similarity at 0, subtracted).
 from __future__ import annotations
 
 import dataclasses
-import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -53,49 +53,12 @@ AGE_EDGES = (0, 1, 2, 3, 5, 10, 20)
 #: lower ends of the buckets of a user's recent share of first picks (for the rank rates)
 SHARE_EDGES = (0.0, 0.02, 0.08, 0.2, 0.5)
 _YEAR_SECONDS = 365.2425 * 86_400.0
-_TITLE_YEAR = re.compile(r"\((\d{4})(?:\s*[-\u2013]\s*\d{0,4})?\)\s*$")
-_DATE_YEAR = re.compile(r"^\s*(\d{4})")
 _RATE_PRIOR = (1e-5, 100.0)  # (rate, pseudo-exposure) of an age bucket before any pick
 _RANK_PRIOR = (0.05, 20.0)  # (hit rate at rank 1, pseudo-events): see RankRates
 _CALIBRATION_BINS = np.arange(-8.0, 0.01, 0.5)  # log10 chance: the reliability bins' edges
 _CALIBRATION_PRIOR = 5.0  # pseudo-hits (and expected hits) per bin: ratio 1 without evidence
 _SHARE_PRIOR = 2.0  # pseudo-events pulling a user's share of first picks to the global one
 _FEATURES = ("similarity to recent items", "similarity to recent first picks", "log share")
-
-
-def release_years(catalog: Catalog) -> np.ndarray:
-    """Each catalogue item's release year: the year in parentheses that ends its title
-    ("Heat (1995)"), else its ``year`` attribute, else the year a ``release_date`` or
-    ``released`` attribute starts with; NaN when none is given.
-
-    Returns
-    -------
-    years : array of float64, shape (n,)
-
-    Examples
-    --------
-    >>> catalog = Catalog.from_records([{"item": "1", "title": "Heat (1995)"},
-    ...     {"item": "2", "attributes": {"release_date": "2009-05-29"}}, {"item": "3"}])
-    >>> release_years(catalog).tolist()
-    [1995.0, 2009.0, nan]
-    """
-    years = np.full(len(catalog), np.nan)
-    for row, (title, attributes) in enumerate(
-        zip(catalog.title.tolist(), catalog.attributes, strict=True)
-    ):
-        found = _TITLE_YEAR.search(title)
-        if found is None:
-            for key in ("year", "release_date", "released"):
-                value = attributes.get(key)
-                if isinstance(value, int | float) and not isinstance(value, bool):
-                    years[row] = float(value)
-                    break
-                found = _DATE_YEAR.match(value) if isinstance(value, str) else None
-                if found is not None:
-                    break
-        if found is not None:
-            years[row] = float(found.group(1))
-    return years
 
 
 def event_years(timestamps: np.ndarray) -> np.ndarray:
@@ -485,14 +448,33 @@ class Fresh(Recommender):
     ) -> None:
         from lifelong_rec.models.specs import parse_model
 
-        if not isinstance(inner, str) or inner.partition("(")[0].strip() == self.name:
+        if not isinstance(inner, str) or inner.partition("(")[0].strip() in (self.name, "auto"):
             raise ValueError(
-                f"inner: expected a model spec other than {self.name!r}, got {inner!r}"
+                f"inner: expected a model spec other than 'fresh' or 'auto' (which places new "
+                f"items itself), got {inner!r}"
             )
         try:
             _, factory = parse_model(inner)
         except ValueError as error:
             raise ValueError(f"inner: {error}") from error
+        self.inner = inner
+        self.learning_rate = learning_rate
+        self._setup(factory, text_encoder, half_life_days, rate_half_life_days, user_decay,
+                    learning_rate, depth, sample, seed)  # fmt: skip
+
+    def _setup(
+        self,
+        factory: Callable[[], Recommender],
+        text_encoder: str,
+        half_life_days: float,
+        rate_half_life_days: float,
+        user_decay: float,
+        learning_rate: float,
+        depth: int,
+        sample: int,
+        seed: int,
+    ) -> None:
+        """Check and keep the placement's parameters; ``factory`` makes the inner model."""
         try:
             encoder = make_text_encoder(text_encoder)
         except (TypeError, ValueError) as error:
@@ -507,12 +489,11 @@ class Fresh(Recommender):
                 and learning_rate >= 0):  # fmt: skip
             raise ValueError(f"learning_rate must be finite and >= 0, got {learning_rate!r}")
         check_positive_ints(depth=depth, sample=sample)
-        self.inner = inner
         self.text_encoder = encoder.spec()
         self.half_life_days = half_life_days
         self.rate_half_life_days = rate_half_life_days
         self.user_decay = user_decay
-        self.learning_rate = learning_rate
+        self.prior_learning_rate = learning_rate
         self.depth = depth
         self.sample = sample
         self.seed = seed
@@ -537,25 +518,24 @@ class Fresh(Recommender):
     def add_items(self, items: Catalog | ItemTexts) -> Fresh:
         """Make catalogue items known before anyone has interacted with them.
 
-        A :class:`Catalog` is encoded here and gives release years; :class:`ItemTexts` (from
-        this model's encoder) give texts only, keeping the years of items already added. A
-        later call adds items, or replaces the texts of those it names again. Returns the
-        model.
+        A :class:`Catalog` is encoded here; :class:`ItemTexts` must come from this model's
+        encoder. Both give the release years the catalogue names (an item without one keeps
+        the year an earlier call gave). A later call adds items, or replaces the texts of
+        those it names again. Returns the model.
         """
         if isinstance(items, Catalog):
-            release = release_years(items)
             items = ItemTexts.encode(items, self._encoder)
-        elif isinstance(items, ItemTexts):
-            if items.encoder != self.text_encoder:
-                raise ValueError(
-                    f"items were encoded with {items.encoder!r}, this model uses "
-                    f"{self.text_encoder!r}"
-                )
-            release = np.full(len(items), np.nan)
-            held = self._catalog.lookup(items.items)
-            release[held >= 0] = self._catalog_release[held[held >= 0]]
-        else:
+        elif not isinstance(items, ItemTexts):
             raise TypeError(f"items must be a Catalog or ItemTexts, not {type(items).__name__}")
+        elif items.encoder != self.text_encoder:
+            raise ValueError(
+                f"items were encoded with {items.encoder!r}, this model uses {self.text_encoder!r}"
+            )
+        # a year the texts do not give keeps the one an earlier call gave
+        release = np.array(items.release)
+        held = self._catalog.lookup(items.items)
+        keep = (held >= 0) & np.isnan(release)
+        release[keep] = self._catalog_release[held[keep]]
         rows = self._catalog.add(items.items)
         grow = len(self._catalog) - len(self._catalog_release)
         self._catalog_texts = np.vstack(
@@ -595,7 +575,7 @@ class Fresh(Recommender):
             self.half_life_days,
             self.rate_half_life_days,
             self.user_decay,
-            self.learning_rate,
+            self.prior_learning_rate,
             self._encoder.dim,
         )
         self.rates_ = RankRates(self.depth, len(SHARE_EDGES))
@@ -898,6 +878,20 @@ class Fresh(Recommender):
         popularity = None if found.popularity is None else found.popularity * (own >= 0)
         return Attribution(found.method, history, found.weights * known, found.kinds,
                            popularity, found.trend)  # fmt: skip
+
+    def _deletion_scores(self, user: int, items: np.ndarray, removed: np.ndarray) -> np.ndarray:
+        """The inner model's deletion scores for the items it knows; a new item (placed by
+        its chance, not scored from single history items) keeps its score in every row."""
+        scores = np.tile(self._placed(np.array([user]))[0][0, items].astype(np.float64),
+                         (len(removed) + 1, 1))  # fmt: skip
+        _, item_map = self._inner_maps()
+        inner = item_map[items] >= 0
+        if inner.any():
+            ids = self.items_.ids
+            scores[:, inner] = self.inner_.deletion_scores(
+                self.users_.ids(np.array([user]))[0], ids(items[inner]), ids(removed)
+            )
+        return scores
 
     def _item_similarity(self, item: int) -> np.ndarray:
         """The inner model's similarities; -inf for items it does not know."""

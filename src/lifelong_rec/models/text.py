@@ -313,6 +313,45 @@ def _holds_words(text: str, part: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(part)}(?!\w)", text) is not None
 
 
+_TITLE_YEAR = re.compile(r"\((\d{4})(?:\s*[-\u2013]\s*\d{0,4})?\)\s*$")
+_DATE_YEAR = re.compile(r"^\s*(\d{4})")
+
+
+def release_years(catalog: Catalog) -> np.ndarray:
+    """Each catalogue item's release year: the year in parentheses that ends its title
+    ("Heat (1995)"), else its ``year`` attribute, else the year a ``release_date`` or
+    ``released`` attribute starts with; NaN when none is given.
+
+    Returns
+    -------
+    years : array of float64, shape (n,)
+
+    Examples
+    --------
+    >>> catalog = Catalog.from_records([{"item": "1", "title": "Heat (1995)"},
+    ...     {"item": "2", "attributes": {"release_date": "2009-05-29"}}, {"item": "3"}])
+    >>> release_years(catalog).tolist()
+    [1995.0, 2009.0, nan]
+    """
+    years = np.full(len(catalog), np.nan)
+    for row, (title, attributes) in enumerate(
+        zip(catalog.title.tolist(), catalog.attributes, strict=True)
+    ):
+        found = _TITLE_YEAR.search(title)
+        if found is None:
+            for key in ("year", "release_date", "released"):
+                value = attributes.get(key)
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    years[row] = float(value)
+                    break
+                found = _DATE_YEAR.match(value) if isinstance(value, str) else None
+                if found is not None:
+                    break
+        if found is not None:
+            years[row] = float(found.group(1))
+    return years
+
+
 @dataclass(frozen=True, eq=False)
 class ItemTexts:
     """Text embeddings of catalogue items, computed once and kept with the catalogue.
@@ -325,6 +364,8 @@ class ItemTexts:
         Unit rows; all-zero rows for items without text.
     encoder : str
         The :meth:`TextEncoder.spec` of the encoder that made them.
+    release : array of float64, shape (n,), read-only
+        Each item's release year (:func:`release_years`), NaN where the catalogue gives none.
 
     Examples
     --------
@@ -337,6 +378,7 @@ class ItemTexts:
     items: np.ndarray
     embeddings: np.ndarray
     encoder: str
+    release: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         fix = object.__setattr__
@@ -352,13 +394,20 @@ class ItemTexts:
         fix(self, "embeddings", _frozen(embeddings.astype(np.float32)))
         if not isinstance(self.encoder, str) or not self.encoder:
             raise ValueError(f"ItemTexts.encoder: expected an encoder spec, got {self.encoder!r}")
+        release = np.full(len(self.items), np.nan) if self.release is None else self.release
+        release = np.asarray(release, dtype=np.float64)
+        if release.shape != (len(self.items),):
+            raise ValueError(
+                f"ItemTexts.release: expected shape ({len(self.items)},), got {release.shape}"
+            )
+        fix(self, "release", _frozen(release))
 
     @classmethod
     def encode(cls, catalog: Catalog, encoder: str | TextEncoder = "hashing") -> ItemTexts:
         """Embed :func:`item_texts` of every catalogue row with ``encoder`` (a spec or object)."""
         encoder = text_encoder(encoder)
         embeddings = encoder.encode(item_texts(catalog).tolist())
-        return cls(items=catalog.item, embeddings=embeddings, encoder=encoder.spec())
+        return cls(catalog.item, embeddings, encoder.spec(), release_years(catalog))
 
     @property
     def dim(self) -> int:

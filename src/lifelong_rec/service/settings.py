@@ -40,7 +40,8 @@ class Settings(BaseSettings):
         them.
     model : str
         The model spec (``parse_model``): "auto" (the default: the online ensemble of
-        popularity, item-kNN, session MF and MF), "mf", "itemknn", "transformer(epochs=5)", ...
+        popularity, item-kNN, session MF and MF, which also ranks the catalogue's never-seen
+        items), "ensemble" (the same without them), "mf", "itemknn", "transformer(epochs=5)", ...
     strategy : str
         How the learner follows the log (``parse_strategy``): "naive@block" learns each new
         batch; "incremental@block" adds replay and a pull toward the last parameters.
