@@ -2,8 +2,8 @@
 YOOCHOOSE click stream.
 
 - ``auto``, the online ensemble (issue #15), and each of its candidates alone under the same
-  strategies (naive and incremental learning per row): popularity, item-kNN, the session-aware
-  MF and the classic MF.
+  strategies (naive and incremental learning per row): popularity, the session-aware item-kNN,
+  the session-aware MF and the classic MF; and the classic item-kNN.
 - Matrix factorisation with the session-aware fold-in (``session-mf``) under every strategy
   (frozen, retrain@10, retrain@1, incremental with replay and pull per block and per row, naive
   incremental per block and per row).
@@ -22,7 +22,8 @@ below popularity, >= 1.3x the best tuned peer on the MovieLens sets and >= 1.2x 
 popularity on YOOCHOOSE (issue #15).
 
 Run: .venv/bin/pip install -e '.[bench]' && .venv/bin/python bench/p1.py [--data ml-100k]
-     [--blocks 500] [--workers 2] [--models auto,pop] [--strategies naive@row] [--tag NAME]
+     [--blocks 500] [--workers 2] [--models auto,pop,'itemknn(recency_decay=0.8)']
+     [--strategies naive@row] [--tag NAME]
 Writes bench/results/p1-<data>[-NAME].json (with the machine) and p1-<data>[-NAME]/p1.md, p1.png.
 """
 
@@ -46,8 +47,11 @@ from lifelong_rec.models import (
     MatrixFactorization,
     Popularity,
     SequentialTransformer,
+    parse_model,
     with_catalog,
 )
+from lifelong_rec.models.auto import DEFAULT_CANDIDATES
+from lifelong_rec.models.itemknn import SessionItemKNN
 from lifelong_rec.models.mf import SessionMatrixFactorization
 
 TRANSFORMER_EPOCHS = 20
@@ -58,12 +62,13 @@ TRANSFORMER_EPOCHS = 20
 TRANSFORMER = partial(SequentialTransformer, epochs=TRANSFORMER_EPOCHS)
 DEEP = ("transformer", "transformer-seq")  # run only when named (CPU hours)
 PER_ROW = ["naive@row", "incremental@row"]
-CANDIDATES = ("pop", "itemknn", "session-mf", "mf")  # auto's, each also run alone
+CANDIDATES = DEFAULT_CANDIDATES  # auto's, each also run alone
 PEERS = ("implicit-als", "implicit-itemknn", "river-biasedmf")
 RUNS = {
     "auto": (Auto, PER_ROW),
     "pop": (Popularity, ["frozen", *PER_ROW]),
     "itemknn": (ItemKNN, ["incremental@block", *PER_ROW]),
+    "session-itemknn": (SessionItemKNN, PER_ROW),
     "session-mf": (SessionMatrixFactorization, ["frozen", "retrain@10", "retrain@1",
                                                 "incremental@block", "naive@block", *PER_ROW]),
     "mf": (MatrixFactorization, PER_ROW),
@@ -122,7 +127,9 @@ def main() -> int:
     parser.add_argument("--data", choices=[*DATA, "all"], default="all")
     parser.add_argument("--blocks", type=int, default=500)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--models", default="", help="default: all but the transformer's")
+    parser.add_argument("--models", default="",
+                        help="names from RUNS or any model specs (run per row); default: all "
+                        "but the transformer's")  # fmt: skip
     parser.add_argument("--strategies", default="", help="default: each model's (RUNS)")
     parser.add_argument("--tag", default="", help="results go to p1-<data>-<tag>.json")
     args = parser.parse_args()
@@ -138,10 +145,11 @@ def main() -> int:
             return 1
         data = load(source, format, mapping=mapping)
         events = data.events
+        runs = {model: RUNS.get(model) or (parse_model(model)[1], PER_ROW) for model in chosen}
         strategies = {
-            (model, spec): partial(parse_strategy, spec, with_catalog(RUNS[model][0], data.catalog))
+            (model, spec): partial(parse_strategy, spec, with_catalog(runs[model][0], data.catalog))
             for model in chosen
-            for spec in RUNS[model][1]
+            for spec in runs[model][1]
             if not only or spec in only
         }
         started = time.perf_counter()

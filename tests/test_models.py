@@ -86,6 +86,28 @@ def test_itemknn_scores_from_the_most_recent_items_only():
     assert scores[0] == 0 and scores[1] > 0  # only y, the latest, counts
 
 
+def test_itemknn_recency_decay_weighs_the_latest_item_most():
+    t = 1e9
+    events = EventBatch.from_columns(
+        ["a", "a", "b", "b", "u", "u", "u"],
+        ["x", "p", "y", "q", "x", "z", "y"],
+        [t, t, t, t, t, t + 30, t + 60],
+    )
+    flat = ItemKNN(shrink=0.0).fit(events)
+    decayed = ItemKNN(shrink=0.0, recency_decay=0.5).fit(events)
+    # y is u's latest item (weight 1), x two steps back (0.25); p rests on x, q on y
+    expected = [0.25, 1.0] * flat.score(["u"], ["p", "q"])[0]
+    np.testing.assert_allclose(decayed.score(["u"], ["p", "q"])[0], expected, rtol=1e-6)
+    explanation = decayed.explain("u", "p", top=5)
+    assert explanation.reasons[0].item == "x"
+    assert explanation.reasons[0].weight == pytest.approx(explanation.score, rel=1e-5)
+    deletion = decayed.deletion_scores("u", ["p"], ["y"])
+    # without y, x moves one step up: weight 0.5
+    assert deletion[1, 0] == pytest.approx(2 * deletion[0, 0], rel=1e-5)
+    with pytest.raises(ValueError, match="recency_decay"):
+        ItemKNN(recency_decay=0.0)
+
+
 # ------------------------------------------------------------------------------ ALS
 
 

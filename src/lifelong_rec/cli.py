@@ -210,7 +210,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--map", dest="mapping", default=None, metavar="FIELD=COLUMN,...")
     evaluate.add_argument(
         "--models",
-        default="auto,pop,itemknn,session-mf,mf",
+        default="auto,pop,session-itemknn,session-mf,mf",
         help="comma-separated (default: the ensemble auto and each of its candidates): "
         + ", ".join(MODEL_NAMES)
         + "; with parameters as mf(factors=32,recency_half_life_seconds=60)",

@@ -280,7 +280,7 @@ def render(result: DemoResult) -> str:
         f"{log['items']:,} items ({log['items_with_metadata']:,} with titles), "
         f"{log['quarantined']:,} rows in quarantine",
         "",
-        "auto, the online ensemble of popularity, item-kNN, session MF and MF weighted per "
+        "auto, the online ensemble of popularity, session item-kNN, session MF and MF weighted per "
         f"situation: fit on the first {model['fit_events']:,} events in "
         f"{model['fit_seconds']:.2f} s, then learned the last {model['learned_events']:,} "
         f"incrementally in {model['learn_batches']} batches "

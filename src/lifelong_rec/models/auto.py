@@ -64,7 +64,7 @@ from lifelong_rec.models.fresh import Fresh
 HISTORY_BUCKETS = (0, 1, 5, 20)
 #: the lower ends of the item-age buckets in seconds, after the bucket of never-seen items
 AGE_BUCKETS = (0.0, 3_600.0, 86_400.0, 30 * 86_400.0)
-DEFAULT_CANDIDATES = ("pop", "itemknn", "session-mf", "mf")
+DEFAULT_CANDIDATES = ("pop", "session-itemknn", "session-mf", "mf")
 _JUDGE_BLOCK = 8_000_000  # most candidate scores held at once (64 MB of float64)
 
 
@@ -74,8 +74,9 @@ class Ensemble(Recommender):
     Parameters
     ----------
     candidates : sequence of str
-        Model specs (``parse_model``), e.g. ``("pop", "itemknn", "session-mf", "mf")``; where
-        PyTorch is installed the transformer can join, e.g. ``"transformer(update_steps=0)"``
+        Model specs (``parse_model``), e.g. ``("pop", "session-itemknn", "session-mf",
+        "mf")``; where PyTorch is installed the transformer can join, e.g.
+        ``"transformer(update_steps=0)"``
         (sequence updates only), at the cost of its scoring on every judged event.
     learning_rate : float
         Hedge's step size (per unit of summed loss).

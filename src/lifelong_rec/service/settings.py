@@ -40,7 +40,7 @@ class Settings(BaseSettings):
         them.
     model : str
         The model spec (``parse_model``): "auto" (the default: the online ensemble of
-        popularity, item-kNN, session MF and MF, which also ranks the catalogue's never-seen
+        popularity, session item-kNN, session MF and MF, which also ranks the catalogue's never-seen
         items), "ensemble" (the same without them), "mf", "itemknn", "transformer(epochs=5)", ...
     strategy : str
         How the learner follows the log (``parse_strategy``): "naive@block" learns each new
