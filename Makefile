@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 DEMO_DB ?= demo-out/events.db
 
-.PHONY: demo serve test lint format bench bench-p1 clean
+.PHONY: demo serve test lint format bench bench-p1 clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +38,19 @@ $(DEMO_DB): | $(VENV)/.installed
 serve: $(VENV)/.installed | $(DEMO_DB)
 	$(BIN)/lifelong-rec serve --db $(DEMO_DB)
 
+# The dashboard's browser tests (tests/test_ui.py) drive Debian's chromium: installed here when
+# missing (as root, with apt-get); without it they are skipped, saying so in one line.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; } \
+	      || echo "chromium could not be installed: the browser tests (tests/test_ui.py) will be skipped"; \
+	  else \
+	    echo "no apt-get to install chromium with: the browser tests (tests/test_ui.py) will be skipped"; \
+	  fi; }
+
 # PostgreSQL tests run with LIFELONG_REC_TEST_POSTGRES=postgresql://... set (.ci/run sets it).
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev chromium
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest

@@ -29,7 +29,6 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lifelong_rec import __version__
-from lifelong_rec.service.deps import TokenMiddleware
 from lifelong_rec.service.engine import Engine
 from lifelong_rec.service.errors import ClientError, NotReady, ServiceError
 from lifelong_rec.service.metrics import (
@@ -47,6 +46,7 @@ from lifelong_rec.service.routes import (
     recommendations,
 )
 from lifelong_rec.service.settings import Settings
+from lifelong_rec.service.ui import WriteGate, install
 from lifelong_rec.store import is_postgres
 
 if TYPE_CHECKING:
@@ -87,14 +87,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     for router in (events, recommendations, feedback, items, models, experiments, health):
         app.include_router(router.router)
+    install(app)  # the dashboard, at /ui
     _offline_docs(app)
     _handle_errors(app, settings)
     # Outermost last: metrics, request id and errors, CORS, token (before any body byte is
-    # read), body limits, then the app.
+    # read: the API's bearer token, or the dashboard's session), body limits, then the app.
     app.add_middleware(
         BodyLimitMiddleware, limit=settings.max_body_bytes, timeout=settings.body_timeout_seconds
     )
-    app.add_middleware(TokenMiddleware, token=settings.token)
+    app.add_middleware(WriteGate, token=settings.token)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -181,7 +181,9 @@ class Engine:
         if not 1 <= k <= self.settings.max_k:
             raise Invalid(f"must be between 1 and {self.settings.max_k} (max_k), got {k}", "k")
 
-    def recommend(self, user: str, k: int, client: str | None = None) -> Decided:
+    def recommend(
+        self, user: str, k: int, client: str | None = None, *, log: bool = True
+    ) -> Decided:
         """The user's slate (see :func:`~lifelong_rec.policy.serve`): the serving model's
         candidates, re-ranked by the user's policy (their experiment arm's, or the default
         one), logged with propensities unless ``client`` is over its logging budget.
@@ -194,6 +196,9 @@ class Engine:
             Who asks (an address) when the request carries no valid token: logged reads
             of each such client are rate-limited (``log_rate``, ``log_burst``); beyond the
             budget the list is served but not logged (no decision id).
+        log : bool
+            False: a preview (the dashboard's), shown to an operator, not to the user:
+            nothing is logged, no decision id, no impressions.
         """
         live = self.live  # read once: a concurrent stop swaps it, never changes it
         experiment = arm = None
@@ -226,12 +231,12 @@ class Engine:
         if not slates.decisions:  # nothing to show (an empty catalogue): no decision to log
             return Decided(result, None, None)
         decisions, scores = slates.decisions[0], slates.scores[0][0]
-        if client is None or self._log_budget.take(client):
+        if log and (client is None or self._log_budget.take(client)):
             decision_id = uuid.uuid4().hex
             self.decisions.add(Served(decision_id, decisions, experiment, arm, time.time()))
             self.metrics.count_decision(experiment or "", arm or "", policy.name)
             result["decision_id"] = decision_id
-        else:
+        elif log:
             self.metrics.unlogged.inc()
         display = self._display_fields()
         exploring = decisions.exploring
@@ -417,6 +422,11 @@ class Engine:
         if wording is None:
             wording = self._wording = Wording(self.log.catalog(), self.settings.verb)
         return wording
+
+    def titles(self, items: Sequence[str]) -> list[str | None]:
+        """The catalogue's title of each item (None where it has none): for the dashboard."""
+        display = self._display_fields()
+        return [display.get(item, (None, []))[0] for item in items]
 
     def _display_fields(self) -> dict[str, tuple[str | None, list[str]]]:
         """Each catalogue item's title and categories, for responses (rebuilt after a change

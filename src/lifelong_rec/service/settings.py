@@ -197,9 +197,11 @@ class Settings(BaseSettings):
 
 
 #: The project's variables that are not the service's settings: where the real data sets are,
-#: and the test suite's PostgreSQL server. A service must start with them set.
+#: the test suite's PostgreSQL server, and whether its browser tests may skip. A service must
+#: start with them set.
 OTHER_VARIABLES = frozenset(
-    ENV_PREFIX + name for name in ("DATASETS", "TEST_POSTGRES", "REQUIRE_POSTGRES")
+    ENV_PREFIX + name
+    for name in ("DATASETS", "TEST_POSTGRES", "REQUIRE_POSTGRES", "REQUIRE_BROWSER")
 )
 
 
