@@ -464,19 +464,9 @@ class Auto(Fresh):
     def _unit_test_params(cls) -> dict[str, object]:
         return Ensemble._unit_test_params() | {"text_encoder": "hashing(dim=32)"}
 
-    def _judge_ranks(self, events: EventBatch, judged: np.ndarray) -> None:
-        """Nothing here: the ensemble ranks its judged events with the blend as it learns
-        them (see :meth:`learn`)."""
-
-    def learn(self, events: EventBatch) -> None:
-        """Let the ensemble judge and learn the batch, take the blend's ranks of the events it
-        judged into the hit rates per rank, then let the prior learn the batch."""
-        _check_batch(events)
-        if not self.is_fitted:
-            self._reset()
-        if not len(events):
-            return
-        judged = self._judged(events)
+    def _learn_inner(self, events: EventBatch, judged: np.ndarray) -> None:
+        """Let the ensemble judge and learn the batch, then take the blend's ranks of the
+        events it judged into the hit rates per rank (no scoring of its own)."""
         users = self.users_.lookup(events.user)
         buckets = np.zeros(len(events), dtype=np.int64)
         buckets[users >= 0] = self._bucket(users[users >= 0])  # as they were before the batch
@@ -486,8 +476,6 @@ class Auto(Fresh):
         rows, ranks = ensemble.last_judged_  # users with a history before the batch: known
         if self.updates_ and len(rows):
             self.rates_.add(buckets[rows], ranks)
-        self._observe(events, judged)
-        self.updates_ += 1
 
 
 def _bucket(lower_ends: tuple[float, ...], values: np.ndarray) -> np.ndarray:

@@ -611,11 +611,15 @@ class Fresh(Recommender):
         if not len(events):
             return
         judged = self._judged(events)
+        self._learn_inner(events, judged)
+        self._observe(events, judged)
+        self.updates_ += 1
+
+    def _learn_inner(self, events: EventBatch, judged: np.ndarray) -> None:
+        """Rank the judged events with the inner model as it stands, then let it learn."""
         if self.updates_ and judged.any():
             self._judge_ranks(events, judged)
         self.inner_.learn(events)
-        self._observe(events, judged)
-        self.updates_ += 1
 
     def replay(self, events: EventBatch) -> None:
         _check_batch(events)
