@@ -448,7 +448,6 @@ class Auto(Fresh):
         candidates = tuple(str(spec) for spec in candidates)
         factory = partial(Ensemble, candidates, learning_rate, share, judge_share, sample, k,
                           seed, fallback_half_life_days)  # fmt: skip
-        factory()  # checks the ensemble's parameters now
         self.candidates = candidates
         self.learning_rate = learning_rate
         self.share = share
@@ -456,6 +455,7 @@ class Auto(Fresh):
         self.k = k
         self.fallback_half_life_days = fallback_half_life_days
         self.inner = "ensemble"
+        # _setup makes one ensemble (for its fallback): that checks the ensemble's parameters
         self._setup(factory, text_encoder, half_life_days=30.0, rate_half_life_days=365.0,
                     user_decay=0.9, learning_rate=0.1, depth=100, sample=sample,
                     seed=seed)  # fmt: skip

@@ -886,10 +886,11 @@ class Fresh(Recommender):
     def _deletion_scores(self, user: int, items: np.ndarray, removed: np.ndarray) -> np.ndarray:
         """The inner model's deletion scores for the items it knows; a new item (placed by
         its chance, not scored from single history items) keeps its score in every row."""
-        scores = np.tile(self._placed(np.array([user]))[0][0, items].astype(np.float64),
-                         (len(removed) + 1, 1))  # fmt: skip
         _, item_map = self._inner_maps()
         inner = item_map[items] >= 0
+        scores = np.zeros((len(removed) + 1, len(items)))
+        if not inner.all():  # the placement only where a new item needs it
+            scores[:, ~inner] = self._placed(np.array([user]))[0][0, items[~inner]]
         if inner.any():
             ids = self.items_.ids
             scores[:, inner] = self.inner_.deletion_scores(
