@@ -163,3 +163,28 @@ def test_auto_is_the_ensemble_whose_judged_ranks_calibrate_the_placement() -> No
         Auto(candidates=("pop", "ensemble"))
     with pytest.raises(ValueError, match="text_encoder"):
         Auto(text_encoder="nope")
+
+
+def test_judging_reuses_the_served_scores_only_while_nothing_changed() -> None:
+    events = _switching_stream(half=800)
+    params = {"candidates": ("pop", "itemknn(neighbours=20)", "mf(factors=8)"), "judge_share": 1.0}
+    served, fresh = Ensemble(**params), Ensemble(**params)
+    for model in (served, fresh):
+        model.fit(events.take(slice(0, 1_000)))
+    first = events.take(slice(1_000, 1_200))
+    later = events.take(slice(1_200, 1_400))
+    # a brand-new item joins the second batch: the served scores are narrower than the index
+    second = EventBatch.concat([later, _events([str(later.user[0])], ["brand-new"], 1_000.0)])
+    served.score_all(second.user)  # stale once the first batch is learned: must not be used
+    served.learn(first)
+    fresh.learn(first)
+    served.score_all(second.user)  # as served: the judging takes these
+    assert served._served is not None
+    served.learn(second)
+    fresh.learn(second)
+    assert served._served is None  # learning drops them
+    assert len(fresh.last_judged_[0]) > 50
+    np.testing.assert_array_equal(served.last_judged_[0], fresh.last_judged_[0])
+    np.testing.assert_allclose(served.last_judged_[1], fresh.last_judged_[1])
+    np.testing.assert_allclose(served.weights_, fresh.weights_, rtol=1e-12)
+    assert not np.allclose(fresh.weights_, 1 / 3)  # the batches moved the weights

@@ -24,9 +24,13 @@ weights then take a Hedge step with fixed share::
     w[s, :] <- (1 - share) * w[s, :] / sum(w[s, :]) + share / n_candidates
 
 Fixed share keeps every candidate's weight above ``share / n_candidates``, so the ensemble can
-follow a switch of the best candidate within a bounded number of events. Judging a share of the
-events keeps the ensemble's cost closer to the sum of its candidates' (judging an event costs
-every candidate a scoring of every item).
+follow a switch of the best candidate within a bounded number of events.
+
+Judging reuses what serving computed: the candidates' scores of the latest users scored (the
+latest block of them) are kept until the next change to a candidate, so an event by a user who
+was just served is judged on exactly the scores that served it, with no scoring of its own (in
+P1's test-then-train, every judged event). Other events cost every candidate a scoring of every
+item, which is why only a share of them is judged.
 
 Serving blends the candidates' standardised scores: for a user in history bucket ``h`` and an
 item in age bucket ``a``, ``score(i) = sum_c w[h, a, c] * (s_c(i) - mean_c) / std_c``, the mean
@@ -155,6 +159,13 @@ class Ensemble(Recommender):
         self.last_judged_ = (np.zeros(0, dtype=np.int64), np.zeros(0))
         self.first_seen_ = np.zeros(0)  # each item's first positive event (inf: none yet)
         self.clock_ = -np.inf  # the latest event time learned
+        self._forget_derived()
+
+    def _forget_derived(self) -> None:
+        """Drop what is derived from the candidates' state and indexes: their item maps and
+        the latest served parts (see :meth:`_served_parts`)."""
+        self._maps: list[tuple[int, np.ndarray]] = []
+        self._served: tuple[np.ndarray, np.ndarray] | None = None
 
     def _grow(self, n_users: int, n_items: int) -> None:
         extra = n_items - len(self.first_seen_)
@@ -171,6 +182,7 @@ class Ensemble(Recommender):
         self.last_judged_ = (np.zeros(0, dtype=np.int64), np.zeros(0))
         if self.updates_:
             self._weigh(events)
+        self._served = None
         for model in self.models_:
             model.learn(_source(events))
         self._note_times(events)
@@ -179,11 +191,13 @@ class Ensemble(Recommender):
         _check_batch(events)
         if not self.is_fitted or not len(events):
             return
+        self._served = None
         for model in self.models_:
             model.replay(events)
         self.updates_ += 1
 
     def _anchor(self, strength: float) -> None:
+        self._served = None
         for model in self.models_:
             if model.is_fitted:
                 model.anchor(strength)
@@ -233,7 +247,7 @@ class Ensemble(Recommender):
         n, n_candidates = len(user_index), len(self.models_)
         if not n:
             return np.zeros((0, n_candidates)), np.zeros(0)
-        parts = self._parts(user_index)  # (candidates, n, items)
+        parts = self._served_parts(user_index)  # (candidates, n, items)
         rows = np.arange(n)
         masked = np.zeros((n, len(self.items_)))
         self._mask_seen(masked, user_index, slice(None))  # -inf on what each user has seen
@@ -279,16 +293,34 @@ class Ensemble(Recommender):
 
     # -------------------------------------------------------------- scoring
 
+    def _item_maps(self) -> list[tuple[int, np.ndarray]]:
+        """Per candidate: its number of items when the map was made, and each ensemble item's
+        index in the candidate (-1: unknown to it). Indexes only grow at their end, so a map
+        is extended, looking up only the items it does not map yet, when either index grew."""
+        n = len(self.items_)
+        old = self._maps or [(-1, np.zeros(0, dtype=np.int64))] * len(self.models_)
+        self._maps = []
+        for model, (size, mapped) in zip(self.models_, old, strict=True):
+            if size != len(model.items_) or len(mapped) != n:
+                mapped = np.concatenate([mapped, np.full(n - len(mapped), -1, dtype=np.int64)])
+                missing = np.flatnonzero(mapped < 0)
+                mapped[missing] = model.items_.lookup(self.items_.ids(missing))
+            self._maps.append((len(model.items_), mapped))
+        return self._maps
+
     def _standardised(
         self, user_index: np.ndarray
     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per candidate: its scores of every item of the ensemble (NaN where it does not know
         one) for ``user_index``, and their means and standard deviations per user."""
         users = self.users_.ids(user_index)
-        items = self.items_.ids(np.arange(len(self.items_)))
         out = []
-        for model in self.models_:
-            scores = model.score(users, items).astype(np.float64)
+        for model, (_, mapped) in zip(self.models_, self._item_maps(), strict=True):
+            own = model.users_.lookup(users)
+            known = np.flatnonzero(mapped >= 0)
+            scores = np.full((len(user_index), len(self.items_)), np.nan)
+            if len(known) and len(own):
+                scores[:, known] = model._scores(own, model._cold(own), mapped[known], len(known))
             mean = np.nanmean(scores, axis=1, keepdims=True) if scores.size else scores[:, :1]
             std = np.nanstd(scores, axis=1, keepdims=True) if scores.size else scores[:, :1]
             out.append((scores, np.nan_to_num(mean), np.where(std > 0, std, 1.0)))
@@ -304,6 +336,28 @@ class Ensemble(Recommender):
             parts[c] = np.where(np.isnan(part), floor, part)
         return parts
 
+    def _served_parts(self, user_index: np.ndarray) -> np.ndarray:
+        """:meth:`_parts` for ``user_index``, taken from the latest scoring for the users it
+        covered (nothing has changed the candidates since: every change drops it), so that a
+        served list is judged on the scores that served it. Items indexed since are unknown
+        to every candidate, so they get each row's floor, as :meth:`_parts` gives them."""
+        parts = np.empty((len(self.models_), len(user_index), len(self.items_)))
+        hit = np.full(len(user_index), -1)
+        if self._served is not None:
+            served_users, served = self._served
+            order = np.argsort(served_users, kind="stable")
+            at = np.minimum(np.searchsorted(served_users[order], user_index), len(order) - 1)
+            hit = np.where(served_users[order[at]] == user_index, order[at], -1)
+            rows = np.flatnonzero(hit >= 0)
+            width = served.shape[2]
+            parts[:, rows, :width] = served[:, hit[rows]]
+            floor = np.minimum(served[:, hit[rows]].min(axis=2, initial=np.inf), 0.0)
+            parts[:, rows, width:] = floor[:, :, None]
+        missed = np.flatnonzero(hit < 0)
+        if len(missed):
+            parts[:, missed] = self._parts(user_index[missed])
+        return parts
+
     def _score(self, user_index: np.ndarray, item_index: np.ndarray | slice) -> np.ndarray:
         ages = self._age(np.arange(len(self.items_)), self.clock_)
         history = self._situation(user_index)
@@ -311,7 +365,9 @@ class Ensemble(Recommender):
         block = max(1, _JUDGE_BLOCK // (len(self.models_) * max(len(self.items_), 1)))
         for start in range(0, len(user_index), block):  # the parts of a block of users at once
             rows = slice(start, start + block)
-            total = self._blend(self._parts(user_index[rows]), history[rows], ages)
+            parts = self._parts(user_index[rows])
+            self._served = (user_index[rows], parts)  # the latest block, for judging
+            total = self._blend(parts, history[rows], ages)
             out.append(total[:, item_index].astype(np.float32))
         return np.concatenate(out)
 
@@ -402,6 +458,7 @@ class Ensemble(Recommender):
         self.judged_ = arrays["judged"].astype(np.int64)
         self.first_seen_ = arrays["first_seen"].astype(np.float64)
         self.clock_ = float(arrays["clock"][0])
+        self._forget_derived()
 
     def _save_parts(self, folder: Path) -> None:
         for number, model in enumerate(self.models_):
@@ -412,6 +469,7 @@ class Ensemble(Recommender):
             Recommender.load(folder / "candidates" / str(number))
             for number in range(len(self.candidates))
         ]
+        self._forget_derived()
 
 
 class Auto(Fresh):

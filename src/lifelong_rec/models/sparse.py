@@ -150,7 +150,8 @@ class GrowingSparse:
         return self.tocsr().nnz
 
     def rows(self, index: np.ndarray) -> sp.csr_matrix:
-        """Rows ``index`` (unique), shape (len(index), n_cols), pending increments included."""
+        """Rows ``index`` (a row may repeat), shape (len(index), n_cols), pending increments
+        included."""
         return self.row_block(index).tocsr()
 
     def row_block(self, index: np.ndarray) -> RowBlock:
@@ -168,15 +169,17 @@ class GrowingSparse:
         cols, values = base.indices[taken], base.data[taken]
         if self._pending_count and len(index):
             pending_rows, pending_cols, pending_values = self._pending()
+            # every position of each pending increment's row in index (a row may repeat)
             order = np.argsort(index, kind="stable")
-            position = np.minimum(np.searchsorted(index[order], pending_rows), len(index) - 1)
-            wanted = index[order][position] == pending_rows
-            if wanted.any():
+            first = np.searchsorted(index[order], pending_rows, side="left")
+            count = np.searchsorted(index[order], pending_rows, side="right") - first
+            if count.any():
                 rows = np.repeat(np.arange(len(index)), lengths)
+                which = np.repeat(np.arange(len(pending_rows)), count)
                 return _coalesce(
-                    np.concatenate([rows, order[position[wanted]]]),
-                    np.concatenate([cols, pending_cols[wanted]]),
-                    np.concatenate([values, pending_values[wanted]]),
+                    np.concatenate([rows, order[segments(first, count)]]),
+                    np.concatenate([cols, pending_cols[which]]),
+                    np.concatenate([values, pending_values[which]]),
                     shape,
                     self.aggregate,
                 )
