@@ -222,6 +222,71 @@ def test_simulate_writes_the_ab_report(tmp_path, capsys):
     assert "unknown policy 'ucb'" in capsys.readouterr().err
 
 
+# ------------------------------------------------------------------- evaluate: P1 on a file
+
+
+def _evaluate(data: str, out, *options: str) -> list[str]:
+    cheap = "--models pop --strategies frozen --blocks 5 --workers 0 --no-progress".split()
+    return ["evaluate", "--data", data, *cheap, "--out", str(out), *options]
+
+
+def test_evaluate_removes_only_bad_rows_and_duplicates_and_reports_them(tmp_path, capsys):
+    # issue #19: evaluate applied the bot-burst rule to a whole-day-timestamp log and dropped
+    # its rows while the report said "0 duplicates dropped"
+    rows = [f"u{n % 6},i{n * 7 % 11},{T + 3_600 * n}" for n in range(40)]
+    rows += [f"bot,b{n},{T + 100}" for n in range(25)]  # 25 events in one second
+    rows += [rows[5], "u1,i2,not-a-time"]  # an exact duplicate, a bad field (line 68)
+    data = tmp_path / "e.csv"
+    data.write_text("user,item,timestamp\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "out"
+
+    assert main(_evaluate(f"csv:{data}", out)) == 0
+    printed = capsys.readouterr().out
+    assert "(1 duplicates dropped)" in printed
+    assert "Rows removed: 2 of 67 read (1 bad_timestamp, 1 duplicate)." in printed
+    report = json.loads((out / "p1.json").read_text())
+    assert report["params"]["max_events_per_second"] is None
+    assert report["data"]["rows_read"] == 67 and report["data"]["rows"] == 66
+    assert report["data"]["duplicates_dropped"] == 1
+    assert report["data"]["removed"] == {"bad_timestamp": 1, "duplicate": 1}
+    (rejected,) = (json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines())
+    assert (rejected["line"], rejected["reason"]) == (68, "bad_timestamp")
+    assert "Rows removed: 2 of 67 read" in (out / "p1.md").read_text()
+
+    assert main(_evaluate(f"csv:{data}", out, "--max-events-per-second", "20", "--json")) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["params"]["max_events_per_second"] == 20
+    assert report["data"]["rows_read"] == 67 and report["data"]["rows"] == 41
+    assert report["data"]["removed"] == {"bad_timestamp": 1, "duplicate": 1, "bot_burst": 25}
+    reasons = [json.loads(line)["reason"] for line in (out / "rejected.jsonl").open()]
+    assert sorted(set(reasons)) == ["bad_timestamp", "bot_burst"] and len(reasons) == 26
+
+
+def test_evaluate_reads_a_file_with_kind_time_unit_and_delimiter(tmp_path, capsys):
+    rows = [f"u{n % 5};i{n * 3 % 13};{(T + 600 * n) * 1_000};view" for n in range(30)]
+    rows += [f"u1;i1;{T * 1_000};", f"u2;i2;{T * 1_000};"]  # no kind: --kind says which
+    data = tmp_path / "e.csv"
+    data.write_text("user;item;timestamp;kind\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    options = ["--delimiter", ";", "--time-unit", "ms", "--kind", "rating", "--json"]
+    assert main(_evaluate(f"csv:{data}", out, *options)) == 0
+    report = json.loads(capsys.readouterr().out)
+    # a rating needs a value: the two rows without a kind were read as ratings
+    assert report["data"]["removed"] == {"bad_value": 2} and report["data"]["rows"] == 30
+
+    assert main(_evaluate(f"csv:{data}", out, *options[:4])) == 0  # views by default
+    assert json.loads((out / "p1.json").read_text())["data"]["removed"] == {}
+    capsys.readouterr()
+    assert main(_evaluate(f"csv:{data}", out, "--delimiter", ",")) == 2
+    assert "is the delimiter ';'?" in capsys.readouterr().err
+    # read as seconds, the milliseconds lie far in the future: every row is rejected
+    assert main(_evaluate(f"csv:{data}", out, "--time-unit", "s")) == 2
+    assert (
+        "the data has 0 rows after warm-up (32 of 32 rows rejected: 32 timestamp_out_of_range)"
+        in capsys.readouterr().err
+    )
+
+
 # ------------------------------------------------------------------- user errors and bugs
 
 
@@ -239,6 +304,10 @@ def test_simulate_writes_the_ab_report(tmp_path, capsys):
         (["evaluate", "--data", "synthetic", "--blocks", "0"], "--blocks must be >= 1, got 0"),
         (["evaluate", "--data", "synthetic", "--blocks", "10000000"], "--blocks 10000000: the "
          "data has"),
+        (["evaluate", "--data", "synthetic", "--kind", "like"], "cleaning options: "
+         "default_kind: 'like' is not one of"),
+        (["evaluate", "--data", "synthetic", "--max-events-per-second", "-1"], "cleaning options: "
+         "max_events_per_second must be >= 1"),
         (["simulate", "--policies", "epsilon(epsilon=7)", "--rounds", "5"], "--policies: "),
         (["demo", "--users", "0"], "--users must be >= 1, got 0"),
     ],

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from functools import partial
 
 import numpy as np
@@ -148,9 +150,125 @@ def test_learning_strategies_beat_frozen_on_a_drifting_stream(shop):
     frozen, learning = report.results
     assert learning.ndcg > frozen.ndcg
     assert learning.unknown_user_share < frozen.unknown_user_share
-    assert frozen.update_seconds < 0.01 < learning.update_seconds
+    assert frozen.update_seconds < 0.1 * learning.update_seconds  # its hooks do nothing
+    assert frozen.update_cpu_seconds < 0.1 * learning.update_cpu_seconds
+    # a model that does not change ranks each probe the same twice: exactly no forgetting
     assert frozen.backward_transfer["delta"] == 0.0
+    forgetting = learning.backward_transfer
+    assert forgetting["probes"] == report.data["probe_rows"] > 5
+    assert forgetting["ci95_low"] <= forgetting["delta"] <= forgetting["ci95_high"]
+    assert forgetting["delta"] == pytest.approx(forgetting["ndcg_end"] - forgetting["ndcg_after"])
     assert 0 < report.oracle["row"]["hr"] <= 1
+
+
+def _recording(factory, learned: set[tuple[str, str]]):
+    """The strategy ``factory`` makes, with every event its hooks get recorded in ``learned``:
+    the only way events reach a strategy (and its replay buffer, and its refits)."""
+
+    def make():
+        strategy = factory()
+        for hook in ("warm_up", "observe", "end_block"):
+            original = getattr(strategy, hook)
+
+            def recorded(events, *rest, original=original):
+                learned.update(zip(events.user.tolist(), events.item.tolist(), strict=True))
+                return original(events, *rest)
+
+            setattr(strategy, hook, recorded)
+        return strategy
+
+    return make
+
+
+def test_no_strategy_ever_learns_a_probe(shop):
+    learned: dict[str, set[tuple[str, str]]] = {}
+    strategies = {}
+    for model, factory in (("pop", Popularity), ("mf", partial(MatrixFactorization, factors=8))):
+        for spec in ("frozen", "retrain@3", "incremental@block", "incremental@row", "naive@row"):
+            learned[f"{model} {spec}"] = set()
+            strategies[(model, spec)] = _recording(
+                partial(parse_strategy, spec, factory), learned[f"{model} {spec}"]
+            )
+    report = prequential(shop, strategies, blocks=20, workers=0, progress=False, probe_share=0.5)
+    stream = prepare(shop, blocks=20, probe_share=0.5)
+    probes = set(zip(stream.users.ids(stream.probe_user).tolist(),
+                     stream.items.ids(stream.probe_item).tolist(), strict=True))  # fmt: skip
+    assert len(probes) == report.data["probe_rows"] > 10
+    for name, pairs in learned.items():
+        if name != "pop incremental@row":  # pop's is its naive@row, run once (next test)
+            assert len(pairs) > 1_000, name
+        assert not pairs & probes, name
+    # every probe pair left the stream, later rows of the pair too
+    stream_pairs = set(zip(stream.events.user.tolist(), stream.events.item.tolist(), strict=True))
+    assert not stream_pairs & probes
+
+
+def test_a_strategy_identical_to_another_runs_once(shop):
+    runs = []
+
+    def counted(factory):
+        def make():
+            strategy = factory()
+            original = strategy.warm_up
+            strategy.warm_up = lambda events: (runs.append(1), original(events))
+            return strategy
+
+        return make
+
+    strategies = {
+        (model, spec): counted(partial(parse_strategy, spec, factory))
+        for model, factory in (("pop", Popularity), ("mf", partial(MatrixFactorization, factors=8)))
+        for spec in ("naive@row", "incremental@row")
+    }
+    report = prequential(shop, strategies, blocks=10, workers=0, progress=False)
+    assert len(runs) == 3  # pop's replay and pull do nothing: its incremental@row is naive@row
+    naive, incremental = report.result("pop", "naive@row"), report.result("pop", "incremental@row")
+    assert incremental.same_as == "naive@row" and naive.same_as is None
+    assert (incremental.ndcg, incremental.per_block) == (naive.ndcg, naive.per_block)
+    assert report.result("mf", "incremental@row").same_as is None  # MF's replay refits rows
+
+
+class _DiesAtBlock(Frozen):
+    """Frozen, but its process is killed (SIGKILL) at the end of its third block."""
+
+    def end_block(self, block, errors):
+        self.blocks_done = getattr(self, "blocks_done", 0) + 1
+        if self.blocks_done == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _must_not_run():
+    raise AssertionError("a finished strategy ran again")
+
+
+def test_a_killed_strategy_resumes_and_the_finished_ones_stay(shop, tmp_path):
+    first = {
+        ("pop", "naive@block"): partial(parse_strategy, "naive@block", Popularity),
+        ("pop", "dies"): partial(_DiesAtBlock, Popularity),
+        ("mf", "frozen"): partial(Frozen, partial(MatrixFactorization, factors=8)),
+    }
+    with pytest.raises(RuntimeError, match=r"\('pop', 'dies'\) failed:\nits process died"):
+        prequential(shop, first, blocks=10, workers=1, progress=False, folder=tmp_path)
+    written = sorted((tmp_path / "strategies").glob("*.json"))
+    assert len(written) == 2  # the two others finished and were written
+    before = {path.name: path.read_text() for path in written}
+    again = {
+        ("pop", "naive@block"): _must_not_run,
+        ("pop", "dies"): partial(Frozen, Popularity),  # fixed
+        ("mf", "frozen"): _must_not_run,
+    }
+    report = prequential(shop, again, blocks=10, workers=1, progress=False, folder=tmp_path)
+    assert [r.strategy for r in report.results] == ["naive@block", "dies", "frozen"]
+    for path in written:
+        assert path.read_text() == before[path.name]  # unchanged
+    resumed = report.result("pop", "naive@block")
+    assert resumed.per_block == json.loads(before[written[0].name])["result"]["per_block"] or (
+        resumed.per_block == json.loads(before[written[1].name])["result"]["per_block"]
+    )
+    assert report.result("pop", "dies").scored_rows == resumed.scored_rows
+    # other blocks: other rows, so nothing is taken from the folder (and nothing may run)
+    with pytest.raises(RuntimeError, match="a finished strategy ran again"):
+        prequential(shop, again, blocks=12, workers=0, progress=False, folder=tmp_path)
 
 
 # ------------------------------------------------------------------------------ reports, CLI

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import sys
 import time
 import traceback
@@ -21,12 +22,15 @@ from contextlib import contextmanager
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from lifelong_rec import __version__
 from lifelong_rec.data import (
     FORMATS,
+    REASONS,
     CleaningConfig,
+    CleaningReport,
+    Dataset,
     InputError,
     describe,
     load,
@@ -43,7 +47,6 @@ from lifelong_rec.evaluate import (
 )
 from lifelong_rec.evaluate.ope import ESTIMATORS, EVALUATIONS, OBD_POLICIES
 from lifelong_rec.evaluate.simulate import simulate_report
-from lifelong_rec.events import Catalog, EventBatch
 from lifelong_rec.lifelong import parse_strategy
 from lifelong_rec.models import model_names, parse_model, split_specs, with_catalog
 from lifelong_rec.policy import parse_policy, policy_names, reward_spec
@@ -57,6 +60,10 @@ EXIT_INTERNAL = 1
 EXIT_STARTUP = 3  # as uvicorn.run: the service did not start
 MODEL_NAMES = model_names()  # names only: the classes would import PyTorch on every command
 OBD_CAMPAIGNS = ("all", "men", "women")
+# What evaluate's cleaning removes unless asked: only rows that are not events (a bad field).
+# P1 drops exact duplicates itself and counts them; the bot-burst rule took whole-day-timestamp
+# logs for bots and removed their rows silently (issue #19).
+EVALUATION_CLEANING = CleaningConfig(max_events_per_second=None, drop_duplicates=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -153,23 +160,8 @@ def _parser() -> argparse.ArgumentParser:
         help="columns of csv/parquet/jsonl, e.g. user=userId,item=movieId,"
         "time=timestamp,value=rating,kind=event,context.device=device",
     )
-    ingest.add_argument("--delimiter", default=None, help="csv delimiter (default: sniffed)")
     ingest.add_argument("--encoding", default="utf-8", help="text encoding (default: utf-8)")
-    ingest.add_argument(
-        "--kind",
-        dest="default_kind",
-        default=None,
-        help="kind of rows without one (default: view)",
-    )
-    ingest.add_argument("--time-unit", default="auto", choices=("auto", "s", "ms", "us", "ns"))
-    ingest.add_argument(
-        "--max-events-per-second",
-        type=int,
-        default=None,
-        metavar="N",
-        help="reject a user's events in any second with more than N "
-        "(default 20; off for movielens; 0 turns it off)",
-    )
+    _add_cleaning_options(ingest, burst_default="default 20; off for movielens")
     ingest.add_argument(
         "--collapse-window",
         type=float,
@@ -208,6 +200,7 @@ def _parser() -> argparse.ArgumentParser:
         "or synthetic for the built-in stream",
     )
     evaluate.add_argument("--map", dest="mapping", default=None, metavar="FIELD=COLUMN,...")
+    _add_cleaning_options(evaluate, burst_default="default: off")
     evaluate.add_argument(
         "--models",
         default="auto,pop,session-itemknn,session-mf,mf",
@@ -227,7 +220,13 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--workers", type=int, default=1, help="strategies run at once (0: in this process)"
     )
-    evaluate.add_argument("--out", type=Path, required=True, help="folder for p1.json/md/png")
+    evaluate.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="folder for p1.json/md/png, rejected.jsonl and each strategy's result as it "
+        "finishes (a rerun with the same data and blocks resumes)",
+    )
     evaluate.add_argument(
         "--tensorboard", type=Path, default=None, metavar="DIR",
         help="also write per-block metrics for TensorBoard (needs the tensorboard extra)",
@@ -374,6 +373,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_cleaning_options(command: argparse.ArgumentParser, burst_default: str) -> None:
+    """The options of ``ingest`` and ``evaluate`` that say how a file's rows are read and
+    cleaned; ``burst_default`` says what the bot-burst rule does without its option."""
+    command.add_argument("--delimiter", default=None, help="csv delimiter (default: sniffed)")
+    command.add_argument(
+        "--kind",
+        dest="default_kind",
+        default=None,
+        metavar="KIND",
+        help="kind of rows without one (default: view)",
+    )
+    command.add_argument("--time-unit", default="auto", choices=("auto", "s", "ms", "us", "ns"))
+    command.add_argument(
+        "--max-events-per-second",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"reject a user's events in any second with more than N ({burst_default}; "
+        "0 turns it off)",
+    )
+
+
 def _add_obd_log(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--log",
@@ -407,7 +428,10 @@ def _ingest(args: argparse.Namespace) -> int:
     _at_least(1, batch_size=args.batch_size)
     _parent_folder(args.db, "--db")
     format = args.format or detect_format(args.path)
-    config = _parsed("cleaning options", _cleaning_config, args, format)
+    base = MOVIELENS_CLEANING if format == "movielens" else CleaningConfig()
+    config = _parsed(
+        "cleaning options", _cleaning_config, args, base, collapse_window=args.collapse_window
+    )
     data = load(
         args.path,
         format,
@@ -482,10 +506,18 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise InputError("--strategies: none given")
     for spec in specs:
         _parsed("--strategies", parse_strategy, spec, parsed[0][1])  # validates the spec early
-    events, catalog, name = _evaluation_data(args.data, args.mapping)
+    config = _parsed("cleaning options", _cleaning_config, args, EVALUATION_CLEANING)
+    data, name = _evaluation_data(args, config)
+    events, catalog = data.events, data.catalog
     test_rows = len(events) - int(args.warmup * len(events))
     if test_rows < args.blocks:
-        raise InputError(f"--blocks {args.blocks}: the data has {test_rows} rows after warm-up")
+        rejected = data.report.rejected_total
+        counts = ", ".join(f"{count:,} {reason}" for reason, count in data.report.rejected.items())
+        why = f" ({rejected:,} of {data.report.rows_read:,} rows rejected: {counts})"
+        raise InputError(
+            f"--blocks {args.blocks}: the data has {test_rows} rows after warm-up"
+            + (why if rejected else "")
+        )
     # models that read item text (the transformer) know the catalogue from the start
     models = [(label, with_catalog(factory, catalog)) for label, factory in parsed]
     strategies = {
@@ -503,29 +535,49 @@ def _evaluate(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=not args.no_progress,
         tensorboard=args.tensorboard,
+        folder=args.out,  # each strategy's result as it finishes: a rerun resumes
+    )
+    removed = _removed_rows(data.report, cast(int, report.data["duplicates_dropped"]))
+    report = replace(
+        report,
+        params={**report.params, "max_events_per_second": config.max_events_per_second},
+        data={**report.data, "rows_read": data.report.rows_read, "removed": removed},
     )
     paths = write_report(report, args.out, title=f"P1 on {name}")
+    paths["rejected"] = args.out / "rejected.jsonl"
+    data.rejected.write_jsonl(paths["rejected"])  # always: a stale file would mislead
     if args.json:
         print(paths["json"].read_text(), end="")
         return 0
     print(markdown_table(report))
-    print(f"\nwrote {paths['json']}, {paths['markdown']}, {paths['plot']} "
+    print(f"\nwrote {', '.join(map(str, paths.values()))} "
           f"in {time.perf_counter() - started:.0f} s")  # fmt: skip
     return 0
 
 
-def _evaluation_data(spec: str, mapping: str | None) -> tuple[EventBatch, Catalog, str]:
-    """Events and catalogue from ``FORMAT:PATH`` (or ``synthetic``)."""
-    if spec == "synthetic":
-        shop = synthetic_stream()
-        return shop.events, shop.catalog, "the synthetic shop"
-    format, separator, path = spec.partition(":")
+def _evaluation_data(args: argparse.Namespace, config: CleaningConfig) -> tuple[Dataset, str]:
+    """The data of ``--data FORMAT:PATH`` (or ``synthetic``), cleaned by ``config``, and its
+    name for the report's title."""
+    if args.data == "synthetic":
+        # generated rows have no clock that drifts: no timestamp lies in the future
+        return synthetic_stream(config=replace(config, now=math.inf)), "the synthetic shop"
+    format, separator, path = args.data.partition(":")
     if not separator or format not in FORMATS or not path:
         raise InputError(
-            f"--data {spec!r}: use FORMAT:PATH with FORMAT one of {', '.join(FORMATS)}"
+            f"--data {args.data!r}: use FORMAT:PATH with FORMAT one of {', '.join(FORMATS)}"
         )
-    data = load(path, format, mapping=mapping)
-    return data.events, data.catalog, f"{Path(path).name} ({format})"
+    data = load(path, format, mapping=args.mapping, delimiter=args.delimiter, config=config)
+    return data, f"{Path(path).name} ({format})"
+
+
+def _removed_rows(report: CleaningReport, duplicates: int) -> dict[str, int]:
+    """Rows removed before scoring, per reason: those cleaning rejected, and the exact
+    ``duplicates`` that P1 dropped (under "duplicate"); reasons in :data:`REASONS` order."""
+    counts = dict(report.rejected)
+    if duplicates:
+        counts["duplicate"] = counts.get("duplicate", 0) + duplicates
+    order = {reason: position for position, reason in enumerate(REASONS)}
+    return dict(sorted(counts.items(), key=lambda count: order.get(count[0], len(order))))
 
 
 def _ope(args: argparse.Namespace) -> int:
@@ -780,8 +832,10 @@ def _rejected(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------ helpers
 
 
-def _cleaning_config(args: argparse.Namespace, format: str) -> CleaningConfig:
-    base = MOVIELENS_CLEANING if format == "movielens" else CleaningConfig()
+def _cleaning_config(
+    args: argparse.Namespace, base: CleaningConfig, collapse_window: float | None = None
+) -> CleaningConfig:
+    """``base`` with the options of :func:`_add_cleaning_options` applied."""
     burst = base.max_events_per_second
     if args.max_events_per_second is not None:
         burst = args.max_events_per_second or None  # 0 turns the check off
@@ -790,7 +844,7 @@ def _cleaning_config(args: argparse.Namespace, format: str) -> CleaningConfig:
         default_kind=args.default_kind or base.default_kind,
         time_unit=args.time_unit,
         max_events_per_second=burst,
-        collapse_window=args.collapse_window,
+        collapse_window=collapse_window,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -15,24 +16,29 @@ def markdown_table(report: P1Report) -> str:
     """One row per (model, strategy), best NDCG first within each model, plus the oracle."""
     k = report.params["k"]
     lines = [
-        f"| model | strategy | HR@{k} | NDCG@{k} | MRR@{k} | update s | warm-up s | peak MiB "
-        f"| unknown users | forgetting (ΔNDCG) | new-item HR@{k} |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| model | strategy | HR@{k} | NDCG@{k} | MRR@{k} | update CPU s | update wall s "
+        f"| warm-up CPU s | peak MiB | unknown users "
+        f"| forgetting: probe ΔNDCG@{k}, end − after (< 0: forgot) [95 % CI] | new-item HR@{k} |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for result in sorted(report.results, key=lambda r: (r.model, -_finite(r.ndcg))):
+        strategy = result.strategy + (f" (= {result.same_as})" if result.same_as else "")
+        forgetting = result.backward_transfer
         lines.append(
-            f"| {result.model} | {result.strategy} | {result.hr:.4f} | {result.ndcg:.4f} "
-            f"| {result.mrr:.4f} | {result.update_seconds:.1f} | {result.warmup_seconds:.1f} "
-            f"| {result.peak_memory_mib:.0f} | {result.unknown_user_share:.1%} "
-            f"| {result.backward_transfer['delta']:+.4f} | {result.new_items['hr']:.4f} |"
+            f"| {result.model} | {strategy} | {result.hr:.4f} | {result.ndcg:.4f} "
+            f"| {result.mrr:.4f} | {result.update_cpu_seconds:.1f} | {result.update_seconds:.1f} "
+            f"| {result.warmup_cpu_seconds:.1f} | {result.peak_memory_mib:.0f} "
+            f"| {result.unknown_user_share:.1%} | {forgetting['delta']:+.4f} "
+            f"[{forgetting['ci95_low']:+.4f}, {forgetting['ci95_high']:+.4f}] "
+            f"| {result.new_items['hr']:.4f} |"
         )
     for cadence, ceiling in report.oracle.items():
         lines.append(
-            f"| oracle | @{cadence} | {ceiling['hr']:.4f} | {ceiling['ndcg']:.4f} | | | | | | | |"
+            f"| oracle | @{cadence} | {ceiling['hr']:.4f} | {ceiling['ndcg']:.4f} | | | | | | | | |"
         )
     ratios = report.lifelong_ratios()
     if ratios:
-        lines += ["", "| model | strategy | NDCG vs retrain@1 | update speed-up vs retrain@1 |",
+        lines += ["", "| model | strategy | NDCG vs retrain@1 | update CPU speed-up vs retrain@1 |",
                   "|---|---|---|---|"]  # fmt: skip
         for model, by_strategy in ratios.items():
             for strategy, ratio in by_strategy.items():
@@ -46,8 +52,17 @@ def markdown_table(report: P1Report) -> str:
         f"P1: {data['rows']:,} rows ({data['duplicates_dropped']:,} duplicates dropped), "
         f"warm-up {report.params['warmup']:.0%} ({data['warmup_rows']:,} rows), "
         f"{report.params['blocks']} blocks, {data['scored_rows']:,} scored rows, "
-        f"{data['users']:,} users, {data['items']:,} items.",
+        f"{data['users']:,} users, {data['items']:,} items; {data['probe_rows']:,} probes "
+        f"held out, never learned ({data['probe_rows_removed']:,} rows with their pairs' "
+        "later ones).",
     ]
+    if "removed" in data:  # set by the CLI, which knows what cleaning removed
+        counts = cast(dict[str, int], data["removed"])
+        removed = ", ".join(f"{count:,} {reason}" for reason, count in counts.items())
+        lines.append(
+            f"Rows removed: {sum(counts.values()):,} of {data['rows_read']:,} read "
+            f"({removed or 'none'})."
+        )
     return "\n".join(lines)
 
 
