@@ -1,5 +1,6 @@
-"""Recommenders that learn from every event: popularity, item-kNN, matrix factorisation, and
-the sequential transformer (imported on first use: it needs PyTorch, the ``deep`` extra)."""
+"""Recommenders that learn from every event: popularity, item-kNN, sequential rules, matrix
+factorisation, and the sequential transformer (imported on first use: it needs PyTorch, the
+``deep`` extra)."""
 
 from lifelong_rec.models.auto import Auto, Ensemble
 from lifelong_rec.models.base import (
@@ -14,6 +15,7 @@ from lifelong_rec.models.fresh import Fresh
 from lifelong_rec.models.itemknn import ItemKNN
 from lifelong_rec.models.mf import MatrixFactorization
 from lifelong_rec.models.popularity import Popularity
+from lifelong_rec.models.rules import SequentialRules
 from lifelong_rec.models.sparse import GrowingSparse
 from lifelong_rec.models.specs import parse_model, split_specs, with_catalog
 from lifelong_rec.models.text import (
@@ -51,6 +53,7 @@ __all__ = [
     "Recommendations",
     "Recommender",
     "SentenceTransformerEncoder",
+    "SequentialRules",
     "SequentialTransformer",
     "TextEncoder",
     "Wording",
