@@ -203,7 +203,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_cleaning_options(evaluate, burst_default="default: off")
     evaluate.add_argument(
         "--models",
-        default="auto,pop,session-itemknn,session-mf,mf",
+        default="auto,pop,session-itemknn,sequential-rules,session-mf,mf",
         help="comma-separated (default: the ensemble auto and each of its candidates): "
         + ", ".join(MODEL_NAMES)
         + "; with parameters as mf(factors=32,recency_half_life_seconds=60)",

@@ -68,7 +68,7 @@ from lifelong_rec.models.fresh import Fresh
 HISTORY_BUCKETS = (0, 1, 5, 20)
 #: the lower ends of the item-age buckets in seconds, after the bucket of never-seen items
 AGE_BUCKETS = (0.0, 3_600.0, 86_400.0, 30 * 86_400.0)
-DEFAULT_CANDIDATES = ("pop", "session-itemknn", "session-mf", "mf")
+DEFAULT_CANDIDATES = ("pop", "session-itemknn", "sequential-rules", "session-mf", "mf")
 _JUDGE_BLOCK = 8_000_000  # most candidate scores held at once (64 MB of float64)
 
 
@@ -522,9 +522,10 @@ class Auto(Fresh):
     def _unit_test_params(cls) -> dict[str, object]:
         return Ensemble._unit_test_params() | {"text_encoder": "hashing(dim=32)"}
 
-    def _learn_inner(self, events: EventBatch, judged: np.ndarray) -> None:
+    def _learn_inner(self, events: EventBatch, judged: np.ndarray) -> np.ndarray:
         """Let the ensemble judge and learn the batch, then take the blend's ranks of the
-        events it judged into the hit rates per rank (no scoring of its own)."""
+        events it judged into the hit rates per rank (no scoring of its own). The prior is
+        judged on the same events (``judge_share`` of them: the rest would only cost)."""
         users = self.users_.lookup(events.user)
         buckets = np.zeros(len(events), dtype=np.int64)
         buckets[users >= 0] = self._bucket(users[users >= 0])  # as they were before the batch
@@ -534,6 +535,9 @@ class Auto(Fresh):
         rows, ranks = ensemble.last_judged_  # users with a history before the batch: known
         if self.updates_ and len(rows):
             self.rates_.add(buckets[rows], ranks)
+        chosen = np.zeros(len(events), dtype=bool)
+        chosen[rows] = True
+        return judged & chosen
 
 
 def _bucket(lower_ends: tuple[float, ...], values: np.ndarray) -> np.ndarray:
