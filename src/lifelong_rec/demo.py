@@ -62,8 +62,8 @@ P1_LEGEND = (
     ("model", "mf: matrix factorisation (ALS); session-mf: the same, but a user's interactions "
      "weigh half as much for every minute they are older than the user's latest one (the "
      "session-aware fold-in, mf(recency_half_life_seconds=60)); auto: the served model, an "
-     "online ensemble of popularity, item-kNN, session-mf and mf that learns which to trust "
-     "for whom"),
+     "online ensemble of popularity, item-kNN, sequential rules, session-mf and mf that "
+     "learns which to trust for whom"),
     ("strategy", "frozen: trained on the warm-up only; retrain@10: refit from scratch after "
      "every 10th block; incremental@block: learns each block once it has been scored; "
      "incremental@row: learns every event right after it was scored (both incremental ones "
@@ -282,7 +282,8 @@ def render(result: DemoResult) -> str:
         f"{log['items']:,} items ({log['items_with_metadata']:,} with titles), "
         f"{log['quarantined']:,} rows in quarantine",
         "",
-        "auto, the online ensemble of popularity, session item-kNN, session MF and MF weighted per "
+        "auto, the online ensemble of popularity, session item-kNN, sequential rules, session MF "
+        "and MF weighted per "
         f"situation: fit on the first {model['fit_events']:,} events in "
         f"{model['fit_seconds']:.2f} s, then learned the last {model['learned_events']:,} "
         f"incrementally in {model['learn_batches']} batches "

@@ -78,9 +78,8 @@ class Ensemble(Recommender):
     Parameters
     ----------
     candidates : sequence of str
-        Model specs (``parse_model``), e.g. ``("pop", "session-itemknn", "session-mf",
-        "mf")``; where PyTorch is installed the transformer can join, e.g.
-        ``"transformer(update_steps=0)"``
+        Model specs (``parse_model``), by default :data:`DEFAULT_CANDIDATES`; where PyTorch
+        is installed the transformer can join, e.g. ``"transformer(update_steps=0)"``
         (sequence updates only), at the cost of its scoring on every judged event.
     learning_rate : float
         Hedge's step size (per unit of summed loss).
