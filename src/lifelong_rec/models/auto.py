@@ -524,7 +524,7 @@ class Auto(Fresh):
     def _learn_inner(self, events: EventBatch, judged: np.ndarray) -> np.ndarray:
         """Let the ensemble judge and learn the batch, then take the blend's ranks of the
         events it judged into the hit rates per rank (no scoring of its own). The prior is
-        judged on the same events (``judge_share`` of them: the rest would only cost)."""
+        judged on every sampled event, as ``fresh`` judges it."""
         users = self.users_.lookup(events.user)
         buckets = np.zeros(len(events), dtype=np.int64)
         buckets[users >= 0] = self._bucket(users[users >= 0])  # as they were before the batch
@@ -534,9 +534,7 @@ class Auto(Fresh):
         rows, ranks = ensemble.last_judged_  # users with a history before the batch: known
         if self.updates_ and len(rows):
             self.rates_.add(buckets[rows], ranks)
-        chosen = np.zeros(len(events), dtype=bool)
-        chosen[rows] = True
-        return judged & chosen
+        return judged
 
 
 def _bucket(lower_ends: tuple[float, ...], values: np.ndarray) -> np.ndarray:
