@@ -74,6 +74,7 @@ def main() -> int:
             "new_items": result.new_items,
             "all_rows": {"hr": result.hr, "ndcg": result.ndcg},
             "update_seconds": result.update_seconds,
+            "update_cpu_seconds": result.update_cpu_seconds,
             "warmup_seconds": result.warmup_seconds,
         }
         for result in report.results

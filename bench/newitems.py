@@ -77,6 +77,7 @@ def main() -> int:
             "new_items": result.new_items,
             "new_items_hr_over_random": result.new_items["hr"] / random_hr,
             "update_seconds": result.update_seconds,
+            "update_cpu_seconds": result.update_cpu_seconds,
             "warmup_seconds": result.warmup_seconds,
         }
         for result in report.results

@@ -86,6 +86,7 @@ def tune(events, peer: str, blocks: int) -> dict[str, object]:
             "ndcg": result.ndcg,
             "hr": result.hr,
             "update_seconds": round(result.update_seconds, 2),
+            "update_cpu_seconds": round(result.update_cpu_seconds, 2),
             "warmup_seconds": round(result.warmup_seconds, 2),
         }
         for params, result in zip(configurations, outcome.results, strict=True)

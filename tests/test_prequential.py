@@ -228,6 +228,20 @@ def test_a_strategy_identical_to_another_runs_once(shop):
     assert report.result("mf", "incremental@row").same_as is None  # MF's replay refits rows
 
 
+def test_a_resumed_run_still_runs_an_identical_strategy_once(shop, tmp_path):
+    naive = {("pop", "naive@row"): partial(parse_strategy, "naive@row", Popularity)}
+    prequential(shop, naive, blocks=10, workers=0, progress=False, folder=tmp_path)
+
+    def never_warmed():
+        strategy = parse_strategy("incremental@row", Popularity)
+        strategy.warm_up = lambda events: _must_not_run()
+        return strategy
+
+    both = naive | {("pop", "incremental@row"): never_warmed}  # the naive one is in the folder
+    report = prequential(shop, both, blocks=10, workers=0, progress=False, folder=tmp_path)
+    assert report.result("pop", "incremental@row").same_as == "naive@row"
+
+
 class _DiesAtBlock(Frozen):
     """Frozen, but its process is killed (SIGKILL) at the end of its third block."""
 

@@ -283,7 +283,7 @@ def prequential(
     store = _ResultStore(folder, stream, k) if folder is not None else None
     names = list(strategies)
     done: dict[tuple[str, str], StrategyResult] = store.finished(names) if store else {}
-    same = _identical(strategies, [n for n in names if n not in done])
+    same = _identical(strategies, [n for n in names if n not in done], names)
     jobs = [(position, name, strategies[name]) for position, name in enumerate(names)
             if name not in done and name not in same]  # fmt: skip
     run = lambda job: _run_strategy(stream, job[1], job[2], k, job[0], progress, tensorboard)  # noqa: E731
@@ -332,13 +332,16 @@ def prequential(
 
 
 def _identical(
-    strategies: Mapping[tuple[str, str], StrategyFactory], names: list[tuple[str, str]]
+    strategies: Mapping[tuple[str, str], StrategyFactory],
+    pending: list[tuple[str, str]],
+    names: list[tuple[str, str]],
 ) -> dict[tuple[str, str], tuple[str, str]]:
-    """Strategies that learn exactly what another requested one does -> that one: an
-    incremental strategy of a model whose replay and pull do nothing (its class keeps the
-    base class's no-op hooks) is the naive strategy of the same cadence."""
+    """Pending strategies that learn exactly what another requested one (of ``names``, run
+    or to run) does -> that one: an incremental strategy of a model whose replay and pull do
+    nothing (its class keeps the base class's no-op hooks) is the naive strategy of the same
+    cadence."""
     same = {}
-    for model, spec in names:
+    for model, spec in pending:
         try:
             strategy = strategies[(model, spec)]()
         except Exception:  # it fails again as a job, reported with the others
