@@ -571,12 +571,7 @@ def _exclusions(
     stream: Stream, history: GrowingSparse, rows: np.ndarray, lo: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(position in ``rows``, data item) pairs to exclude: history at ``lo`` + rows since."""
-    users = stream.user[rows]
-    unique, inverse = np.unique(users, return_inverse=True)
-    seen = history.rows(unique)
-    lengths = np.diff(seen.indptr)[inverse]
-    owner = np.repeat(np.arange(len(rows)), lengths)
-    before = seen.indices[segments(seen.indptr[inverse], lengths)]
+    owner, before = _seen_by(history, stream.user[rows])
     # earlier rows of the same user inside this block
     span = np.arange(lo, int(rows.max()) + 1)
     order = np.lexsort((span, stream.user[span]))
@@ -591,6 +586,13 @@ def _exclusions(
     earlier = span[order[segments(starts[at], counts)]]
     owner = np.concatenate([owner, np.repeat(np.arange(len(rows)), counts)])
     return owner, np.concatenate([before, stream.item[earlier]])
+
+
+def _seen_by(history: GrowingSparse, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(position in ``users``, item) for every item of each user in ``history`` (a user may
+    repeat)."""
+    seen = history.row_block(users)
+    return np.repeat(np.arange(len(users)), np.diff(seen.indptr)), seen.indices
 
 
 def _rank_probes(
@@ -608,13 +610,8 @@ def _rank_probes(
     if not known.any():
         return ranks
     users = users[known]
-    user_ids = stream.users.ids(users)
-    unique, inverse = np.unique(users, return_inverse=True)
-    seen = everything.rows(unique)
-    lengths = np.diff(seen.indptr)[inverse]
-    owner = np.repeat(np.arange(len(users)), lengths)
-    excluded = seen.indices[segments(seen.indptr[inverse], lengths)]
-    scores = model.score_all(user_ids)
+    owner, excluded = _seen_by(everything, users)
+    scores = model.score_all(stream.users.ids(users))
     position = columns(model)
     target = position[stream.probe_item[probes[known]]]
     ranks[known] = target_ranks(scores, owner, position[excluded], target)

@@ -348,10 +348,10 @@ class Ensemble(Recommender):
             at = np.minimum(np.searchsorted(served_users[order], user_index), len(order) - 1)
             hit = np.where(served_users[order[at]] == user_index, order[at], -1)
             rows = np.flatnonzero(hit >= 0)
-            width = served.shape[2]
-            parts[:, rows, :width] = served[:, hit[rows]]
-            floor = np.minimum(served[:, hit[rows]].min(axis=2, initial=np.inf), 0.0)
-            parts[:, rows, width:] = floor[:, :, None]
+            taken = served[:, hit[rows]]
+            parts[:, rows, : taken.shape[2]] = taken
+            floor = np.minimum(taken.min(axis=2, initial=np.inf), 0.0)
+            parts[:, rows, taken.shape[2] :] = floor[:, :, None]
         missed = np.flatnonzero(hit < 0)
         if len(missed):
             parts[:, missed] = self._parts(user_index[missed])
@@ -521,10 +521,9 @@ class Auto(Fresh):
     def _unit_test_params(cls) -> dict[str, object]:
         return Ensemble._unit_test_params() | {"text_encoder": "hashing(dim=32)"}
 
-    def _learn_inner(self, events: EventBatch, judged: np.ndarray) -> np.ndarray:
+    def _learn_inner(self, events: EventBatch, judged: np.ndarray) -> None:
         """Let the ensemble judge and learn the batch, then take the blend's ranks of the
-        events it judged into the hit rates per rank (no scoring of its own). The prior is
-        judged on every sampled event, as ``fresh`` judges it."""
+        events it judged into the hit rates per rank (no scoring of its own)."""
         users = self.users_.lookup(events.user)
         buckets = np.zeros(len(events), dtype=np.int64)
         buckets[users >= 0] = self._bucket(users[users >= 0])  # as they were before the batch
@@ -534,7 +533,6 @@ class Auto(Fresh):
         rows, ranks = ensemble.last_judged_  # users with a history before the batch: known
         if self.updates_ and len(rows):
             self.rates_.add(buckets[rows], ranks)
-        return judged
 
 
 def _bucket(lower_ends: tuple[float, ...], values: np.ndarray) -> np.ndarray:

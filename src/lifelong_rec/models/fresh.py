@@ -610,17 +610,16 @@ class Fresh(Recommender):
             self._reset()
         if not len(events):
             return
-        judged = self._learn_inner(events, self._judged(events))
+        judged = self._judged(events)
+        self._learn_inner(events, judged)
         self._observe(events, judged)
         self.updates_ += 1
 
-    def _learn_inner(self, events: EventBatch, judged: np.ndarray) -> np.ndarray:
-        """Rank the judged events with the inner model as it stands, then let it learn;
-        returns the events the prior is judged on (here all of ``judged``)."""
+    def _learn_inner(self, events: EventBatch, judged: np.ndarray) -> None:
+        """Rank the judged events with the inner model as it stands, then let it learn."""
         if self.updates_ and judged.any():
             self._judge_ranks(events, judged)
         self.inner_.learn(events)
-        return judged
 
     def replay(self, events: EventBatch) -> None:
         _check_batch(events)

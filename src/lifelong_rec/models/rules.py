@@ -160,8 +160,7 @@ class SequentialRules(Recommender):
         recent = self.recent_[user]
         variants = np.repeat(recent[None, :], len(removed) + 1, axis=0)
         variants[1:][recent[None, :] == removed[:, None]] = -1
-        kept = np.argsort(variants < 0, axis=1, kind="stable")  # counted first, in order
-        variants = np.take_along_axis(variants, kept, axis=1)
+        variants = _packed(variants)
         weights = self.recency_decay ** np.arange(self.window, dtype=np.float64)
         weights = np.where(variants >= 0, weights[None, :], 0.0)
         return self._combine(variants, weights)[:, items]
@@ -185,7 +184,11 @@ class SequentialRules(Recommender):
 
 def _to_front(recent: np.ndarray, item: np.ndarray) -> np.ndarray:
     """Each window (row) with its item moved, or added, to the front; the oldest drops out."""
-    kept = np.where(recent == item[:, None], -1, recent)
-    order = np.argsort(kept < 0, axis=1, kind="stable")  # kept items first, in their order
-    kept = np.take_along_axis(kept, order, axis=1)
+    kept = _packed(np.where(recent == item[:, None], -1, recent))
     return np.concatenate([item[:, None], kept[:, :-1]], axis=1)
+
+
+def _packed(windows: np.ndarray) -> np.ndarray:
+    """Each row's items (>= 0) first, in their order, the -1 pads after them."""
+    order = np.argsort(windows < 0, axis=1, kind="stable")
+    return np.take_along_axis(windows, order, axis=1)
