@@ -188,3 +188,51 @@ def test_judging_reuses_the_served_scores_only_while_nothing_changed() -> None:
     np.testing.assert_allclose(served.last_judged_[1], fresh.last_judged_[1])
     np.testing.assert_allclose(served.weights_, fresh.weights_, rtol=1e-12)
     assert not np.allclose(fresh.weights_, 1 / 3)  # the batches moved the weights
+
+
+def test_candidates_share_the_ensembles_index_and_learn_as_alone(tmp_path) -> None:
+    events = _switching_stream(half=600)
+    specs = ("pop", "session-itemknn", "sequential-rules", "mf(factors=8)")
+    ensemble = Ensemble(candidates=specs, judge_share=1.0)
+    alone = [parse_model(spec)[1]() for spec in specs]
+    batches = [slice(0, 700), *[slice(start, start + 37) for start in range(700, 1_200, 37)]]
+    # new users and items arrive in the later batches (the second half's users are new)
+    for number, rows in enumerate(batches):
+        batch = events.take(rows)
+        for model in (ensemble, *alone):
+            model.fit(batch) if number == 0 else model.learn(batch)
+    users = np.unique(events.user[:1_200])
+    for shared, single in zip(ensemble.models_, alone, strict=True):
+        assert shared.users_ is ensemble.users_ and shared.history_ is ensemble.history_
+        assert shared.users_.to_array().tolist() == single.users_.to_array().tolist()
+        np.testing.assert_array_equal(shared.history_size_, single.history_size_)
+        np.testing.assert_allclose(shared.popularity_.counts, single.popularity_.counts)
+        np.testing.assert_allclose(shared.score_all(users), single.score_all(users), rtol=1e-5)
+    # a loaded ensemble shares its index again, and goes on learning as the saved one
+    ensemble.save(tmp_path / "ensemble")
+    loaded = Ensemble.load(tmp_path / "ensemble")
+    assert all(model.items_ is loaded.items_ for model in loaded.models_)
+    later = events.take(slice(1_200, 1_300))
+    ensemble.learn(later)
+    loaded.learn(later)
+    np.testing.assert_allclose(loaded.weights_, ensemble.weights_)
+    np.testing.assert_allclose(loaded.score_all(users), ensemble.score_all(users), rtol=1e-5)
+
+
+def test_learning_judges_the_batch_before_the_shared_index_counts_it() -> None:
+    # itemknn scores from the user's history: were the batch indexed before judging, the
+    # judged items would already count in it; no scoring is served first, so nothing is cached
+    events = _switching_stream(half=800)
+    params = {"candidates": ("pop", "itemknn(neighbours=20)", "mf(factors=8)"), "judge_share": 1.0}
+    learned, weighed = Ensemble(**params), Ensemble(**params)
+    for model in (learned, weighed):
+        model.fit(events.take(slice(0, 1_000)))
+    new_item = _events([str(events.user[1_000])], ["brand-new"], 1_000.0)
+    batch = EventBatch.concat([events.take(slice(1_000, 1_150)), new_item])
+    losses = weighed.weigh(batch)  # the public step judges the model as it stands
+    learned.learn(batch)
+    assert len(losses) == len(learned.last_judged_[0]) > 50
+    np.testing.assert_allclose(learned.weights_, weighed.weights_, rtol=1e-12)
+    # the brand-new item is judged too: a miss for every candidate, never-seen under the blend
+    assert (losses == 1.0).all(axis=1).any()
+    assert np.isinf(learned.last_judged_[1][-1])

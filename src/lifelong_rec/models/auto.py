@@ -32,6 +32,14 @@ was just served is judged on exactly the scores that served it, with no scoring 
 P1's test-then-train, every judged event). Other events cost every candidate a scoring of every
 item, which is why only a share of them is judged.
 
+One index for all: the candidates share the ensemble's ids and histories (every model's
+bookkeeping of who has seen what), so each batch is indexed once rather than once per
+candidate, after it is judged; each candidate keeps only its history sizes and fallback
+popularity of its own. (A candidate that indexes its events its own way keeps its own index.)
+On a 6,000-row prefix of ML-100K learning per row, the ensemble of the five default candidates
+spends 12.3 CPU seconds on updates against their 12.7 alone (20.9 for ``auto`` before the
+sharing, 18.9 after: the rest is the new-item placement).
+
 Serving blends the candidates' standardised scores: for a user in history bucket ``h`` and an
 item in age bucket ``a``, ``score(i) = sum_c w[h, a, c] * (s_c(i) - mean_c) / std_c``, the mean
 and standard deviation over every item (so a score never depends on which other items are
@@ -59,8 +67,8 @@ from pathlib import Path
 import numpy as np
 
 from lifelong_rec.checks import check_positive_ints
-from lifelong_rec.events import EventBatch
-from lifelong_rec.models.base import IndexedEvents, Recommender, _check_batch
+from lifelong_rec.events import EventBatch, IdIndex
+from lifelong_rec.models.base import IndexedEvents, Recommender, _check_batch, can_share_index
 from lifelong_rec.models.explanation import Attribution
 from lifelong_rec.models.fresh import Fresh
 
@@ -149,6 +157,9 @@ class Ensemble(Recommender):
         from lifelong_rec.models.specs import parse_model
 
         self.models_ = [parse_model(spec)[1]() for spec in self.candidates]
+        for model in self.models_:
+            if can_share_index(model):  # one index for all: each batch is indexed once
+                model._share_index(self)
         n = len(self.candidates)
         situations = (len(HISTORY_BUCKETS), len(AGE_BUCKETS) + 1)
         self.weights_ = np.full((*situations, n), 1.0 / n)
@@ -173,18 +184,32 @@ class Ensemble(Recommender):
     def _fit(self, events: IndexedEvents) -> None:
         """Every candidate trains from scratch; the weights start uniform."""
         for model in self.models_:
-            model.fit(_source(events))
+            if self._shares_index(model):  # reset with the ensemble
+                model._learn_indexed(events, fit=True)
+            else:
+                model.fit(_source(events))
         self._note_times(events)
 
-    def _learn(self, events: IndexedEvents) -> None:
-        """Judge the candidates on the batch (test then train), then let every one learn."""
+    def learn(self, events: EventBatch) -> None:
+        """Judge the candidates on the batch as they stand (test then train), then index it
+        once for them all and let every one learn it."""
+        _check_batch(events)
         self.last_judged_ = (np.zeros(0, dtype=np.int64), np.zeros(0))
-        if self.updates_:
+        if self.is_fitted and self.updates_ and len(events):
             self._weigh(events)
+        super().learn(events)
+
+    def _learn(self, events: IndexedEvents) -> None:
         self._served = None
         for model in self.models_:
-            model.learn(_source(events))
+            if self._shares_index(model):
+                model._learn_indexed(events)
+            else:
+                model.learn(_source(events))
         self._note_times(events)
+
+    def _shares_index(self, model: Recommender) -> bool:
+        return model.users_ is self.users_
 
     def replay(self, events: EventBatch) -> None:
         _check_batch(events)
@@ -213,28 +238,40 @@ class Ensemble(Recommender):
         (n_judged, n_candidates). See the module docstring."""
         _check_batch(events)
         self._check_fitted()
-        users, items = self.users_.lookup(events.user), self.items_.lookup(events.item)
-        rows = np.flatnonzero((users >= 0) & (items >= 0) & (events.weight > 0))
-        rows = rows[self._new_pairs(users[rows], items[rows])]
-        sizes = self.history_size_[users[rows]]
-        return self._judge(users[rows], items[rows], events.timestamp[rows], sizes)[0]
+        users, items, sizes, eligible = self._eligible(events)
+        rows = np.flatnonzero(eligible)
+        return self._judge(users[rows], items[rows], events.timestamp[rows], sizes[rows])[0]
 
-    def _weigh(self, events: IndexedEvents) -> None:
-        """:meth:`weigh` inside learning, on a share of the eligible events: the indexes
-        already count the batch, so history sizes are taken back to what they were before it
-        (and the judged item is not masked as seen)."""
-        batch_users, user = np.unique(events.user, return_inverse=True)  # not every user
-        new_pairs = np.bincount(user[events.new_pair], minlength=len(batch_users))
-        sizes = self.history_size_[events.user] - new_pairs[user]
+    def _eligible(
+        self, events: EventBatch
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The batch's user and item indexes (-1: unknown), its users' history sizes, and
+        which events can be judged: positive, the first of their (user, item) pair (in the
+        batch and in the history), by a user with a history (the others get the fallback)."""
+        users, items = self.users_.lookup(events.user), self.items_.lookup(events.item)
+        sizes = np.zeros(len(events), dtype=np.int64)
+        sizes[users >= 0] = self.history_size_[users[users >= 0]]
+        eligible = (events.weight > 0) & (sizes > 0)
+        rows = np.flatnonzero(eligible)
+        _, item_code = np.unique(events.item[rows], return_inverse=True)  # new items too
+        pairs = users[rows] * (int(item_code.max(initial=0)) + 1) + item_code
+        first = np.zeros(len(rows), dtype=bool)
+        first[np.unique(pairs, return_index=True)[1]] = True
+        eligible[rows[~first]] = False
+        rows = np.flatnonzero(eligible & (items >= 0))
+        eligible[rows] = ~self.history_.contains(users[rows], items[rows])
+        return users, items, sizes, eligible
+
+    def _weigh(self, events: EventBatch) -> None:
+        """:meth:`weigh` inside learning, before the batch is indexed, on a share of the
+        eligible events."""
+        users, items, sizes, eligible = self._eligible(events)
         rng = np.random.default_rng((self.seed, self.updates_))
-        chosen = events.new_pair & (rng.random(len(events.user)) < self.judge_share)
-        rows = np.flatnonzero(chosen & (sizes > 0))  # a user without history gets the fallback
+        rows = np.flatnonzero(eligible & (rng.random(len(events)) < self.judge_share))
         most = min(self.sample, max(1, _JUDGE_BLOCK // (len(self.models_) * len(self.items_))))
         if len(rows) > most:
             rows = np.sort(rng.choice(rows, most, replace=False))
-        ranks = self._judge(
-            events.user[rows], events.item[rows], events.timestamp[rows], sizes[rows]
-        )[1]
+        ranks = self._judge(users[rows], items[rows], events.timestamp[rows], sizes[rows])[1]
         self.last_judged_ = (rows, ranks)
 
     def _judge(
@@ -242,23 +279,27 @@ class Ensemble(Recommender):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Rank each (user, item) under every candidate, take a step of the weights; returns
         the losses, shape (n, n_candidates), and the item's rank under the blend as served
-        before the step, shape (n,) (inf for an item never seen)."""
+        before the step, shape (n,) (inf for an item never seen: index -1 for one the
+        ensemble does not know, which every candidate misses)."""
         n, n_candidates = len(user_index), len(self.models_)
         if not n:
             return np.zeros((0, n_candidates)), np.zeros(0)
         parts = self._served_parts(user_index)  # (candidates, n, items)
         rows = np.arange(n)
+        known = item_index >= 0
+        item = np.where(known, item_index, 0)
         masked = np.zeros((n, len(self.items_)))
         self._mask_seen(masked, user_index, slice(None))  # -inf on what each user has seen
         excluded = np.isinf(masked)
-        excluded[rows, item_index] = False
-        target = parts[:, rows, item_index]
+        excluded[rows, item] &= ~known
+        target = parts[:, rows, item]
         rank = ((parts >= target[:, :, None]) & ~excluded).sum(axis=2).T  # ties count against
+        rank = np.where(known[:, None], rank, np.inf)
         losses = 1.0 - np.where(rank <= self.k, 1.0 / np.log2(rank + 1.0), 0.0)
         history = _bucket(HISTORY_BUCKETS, sizes)
-        ages = self._age(item_index, times)
+        ages = np.where(known, self._age(item, times), 0)
         blend = self._blend(parts, history, self._age(np.arange(len(self.items_)), self.clock_))
-        ranks = ((blend >= blend[rows, item_index][:, None]) & ~excluded).sum(axis=1)
+        ranks = ((blend >= blend[rows, item][:, None]) & ~excluded).sum(axis=1)
         ranks = np.where(ages > 0, ranks, np.inf)
         summed = np.zeros_like(self.weights_)
         np.add.at(summed, (history, ages), losses)
@@ -468,6 +509,12 @@ class Ensemble(Recommender):
             Recommender.load(folder / "candidates" / str(number))
             for number in range(len(self.candidates))
         ]
+        for model in self.models_:  # saved with copies of the ensemble's index: share it again
+            if can_share_index(model):
+                if not (_same_ids(model.users_, self.users_)
+                        and _same_ids(model.items_, self.items_)):  # fmt: skip
+                    raise ValueError(f"{folder}: a candidate's ids differ from the ensemble's")
+                model._adopt_index(self)
         self._forget_derived()
 
 
@@ -543,3 +590,7 @@ def _bucket(lower_ends: tuple[float, ...], values: np.ndarray) -> np.ndarray:
 def _source(events: IndexedEvents) -> EventBatch:
     assert events.source is not None, "indexed by Recommender._index, which keeps its batch"
     return events.source
+
+
+def _same_ids(a: IdIndex, b: IdIndex) -> bool:
+    return np.array_equal(a.to_array(), b.to_array())

@@ -277,6 +277,32 @@ class Recommender(ABC):
         self.popularity_.add(items, weight.astype(np.float64), events.timestamp)
         return IndexedEvents(users, items, weight, events.timestamp, new_pair, events)
 
+    def _share_index(self, owner: Recommender) -> None:
+        """Reset, then keep ``owner``'s ids and histories instead of indexes of its own.
+
+        An ensemble indexes each batch once for all its candidates and hands it on with
+        :meth:`_learn_indexed`; each candidate still keeps its own history sizes and
+        popularity (its fallback has its own half-life). Only for models that index through
+        this class (:func:`can_share_index`)."""
+        self._reset()
+        self._adopt_index(owner)
+
+    def _adopt_index(self, owner: Recommender) -> None:
+        """Point at ``owner``'s ids and histories (equal to this model's, as after a load)."""
+        self.users_, self.items_ = owner.users_, owner.items_
+        self.history_, self.last_seen_ = owner.history_, owner.last_seen_
+
+    def _learn_indexed(self, events: IndexedEvents, fit: bool = False) -> None:
+        """:meth:`learn` (``fit``: :meth:`fit` on a model just shared) on a batch that the
+        owner of the shared index (:meth:`_share_index`) has indexed."""
+        n_users, n_items = len(self.users_), len(self.items_)
+        if len(self.history_size_) != n_users or len(self.popularity_.counts) != n_items:
+            self._grow_all(n_users, n_items)  # the shared histories have grown already
+        np.add.at(self.history_size_, events.user[events.new_pair], 1)
+        self.popularity_.add(events.item, events.weight.astype(np.float64), events.timestamp)
+        (self._fit if fit else self._learn)(events)
+        self.updates_ += 1
+
     def _grow_all(self, n_users: int, n_items: int) -> None:
         self.history_.grow(n_users, n_items)
         self.last_seen_.grow(n_users, n_items)
@@ -836,6 +862,15 @@ class Recommender(ABC):
 def model_names() -> list[str]:
     """The short names of every model, optional ones included, without importing them."""
     return sorted({cls.name for cls in _MODELS.values() if cls.name} | set(OPTIONAL_MODELS))
+
+
+def can_share_index(model: Recommender) -> bool:
+    """Whether ``model`` indexes its events through :class:`Recommender` alone, so that it
+    can share an owner's index (:meth:`Recommender._share_index`)."""
+    kind = type(model)
+    return all(
+        getattr(kind, name) is getattr(Recommender, name) for name in ("fit", "learn", "_index")
+    )
 
 
 def registered_models() -> dict[str, type[Recommender]]:
