@@ -312,6 +312,21 @@ class Recommender(ABC):
         self.popularity_.grow(n_items)
         self._grow(n_users, n_items)
 
+    def _first_pairs(self, events: EventBatch, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Before ``events`` are indexed: which are the first positive event of their (user,
+        item) pair by a known user, first in the batch and not in the history. ``users`` and
+        ``items`` are the batch's indexes, -1 where unknown (an unknown item's pair is new)."""
+        new = (events.weight > 0) & (users >= 0)
+        rows = np.flatnonzero(new)
+        _, code = np.unique(events.item[rows], return_inverse=True)  # unknown items too
+        first = np.zeros(len(rows), dtype=bool)
+        pairs = users[rows] * (int(code.max(initial=0)) + 1) + code
+        first[np.unique(pairs, return_index=True)[1]] = True
+        new[rows[~first]] = False
+        rows = np.flatnonzero(new & (items >= 0))
+        new[rows] = ~self.history_.contains(users[rows], items[rows])
+        return new
+
     def _new_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Which (user, item) pairs are not in the history yet (first occurrence in the batch)."""
         keys = users * max(len(self.items_), 1) + items

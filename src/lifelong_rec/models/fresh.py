@@ -177,11 +177,14 @@ class NewItemPrior:
         age = years[:, None] - self.release_[items][None, :]
         known = np.maximum(np.searchsorted(AGE_EDGES, age, side="right") - 1, 0)  # future: 0
         bucket = np.where(np.isnan(age), len(AGE_EDGES), known)
-        # Products with every item, then the candidates' columns: gathering the candidates'
-        # texts first copies more than the products cost (per event at row cadence).
+        # The candidates' texts are gathered when they are few; when they are most of the
+        # catalogue, the products with every item cost less than copying theirs first.
+        texts, columns = self.embeddings_, items
+        if 4 * len(items) < len(texts):
+            texts, columns = texts[items], slice(None)
         x = np.empty((len(users), len(items), 3))
-        x[:, :, 0] = (_unit(self.profile_[users]) @ self.embeddings_.T)[:, items]
-        x[:, :, 1] = (self.embeddings_ @ _unit(self.discovery_[None, :])[0])[items][None, :]
+        x[:, :, 0] = (_unit(self.profile_[users]) @ texts.T)[:, columns]
+        x[:, :, 1] = (texts @ _unit(self.discovery_[None, :])[0])[columns][None, :]
         x[:, :, 2] = np.log(self.share(users))[:, None]
         return bucket, x
 
@@ -640,13 +643,9 @@ class Fresh(Recommender):
         first of their (user, item) pair, by a user with a history (before the batch)."""
         users = self.users_.lookup(events.user)
         items = self.items_.lookup(events.item)
-        keys = np.char.add(np.char.add(events.user.astype(str), "\x1f"), events.item.astype(str))
-        candidate = (events.weight > 0) & _first_occurrence(keys) & (users >= 0)
+        candidate = self._first_pairs(events, users, items)
         rows = np.flatnonzero(candidate)
-        candidate[rows] = self.history_size_[users[rows]] > 0
-        both = np.flatnonzero(candidate & (items >= 0))
-        candidate[both] = ~self.history_.contains(users[both], items[both])
-        rows = np.flatnonzero(candidate)
+        rows = rows[self.history_size_[users[rows]] > 0]
         if len(rows) > self.sample:
             rng = np.random.default_rng((self.seed, self.updates_))
             rows = np.sort(rng.choice(rows, self.sample, replace=False))
