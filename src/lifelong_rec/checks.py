@@ -19,3 +19,19 @@ def check_positive_ints(**values: object) -> None:
     for name, value in values.items():
         if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_decays(**values: object) -> None:
+    """Raise ValueError naming the first argument that is not a factor in (0, 1] (a weight
+    multiplied in per step back: 1 keeps every step alike).
+
+    >>> check_decays(recency_decay=0.5)
+    >>> check_decays(recency_decay=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: recency_decay must be in (0, 1], got 0
+    """
+    for name, value in values.items():
+        is_number = isinstance(value, int | float | np.number) and not isinstance(value, bool)
+        if not (is_number and 0 < value <= 1):  # type: ignore[operator]
+            raise ValueError(f"{name} must be in (0, 1], got {value!r}")

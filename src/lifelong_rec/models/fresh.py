@@ -181,7 +181,7 @@ class NewItemPrior:
         # catalogue, the products with every item cost less than copying theirs first.
         texts, columns = self.embeddings_, items
         if 4 * len(items) < len(texts):
-            texts, columns = texts[items], slice(None)
+            texts, columns = texts[items], np.arange(len(items))
         x = np.empty((len(users), len(items), 3))
         x[:, :, 0] = (_unit(self.profile_[users]) @ texts.T)[:, columns]
         x[:, :, 1] = (texts @ _unit(self.discovery_[None, :])[0])[columns][None, :]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from lifelong_rec.checks import check_positive_ints
+from lifelong_rec.checks import check_decays, check_positive_ints
 from lifelong_rec.models.base import IndexedEvents, Recommender
 from lifelong_rec.models.explanation import Attribution
 from lifelong_rec.models.sparse import GrowingSparse
@@ -54,8 +54,7 @@ class SequentialRules(Recommender):
         fallback_half_life_days: float | None = 7.0,
     ) -> None:
         check_positive_ints(window=window)
-        if not (isinstance(recency_decay, int | float) and 0 < recency_decay <= 1):
-            raise ValueError(f"recency_decay must be in (0, 1], got {recency_decay!r}")
+        check_decays(recency_decay=recency_decay)
         if not shrink >= 0:
             raise ValueError(f"shrink must be >= 0, got {shrink!r}")
         self.window = window
