@@ -236,3 +236,15 @@ def test_learning_judges_the_batch_before_the_shared_index_counts_it() -> None:
     # the brand-new item is judged too: a miss for every candidate, never-seen under the blend
     assert (losses == 1.0).all(axis=1).any()
     assert np.isinf(learned.last_judged_[1][-1])
+
+
+def test_a_users_other_items_of_the_batch_do_not_compete_with_the_judged_one() -> None:
+    # Popularity: a (3 users), b (2), c (1); u1 has seen a, so pop ranks b first, then c.
+    model = Ensemble(candidates=("pop", "itemknn(neighbours=20)"))
+    model.fit(_events(["u1", "u2", "u3", "u2", "u3", "u3"], ["a", "a", "a", "b", "b", "c"]))
+    losses = model.weigh(_events(["u1", "u1"], ["b", "c"], start=100.0))
+    # u1 picked b and c together: c is judged with b left out, as a seen item, so pop ranks
+    # it first (loss 0), not second (loss 1 - 1 / log2(3))
+    np.testing.assert_allclose(losses[:, 0], [0.0, 0.0])
+    alone = model.weigh(_events(["u1"], ["c"], start=100.0))
+    assert alone[0, 0] == pytest.approx(1 - 1 / math.log2(3))

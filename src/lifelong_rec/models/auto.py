@@ -240,7 +240,8 @@ class Ensemble(Recommender):
         self._check_fitted()
         users, items, sizes, eligible = self._eligible(events)
         rows = np.flatnonzero(eligible)
-        return self._judge(users[rows], items[rows], events.timestamp[rows], sizes[rows])[0]
+        return self._judge(users[rows], items[rows], events.timestamp[rows], sizes[rows],
+                           _batch_pairs(events, users, items))[0]  # fmt: skip
 
     def _eligible(
         self, events: EventBatch
@@ -263,16 +264,27 @@ class Ensemble(Recommender):
         most = min(self.sample, max(1, _JUDGE_BLOCK // (len(self.models_) * len(self.items_))))
         if len(rows) > most:
             rows = np.sort(rng.choice(rows, most, replace=False))
-        ranks = self._judge(users[rows], items[rows], events.timestamp[rows], sizes[rows])[1]
+        ranks = self._judge(users[rows], items[rows], events.timestamp[rows], sizes[rows],
+                            _batch_pairs(events, users, items))[1]  # fmt: skip
         self.last_judged_ = (rows, ranks)
 
     def _judge(
-        self, user_index: np.ndarray, item_index: np.ndarray, times: np.ndarray, sizes: np.ndarray
+        self,
+        user_index: np.ndarray,
+        item_index: np.ndarray,
+        times: np.ndarray,
+        sizes: np.ndarray,
+        batch: tuple[np.ndarray, np.ndarray],
     ) -> tuple[np.ndarray, np.ndarray]:
         """Rank each (user, item) under every candidate, take a step of the weights; returns
         the losses, shape (n, n_candidates), and the item's rank under the blend as served
         before the step, shape (n,) (inf for an item never seen: index -1 for one the
-        ensemble does not know, which every candidate misses)."""
+        ensemble does not know, which every candidate misses).
+
+        ``batch`` holds the batch's known positive (user, item) pairs: a user's other items
+        of the batch are left out of the ranking as seen ones are, so that a large batch does
+        not make the items a user picked alongside the judged one compete with it (which
+        would count against the candidates that foresee them best)."""
         n, n_candidates = len(user_index), len(self.models_)
         if not n:
             return np.zeros((0, n_candidates)), np.zeros(0)
@@ -283,6 +295,7 @@ class Ensemble(Recommender):
         masked = np.zeros((n, len(self.items_)))
         self._mask_seen(masked, user_index, slice(None))  # -inf on what each user has seen
         excluded = np.isinf(masked)
+        excluded[_same_user(user_index, *batch)] = True
         excluded[rows, item] &= ~known
         target = parts[:, rows, item]
         rank = ((parts >= target[:, :, None]) & ~excluded).sum(axis=2).T  # ties count against
@@ -586,3 +599,23 @@ def _source(events: IndexedEvents) -> EventBatch:
 
 def _same_ids(a: IdIndex, b: IdIndex) -> bool:
     return np.array_equal(a.to_array(), b.to_array())
+
+
+def _batch_pairs(
+    events: EventBatch, users: np.ndarray, items: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The batch's positive (user, item) pairs whose user and item are known, sorted by user."""
+    keep = (events.weight > 0) & (users >= 0) & (items >= 0)
+    order = np.argsort(users[keep], kind="stable")
+    return users[keep][order], items[keep][order]
+
+
+def _same_user(
+    user_index: np.ndarray, batch_users: np.ndarray, batch_items: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(row, item) for every batch pair (sorted by user) of each row's user."""
+    start = np.searchsorted(batch_users, user_index, side="left")
+    counts = np.searchsorted(batch_users, user_index, side="right") - start
+    rows = np.repeat(np.arange(len(user_index)), counts)
+    offsets = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    return rows, batch_items[np.repeat(start, counts) + offsets]
