@@ -17,8 +17,8 @@ sightings of their (user, item) pair, by users with a history, are judged, each 
 probability ``judge_share`` and at most ``sample`` per batch: every candidate ranks the item
 for the user as it stands, from one pass of its scores over every item; the loss is
 ``1 - gain``, the gain ``1 / log2(rank + 1)`` when the item is in the candidate's top ``k`` for
-the user (seen items excluded, ties counted against the item), 0 otherwise. Each situation's
-weights then take a Hedge step with fixed share::
+the user (seen items and the user's other items of the batch excluded, ties counted against
+the item), 0 otherwise. Each situation's weights then take a Hedge step with fixed share::
 
     w[s, c] <- w[s, c] * exp(-learning_rate * L[s, c])      # L: the summed losses in s
     w[s, :] <- (1 - share) * w[s, :] / sum(w[s, :]) + share / n_candidates
