@@ -252,7 +252,7 @@ class Ensemble(Recommender):
         users, items = self.users_.lookup(events.user), self.items_.lookup(events.item)
         sizes = np.zeros(len(events), dtype=np.int64)
         sizes[users >= 0] = self.history_size_[users[users >= 0]]
-        eligible = self._first_pairs(events, users, items) & (sizes > 0)
+        eligible = self._first_pairs(users, items, events.weight > 0, events.item) & (sizes > 0)
         return users, items, sizes, eligible
 
     def _weigh(self, events: EventBatch) -> None:

@@ -270,7 +270,7 @@ class Recommender(ABC):
         positive = weight > 0
         new_pair = np.zeros(len(events), dtype=bool)
         if positive.any():
-            new_pair[positive] = self._new_pairs(users[positive], items[positive])
+            new_pair = self._first_pairs(users, items, positive)
             self.history_.add(users[positive], items[positive], weight[positive])
             self.last_seen_.add(users[positive], items[positive], events.timestamp[positive])
             np.add.at(self.history_size_, users[new_pair], 1)
@@ -312,27 +312,34 @@ class Recommender(ABC):
         self.popularity_.grow(n_items)
         self._grow(n_users, n_items)
 
-    def _first_pairs(self, events: EventBatch, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """Before ``events`` are indexed: which are the first positive event of their (user,
-        item) pair by a known user, first in the batch and not in the history. ``users`` and
-        ``items`` are the batch's indexes, -1 where unknown (an unknown item's pair is new)."""
-        new = (events.weight > 0) & (users >= 0)
+    def _first_pairs(
+        self,
+        users: np.ndarray,
+        items: np.ndarray,
+        positive: np.ndarray,
+        item_ids: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Which events are the first positive one of their (user, item) pair by a known user:
+        first in the batch and not in the history. ``users`` and ``items`` are the batch's
+        indexes; before it is indexed they are -1 where unknown, and ``item_ids`` (the batch's
+        item ids) tell unknown items apart (an unknown item's pair is new)."""
+        new = positive & (users >= 0)
         rows = np.flatnonzero(new)
-        _, code = np.unique(events.item[rows], return_inverse=True)  # unknown items too
+        codes = items[rows]
+        unknown = codes < 0
+        if unknown.any():
+            assert item_ids is not None, "unknown items are told apart by their ids"
+            codes = codes.copy()
+            codes[unknown] = (
+                len(self.items_) + np.unique(item_ids[rows[unknown]], return_inverse=True)[1]
+            )
+        pairs = users[rows] * (int(codes.max(initial=0)) + 1) + codes
         first = np.zeros(len(rows), dtype=bool)
-        pairs = users[rows] * (int(code.max(initial=0)) + 1) + code
         first[np.unique(pairs, return_index=True)[1]] = True
         new[rows[~first]] = False
         rows = np.flatnonzero(new & (items >= 0))
         new[rows] = ~self.history_.contains(users[rows], items[rows])
         return new
-
-    def _new_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """Which (user, item) pairs are not in the history yet (first occurrence in the batch)."""
-        keys = users * max(len(self.items_), 1) + items
-        first = np.zeros(len(keys), dtype=bool)
-        first[np.unique(keys, return_index=True)[1]] = True
-        return first & ~self.history_.contains(users, items)
 
     # -------------------------------------------------------------- ranking
 

@@ -643,7 +643,7 @@ class Fresh(Recommender):
         first of their (user, item) pair, by a user with a history (before the batch)."""
         users = self.users_.lookup(events.user)
         items = self.items_.lookup(events.item)
-        candidate = self._first_pairs(events, users, items)
+        candidate = self._first_pairs(users, items, events.weight > 0, events.item)
         rows = np.flatnonzero(candidate)
         rows = rows[self.history_size_[users[rows]] > 0]
         if len(rows) > self.sample:
