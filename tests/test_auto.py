@@ -165,12 +165,19 @@ def test_auto_is_the_ensemble_whose_judged_ranks_calibrate_the_placement() -> No
         Auto(text_encoder="nope")
 
 
+def _fitted_twins(events: EventBatch) -> tuple[Ensemble, Ensemble]:
+    """Two identical ensembles (pop, item-kNN, MF; every eligible event judged), fitted on the
+    first 1,000 events."""
+    params = {"candidates": ("pop", "itemknn(neighbours=20)", "mf(factors=8)"), "judge_share": 1.0}
+    twins = Ensemble(**params), Ensemble(**params)
+    for model in twins:
+        model.fit(events.take(slice(0, 1_000)))
+    return twins
+
+
 def test_judging_reuses_the_served_scores_only_while_nothing_changed() -> None:
     events = _switching_stream(half=800)
-    params = {"candidates": ("pop", "itemknn(neighbours=20)", "mf(factors=8)"), "judge_share": 1.0}
-    served, fresh = Ensemble(**params), Ensemble(**params)
-    for model in (served, fresh):
-        model.fit(events.take(slice(0, 1_000)))
+    served, fresh = _fitted_twins(events)
     first = events.take(slice(1_000, 1_200))
     later = events.take(slice(1_200, 1_400))
     # a brand-new item joins the second batch: the served scores are narrower than the index
@@ -223,10 +230,7 @@ def test_learning_judges_the_batch_before_the_shared_index_counts_it() -> None:
     # itemknn scores from the user's history: were the batch indexed before judging, the
     # judged items would already count in it; no scoring is served first, so nothing is cached
     events = _switching_stream(half=800)
-    params = {"candidates": ("pop", "itemknn(neighbours=20)", "mf(factors=8)"), "judge_share": 1.0}
-    learned, weighed = Ensemble(**params), Ensemble(**params)
-    for model in (learned, weighed):
-        model.fit(events.take(slice(0, 1_000)))
+    learned, weighed = _fitted_twins(events)
     new_item = _events([str(events.user[1_000])], ["brand-new"], 1_000.0)
     batch = EventBatch.concat([events.take(slice(1_000, 1_150)), new_item])
     losses = weighed.weigh(batch)  # the public step judges the model as it stands
