@@ -8,7 +8,7 @@ import pytest
 
 from lifelong_rec.events import Catalog, EventBatch
 from lifelong_rec.models import Fresh, ItemTexts, Recommender, parse_model
-from lifelong_rec.models.fresh import RankRates
+from lifelong_rec.models.fresh import NewItemPrior, RankRates
 from lifelong_rec.models.text import release_years
 
 START = 978_307_200.0  # 2001-01-01, UTC
@@ -237,3 +237,31 @@ def test_inner_model_learns_as_alone():
 def test_bad_parameters_raise_naming_them(params, message):
     with pytest.raises(ValueError, match=message):
         Fresh(**params)
+
+
+def test_the_priors_record_of_a_batch_is_its_events_one_by_one():
+    """Users' recent texts and shares decay per event: a batch with repeated users leaves
+    them as the same events recorded one at a time, users and items growing as they come.
+    (One timestamp for all: what decays with time decays per batch, by design.)"""
+    rng = np.random.default_rng(3)
+    n_users, n_items, dim = 7, 40, 16
+    users = rng.integers(n_users, size=60)
+    items = rng.integers(n_items, size=60)
+    times = np.full(60, START)
+    texts = rng.normal(size=(n_items, dim)).astype(np.float32)
+    priors = [NewItemPrior(dim=dim), NewItemPrior(dim=dim)]
+    for prior in priors:
+        prior.grow(1, 1)
+    batched, single = priors
+    batched.grow(n_users, n_items)
+    batched.describe(np.arange(n_items), texts, np.full(n_items, np.nan))
+    batched.observe(users, items, times, np.zeros(60, dtype=bool), n_items)
+    for j in range(60):  # a new user or item at a time, as a stream brings them
+        single.grow(max(len(single.profile_), users[j] + 1), max(len(single.seen_), items[j] + 1))
+        single.describe(np.arange(len(single.seen_)), texts[: len(single.seen_)],
+                        np.full(len(single.seen_), np.nan))  # fmt: skip
+        single.observe(users[j : j + 1], items[j : j + 1], times[j : j + 1], np.zeros(1, bool),
+                       len(single.seen_))  # fmt: skip
+    single.grow(n_users, n_items)
+    for name in ("profile", "newness", "discovery", "overall", "seen"):
+        assert np.allclose(batched.state()[name], single.state()[name], atol=1e-5), name

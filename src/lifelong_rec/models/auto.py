@@ -78,6 +78,9 @@ HISTORY_BUCKETS = (0, 1, 5, 20)
 AGE_BUCKETS = (0.0, 3_600.0, 86_400.0, 30 * 86_400.0)
 DEFAULT_CANDIDATES = ("pop", "session-itemknn", "sequential-rules", "session-mf", "mf")
 _JUDGE_BLOCK = 8_000_000  # most candidate scores held at once (64 MB of float64)
+#: a batch's user and item indexes (-1: unknown), its users' history sizes, and which of its
+#: events can be judged (:meth:`Ensemble._eligible`)
+Eligible = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 class Ensemble(Recommender):
@@ -190,13 +193,14 @@ class Ensemble(Recommender):
                 model.fit(_source(events))
         self._note_times(events)
 
-    def learn(self, events: EventBatch) -> None:
+    def learn(self, events: EventBatch, eligible: Eligible | None = None) -> None:
         """Judge the candidates on the batch as they stand (test then train), then index it
-        once for them all and let every one learn it."""
+        once for them all and let every one learn it. ``eligible``: what :meth:`_eligible`
+        gives for this batch, where a wrapper has it already."""
         _check_batch(events)
         self.last_judged_ = (np.zeros(0, dtype=np.int64), np.zeros(0))
         if self.is_fitted and self.updates_ and len(events):
-            self._weigh(events)
+            self._weigh(events, self._eligible(events) if eligible is None else eligible)
         super().learn(events)
 
     def _learn(self, events: IndexedEvents) -> None:
@@ -243,9 +247,7 @@ class Ensemble(Recommender):
         return self._judge(users[rows], items[rows], events.timestamp[rows], sizes[rows],
                            _batch_pairs(events, users, items))[0]  # fmt: skip
 
-    def _eligible(
-        self, events: EventBatch
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _eligible(self, events: EventBatch) -> Eligible:
         """The batch's user and item indexes (-1: unknown), its users' history sizes, and
         which events can be judged: positive, the first of their (user, item) pair (in the
         batch and in the history), by a user with a history (the others get the fallback)."""
@@ -255,10 +257,10 @@ class Ensemble(Recommender):
         eligible = self._first_pairs(users, items, events.weight > 0, events.item) & (sizes > 0)
         return users, items, sizes, eligible
 
-    def _weigh(self, events: EventBatch) -> None:
+    def _weigh(self, events: EventBatch, eligible_events: Eligible) -> None:
         """:meth:`weigh` inside learning, before the batch is indexed, on a share of the
-        eligible events."""
-        users, items, sizes, eligible = self._eligible(events)
+        eligible events (:meth:`_eligible`)."""
+        users, items, sizes, eligible = eligible_events
         rng = np.random.default_rng((self.seed, self.updates_))
         rows = np.flatnonzero(eligible & (rng.random(len(events)) < self.judge_share))
         most = min(self.sample, max(1, _JUDGE_BLOCK // (len(self.models_) * len(self.items_))))
@@ -568,10 +570,30 @@ class Auto(Fresh):
         self._setup(factory, text_encoder, half_life_days=30.0, rate_half_life_days=365.0,
                     user_decay=0.9, learning_rate=0.1, depth=100, sample=sample,
                     seed=seed)  # fmt: skip
+        self._batch: Eligible | None = None  # the batch being learned, as _eligible finds it
 
     @classmethod
     def _unit_test_params(cls) -> dict[str, object]:
         return Ensemble._unit_test_params() | {"text_encoder": "hashing(dim=32)"}
+
+    def learn(self, events: EventBatch) -> None:
+        """As :meth:`Fresh.learn`, with the events to judge found once, by the ensemble, for
+        the ensemble's judging and the prior's."""
+        _check_batch(events)
+        ensemble = self.inner_ if self.is_fitted else None
+        assert ensemble is None or isinstance(ensemble, Ensemble)
+        if ensemble is not None and ensemble.is_fitted and len(events):
+            self._batch = ensemble._eligible(events)
+        try:
+            super().learn(events)
+        finally:
+            self._batch = None
+
+    def _judged(self, events: EventBatch) -> np.ndarray:
+        # the ensemble's eligible events are the host's: the same events, in the same order
+        if self._batch is None:
+            return super()._judged(events)
+        return self._sampled(self._batch[3])
 
     def _learn_inner(self, events: EventBatch, judged: np.ndarray) -> None:
         """Let the ensemble judge and learn the batch, then take the blend's ranks of the
@@ -581,7 +603,7 @@ class Auto(Fresh):
         buckets[users >= 0] = self._bucket(users[users >= 0])  # as they were before the batch
         ensemble = self.inner_
         assert isinstance(ensemble, Ensemble)
-        ensemble.learn(events)
+        ensemble.learn(events, self._batch)
         rows, ranks = ensemble.last_judged_  # users with a history before the batch: known
         if self.updates_ and len(rows):
             self.rates_.add(buckets[rows], ranks)

@@ -131,17 +131,15 @@ class NewItemPrior:
 
     def grow(self, n_users: int, n_items: int) -> None:
         """Make room for users and items up to indexes ``n_users - 1``, ``n_items - 1``."""
-        extra = n_items - len(self.seen_)
-        if extra > 0:
-            dim = self.embeddings_.shape[1]
-            self.embeddings_ = np.vstack([self.embeddings_, np.zeros((extra, dim), np.float32)])
-            self.release_ = np.concatenate([self.release_, np.full(extra, np.nan)])
-            self.seen_ = np.concatenate([self.seen_, np.zeros(extra, dtype=bool)])
-        extra = n_users - len(self.profile_)
-        if extra > 0:
-            dim = self.profile_.shape[1]
-            self.profile_ = np.vstack([self.profile_, np.zeros((extra, dim), np.float32)])
-            self.newness_ = np.vstack([self.newness_, np.zeros((extra, 2))])
+        if n_items > len(self.seen_):
+            old = len(self.release_)
+            self.embeddings_ = _grown(self.embeddings_, n_items)
+            self.release_ = _grown(self.release_, n_items)
+            self.release_[old:] = np.nan
+            self.seen_ = _grown(self.seen_, n_items)
+        if n_users > len(self.profile_):
+            self.profile_ = _grown(self.profile_, n_users)
+            self.newness_ = _grown(self.newness_, n_users)
 
     def describe(self, items: np.ndarray, embeddings: np.ndarray, release: np.ndarray) -> None:
         """Set the text embeddings (shape (n, dim), unit or zero rows) and release years
@@ -310,19 +308,22 @@ class NewItemPrior:
     ) -> None:
         """Seen items, users' recent items and shares, recent first picks, clock."""
         # later[j]: the user's events after event j in this batch
-        order = np.lexsort((np.arange(len(users)), users))
-        sorted_users = users[order]
-        counts = np.bincount(sorted_users, minlength=len(self.profile_))
-        ends = np.cumsum(counts)[sorted_users]
+        touched, inverse, counts = np.unique(users, return_inverse=True, return_counts=True)
+        order = np.argsort(inverse, kind="stable")
         later = np.empty(len(users), dtype=np.int64)
-        later[order] = ends - 1 - np.arange(len(users))
-        touched = np.unique(users)
-        self.profile_[touched] *= self.user_decay ** counts[touched, None]
-        self.newness_[touched] *= self.user_decay ** counts[touched, None]
+        later[order] = np.cumsum(counts)[inverse[order]] - 1 - np.arange(len(users))
+        decay = self.user_decay ** counts[:, None]
+        self.profile_[touched] *= decay
+        self.newness_[touched] *= decay
         weight = self.user_decay**later
-        np.add.at(self.profile_, users, (weight[:, None] * self.embeddings_[items]))
-        np.add.at(self.newness_[:, 0], users, weight * first)
-        np.add.at(self.newness_[:, 1], users, weight)
+        texts = weight[:, None] * self.embeddings_[items]
+        newness = np.stack([weight * first, weight], axis=1)
+        if len(touched) == len(users):  # one event per user: plain indexing adds
+            self.profile_[users] += texts
+            self.newness_[users] += newness
+        else:
+            np.add.at(self.profile_, users, texts)
+            np.add.at(self.newness_, users, newness)
         latest = float(timestamps.max())
         seconds = self.half_life_days * 86_400.0
         if np.isfinite(self.clock_) and latest > self.clock_:
@@ -644,12 +645,17 @@ class Fresh(Recommender):
         users = self.users_.lookup(events.user)
         items = self.items_.lookup(events.item)
         candidate = self._first_pairs(users, items, events.weight > 0, events.item)
+        candidate[candidate] = self.history_size_[users[candidate]] > 0
+        return self._sampled(candidate)
+
+    def _sampled(self, candidate: np.ndarray) -> np.ndarray:
+        """At most ``sample`` of the ``candidate`` events, drawn at random (seeded per
+        update), as a mask."""
         rows = np.flatnonzero(candidate)
-        rows = rows[self.history_size_[users[rows]] > 0]
         if len(rows) > self.sample:
             rng = np.random.default_rng((self.seed, self.updates_))
             rows = np.sort(rng.choice(rows, self.sample, replace=False))
-        judged = np.zeros(len(events), dtype=bool)
+        judged = np.zeros(len(candidate), dtype=bool)
         judged[rows] = True
         return judged
 
@@ -986,6 +992,24 @@ def _first_occurrence(keys: np.ndarray) -> np.ndarray:
     first = np.zeros(len(keys), dtype=bool)
     first[np.unique(keys, return_index=True)[1]] = True
     return first
+
+
+def _grown(array: np.ndarray, n: int) -> np.ndarray:
+    """``array`` (a prefix of its buffer, as this function returns it) with zero rows added up
+    to ``n`` rows. The buffer keeps room to spare: growing one row at a time (a new user or
+    item per event) copies it a logarithmic number of times, not at every row."""
+    buffer = array.base
+    if not (
+        isinstance(buffer, np.ndarray)
+        and buffer.dtype == array.dtype
+        and buffer.shape[1:] == array.shape[1:]
+        and buffer.ctypes.data == array.ctypes.data
+        and len(buffer) >= n
+    ):
+        buffer = np.empty((max(n, 2 * len(array), 16), *array.shape[1:]), dtype=array.dtype)
+        buffer[: len(array)] = array
+    buffer[len(array) : n] = 0
+    return buffer[:n]
 
 
 def _stored(years: np.ndarray) -> np.ndarray:
