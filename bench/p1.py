@@ -3,7 +3,8 @@ YOOCHOOSE click stream.
 
 - ``auto``, the online ensemble (issue #15), learning naively per row, and each of its
   candidates alone per row (naive and incremental learning): popularity, the session-aware
-  item-kNN, sequential rules, the session-aware MF and the classic MF; and the classic item-kNN.
+  item-kNN, sequential rules, the session-aware MF and the classic MF; and the classic item-kNN
+  and session-kNN (neighbour users).
 - Matrix factorisation with the session-aware fold-in (``session-mf``) under every strategy
   (frozen, retrain@10, retrain@1, incremental with replay and pull per block and per row, naive
   incremental per block and per row).
@@ -48,6 +49,7 @@ from lifelong_rec.models import (
     Popularity,
     SequentialRules,
     SequentialTransformer,
+    SessionKNN,
     parse_model,
     split_specs,
     with_catalog,
@@ -72,6 +74,7 @@ RUNS = {
     "itemknn": (ItemKNN, ["incremental@block", *PER_ROW]),
     "session-itemknn": (SessionItemKNN, PER_ROW),
     "sequential-rules": (SequentialRules, PER_ROW),
+    "session-knn": (SessionKNN, PER_ROW),  # not among auto's candidates: see the README
     "session-mf": (SessionMatrixFactorization, ["frozen", "retrain@10", "retrain@1",
                                                 "incremental@block", "naive@block", *PER_ROW]),
     "mf": (MatrixFactorization, PER_ROW),

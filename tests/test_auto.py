@@ -10,8 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from lifelong_rec.events import EventBatch
-from lifelong_rec.models import Auto, Ensemble, parse_model
+from lifelong_rec.events import Catalog, EventBatch
+from lifelong_rec.models import Auto, Ensemble, Fresh, parse_model
 
 
 def _events(users: list[str], items: list[str], start: float = 0.0) -> EventBatch:
@@ -252,3 +252,38 @@ def test_a_users_other_items_of_the_batch_do_not_compete_with_the_judged_one() -
     np.testing.assert_allclose(losses[:, 0], [0.0, 0.0])
     alone = model.weigh(_events(["u1"], ["c"], start=100.0))
     assert alone[0, 0] == pytest.approx(1 - 1 / math.log2(3))
+
+
+class _OwnFindings(Auto):
+    """``auto`` as a plain ``fresh`` host: it finds the events to judge and the first pairs in
+    its own index."""
+
+    def learn(self, events: EventBatch) -> None:
+        Fresh.learn(self, events)
+
+
+def test_auto_takes_what_its_ensemble_found_as_its_own_index_would() -> None:
+    """Learning, ``auto`` takes the events to judge and the batch's first pairs from its
+    ensemble instead of finding them again: it learns exactly as when it finds them itself
+    (repeated pairs, new users and new items included)."""
+    events = _switching_stream(half=600)
+    params = {"candidates": ("pop", "itemknn(neighbours=20)"), "text_encoder": "hashing(dim=32)"}
+    models = Auto(**params), _OwnFindings(**params)
+    catalog = Catalog.from_records(
+        [{"item": f"i{j}", "title": f"Thing {j % 7}", "categories": [f"c{j % 3}"]}
+         for j in range(150)]
+    )  # fmt: skip
+    again = events.take(np.arange(900, 960))  # pairs learned before
+    for model in models:
+        model.add_items(catalog).fit(events.take(slice(0, 700)))
+        for start in range(700, 1_200, 50):
+            batch = events.take(slice(start, start + 50))
+            model.learn(EventBatch.concat([batch, again]) if start == 1_000 else batch)
+    auto, own = models
+    np.testing.assert_array_equal(auto.history_size_, own.history_size_)
+    assert auto.history_size_.sum() > 0
+    for name, array in own.prior_.state().items():
+        np.testing.assert_array_equal(auto.prior_.state()[name], array, err_msg=name)
+    assert auto.prior_.observed_.sum() > 0  # the prior learned on judged first picks
+    np.testing.assert_array_equal(auto.rates_.hits_, own.rates_.hits_)
+    np.testing.assert_array_equal(auto.inner_.weights_, own.inner_.weights_)

@@ -14,6 +14,7 @@ from lifelong_rec.models.explanation import REASON_KINDS, Explanation, Reason, W
 from lifelong_rec.models.fresh import Fresh
 from lifelong_rec.models.itemknn import ItemKNN
 from lifelong_rec.models.mf import MatrixFactorization
+from lifelong_rec.models.neighbours import SessionKNN
 from lifelong_rec.models.popularity import Popularity
 from lifelong_rec.models.rules import SequentialRules
 from lifelong_rec.models.sparse import GrowingSparse
@@ -55,6 +56,7 @@ __all__ = [
     "SentenceTransformerEncoder",
     "SequentialRules",
     "SequentialTransformer",
+    "SessionKNN",
     "TextEncoder",
     "Wording",
     "item_texts",

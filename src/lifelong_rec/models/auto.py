@@ -170,6 +170,8 @@ class Ensemble(Recommender):
         # the latest learned batch's judged rows and the blend's ranks of their items (inf:
         # an item never seen before): what a wrapper calibrates the blend's hit rates with
         self.last_judged_ = (np.zeros(0, dtype=np.int64), np.zeros(0))
+        # the latest learned batch's first (user, item) pairs (IndexedEvents.new_pair)
+        self.last_new_pair_ = np.zeros(0, dtype=bool)
         self.first_seen_ = np.zeros(0)  # each item's first positive event (inf: none yet)
         self.clock_ = -np.inf  # the latest event time learned
         self._forget_derived()
@@ -205,6 +207,7 @@ class Ensemble(Recommender):
 
     def _learn(self, events: IndexedEvents) -> None:
         self._served = None
+        self.last_new_pair_ = events.new_pair
         for model in self.models_:
             if self._shares_index(model):
                 model._learn_indexed(events)
@@ -540,6 +543,8 @@ class Auto(Fresh):
         bench/results/newitems-auto*.json).
     text_encoder : str
         A :func:`~lifelong_rec.models.text.text_encoder` spec for the catalogue's texts.
+    new_item_boost : float
+        Exploration for never-seen items, as in :class:`~lifelong_rec.models.fresh.Fresh`.
     """
 
     name = "auto"
@@ -555,6 +560,7 @@ class Auto(Fresh):
         seed: int = 0,
         fallback_half_life_days: float | None = 7.0,
         text_encoder: str = "hashing",
+        new_item_boost: float = 1.0,
     ) -> None:
         candidates = tuple(str(spec) for spec in candidates)
         factory = partial(Ensemble, candidates, learning_rate, share, judge_share, sample, k,
@@ -569,7 +575,7 @@ class Auto(Fresh):
         # _setup makes one ensemble (for its fallback): that checks the ensemble's parameters
         self._setup(factory, text_encoder, half_life_days=30.0, rate_half_life_days=365.0,
                     user_decay=0.9, learning_rate=0.1, depth=100, sample=sample,
-                    seed=seed)  # fmt: skip
+                    seed=seed, new_item_boost=new_item_boost)  # fmt: skip
         self._batch: Eligible | None = None  # the batch being learned, as _eligible finds it
 
     @classmethod
@@ -594,6 +600,15 @@ class Auto(Fresh):
         if self._batch is None:
             return super()._judged(events)
         return self._sampled(self._batch[3])
+
+    def _observe(
+        self, events: EventBatch, judged: np.ndarray, new_pair: np.ndarray | None = None
+    ) -> None:
+        # learning, the ensemble's index has just found the batch's first pairs: so has ours
+        if self._batch is not None:
+            assert isinstance(self.inner_, Ensemble)
+            new_pair = self.inner_.last_new_pair_
+        super()._observe(events, judged, new_pair)
 
     def _learn_inner(self, events: EventBatch, judged: np.ndarray) -> None:
         """Let the ensemble judge and learn the batch, then take the blend's ranks of the

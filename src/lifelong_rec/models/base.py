@@ -259,8 +259,10 @@ class Recommender(ABC):
         self.updates_ = 0  # fit, learn and replay calls that changed the model: its version
         self._reset_model()
 
-    def _index(self, events: EventBatch) -> IndexedEvents:
-        """Dense indexes for a batch; grows the ids, the history and the popularity counts."""
+    def _index(self, events: EventBatch, new_pair: np.ndarray | None = None) -> IndexedEvents:
+        """Dense indexes for a batch; grows the ids, the history and the popularity counts.
+        ``new_pair``: the batch's first pairs (:meth:`_first_pairs`), where an index kept in
+        step with this one has just found them."""
         n_users, n_items = len(self.users_), len(self.items_)
         users = self.users_.add(events.user)
         items = self.items_.add(events.item)
@@ -268,9 +270,11 @@ class Recommender(ABC):
             self._grow_all(len(self.users_), len(self.items_))
         weight = events.weight.astype(np.float32)
         positive = weight > 0
-        new_pair = np.zeros(len(events), dtype=bool)
+        if new_pair is None:
+            new_pair = np.zeros(len(events), dtype=bool)
+            if positive.any():
+                new_pair = self._first_pairs(users, items, positive)
         if positive.any():
-            new_pair = self._first_pairs(users, items, positive)
             self.history_.add(users[positive], items[positive], weight[positive])
             self.last_seen_.add(users[positive], items[positive], events.timestamp[positive])
             np.add.at(self.history_size_, users[new_pair], 1)

@@ -274,13 +274,12 @@ class NewItemPrior:
         bucket, x = self.features(users, candidates, years)
         valid = ~(self.release_[candidates][None, :] > years[:, None])  # released by then
         chance = np.exp(self.log_rates(bucket, x)) * valid
-        # the first picks that were candidates: their bucket and features
-        column = np.full(len(self.seen_), -1)
-        column[candidates] = np.arange(len(candidates))
-        picked = first & (column[items] >= 0)
-        rows, cols = np.flatnonzero(picked), column[items[picked]]
-        picked_rows = rows[valid[rows, cols]]
-        picked_cols = column[items[picked_rows]]
+        # the first picks that were candidates (sorted: flatnonzero): their bucket and features
+        column = np.minimum(np.searchsorted(candidates, items), len(candidates) - 1)
+        picked = first & (candidates[column] == items) if len(candidates) else first & False
+        rows, cols = np.flatnonzero(picked), column[picked]
+        keep = valid[rows, cols]
+        picked_rows, picked_cols = rows[keep], cols[keep]
         gradient = x[picked_rows, picked_cols].sum(axis=0) - np.einsum("nc,nck->k", chance, x)
         # age rates: decayed picks over decayed exposures weighted by exp(c . x)
         latest = float(timestamps.max())
@@ -434,6 +433,10 @@ class Fresh(Recommender):
         Most events per learned batch judged (ranked by the inner model, scored by the prior).
     seed : int
         Seeds the sampling of judged events.
+    new_item_boost : float
+        Exploration for new items: a new item is placed as if its chance were this many times
+        its estimate (at most 1), so that the items nobody has seen yet get the exposure that
+        gathers evidence on them; 1 places them by the estimate alone.
     """
 
     name = "fresh"
@@ -449,6 +452,7 @@ class Fresh(Recommender):
         depth: int = 100,
         sample: int = 256,
         seed: int = 0,
+        new_item_boost: float = 1.0,
     ) -> None:
         from lifelong_rec.models.specs import parse_model
 
@@ -464,7 +468,7 @@ class Fresh(Recommender):
         self.inner = inner
         self.learning_rate = learning_rate
         self._setup(factory, text_encoder, half_life_days, rate_half_life_days, user_decay,
-                    learning_rate, depth, sample, seed)  # fmt: skip
+                    learning_rate, depth, sample, seed, new_item_boost)  # fmt: skip
 
     def _setup(
         self,
@@ -477,6 +481,7 @@ class Fresh(Recommender):
         depth: int,
         sample: int,
         seed: int,
+        new_item_boost: float,
     ) -> None:
         """Check and keep the placement's parameters; ``factory`` makes the inner model."""
         try:
@@ -492,6 +497,9 @@ class Fresh(Recommender):
         if not (isinstance(learning_rate, int | float) and np.isfinite(learning_rate)
                 and learning_rate >= 0):  # fmt: skip
             raise ValueError(f"learning_rate must be finite and >= 0, got {learning_rate!r}")
+        if not (isinstance(new_item_boost, int | float) and np.isfinite(new_item_boost)
+                and new_item_boost > 0):  # fmt: skip
+            raise ValueError(f"new_item_boost must be finite and > 0, got {new_item_boost!r}")
         check_positive_ints(depth=depth, sample=sample)
         self.text_encoder = encoder.spec()
         self.half_life_days = half_life_days
@@ -501,6 +509,7 @@ class Fresh(Recommender):
         self.depth = depth
         self.sample = sample
         self.seed = seed
+        self.new_item_boost = new_item_boost
         self._factory = factory
         self._encoder = encoder
         self._inner_half_life = factory()._fallback_half_life_days()
@@ -674,10 +683,13 @@ class Fresh(Recommender):
             rank[known] = (scores >= target[:, None]).sum(axis=1)
         self.rates_.add(self._bucket(users), rank)
 
-    def _observe(self, events: EventBatch, judged: np.ndarray) -> None:
-        """Record the batch in the host's indexes and history, then in the prior."""
+    def _observe(
+        self, events: EventBatch, judged: np.ndarray, new_pair: np.ndarray | None = None
+    ) -> None:
+        """Record the batch in the host's indexes and history (``new_pair``: see
+        :meth:`_index`), then in the prior."""
         known = len(self.items_)
-        indexed = self._index(events)
+        indexed = self._index(events, new_pair)
         positive = indexed.positive
         self.prior_.observe(
             indexed.user[positive], indexed.item[positive], indexed.timestamp[positive],
@@ -761,13 +773,14 @@ class Fresh(Recommender):
         top = -np.partition(-unseen, depth - 1, axis=1)[:, :depth] if depth else unseen[:, :0]
         top = -np.sort(-top, axis=1)  # (n, depth) best first, -inf past the known unseen
         items, chances = self.prior_.chances(user_index, self.prior_.clock_, similarity)
+        placing = np.minimum(chances * self.new_item_boost, 1.0)  # with the exploration bonus
         rates = self.rates_.rates()[self._bucket(user_index), :depth]  # (n, depth)
         rank = np.empty(chances.shape, dtype=np.int64)
         for bucket_rates in np.unique(rates, axis=0):  # one searchsorted per distinct bucket
             rows = np.flatnonzero((rates == bucket_rates).all(axis=1))
-            rank[rows] = np.searchsorted(-bucket_rates, -chances[rows], side="right")
+            rank[rows] = np.searchsorted(-bucket_rates, -placing[rows], side="right")
         rank = np.minimum(rank, (top > -np.inf).sum(axis=1, keepdims=True))
-        placed = _interpolate(top, rates, chances, rank, lowest)
+        placed = _interpolate(top, rates, placing, rank, lowest)
         scores[:, items] = placed
         scores[:, np.flatnonzero(self._future())] = -np.inf
         below = np.take_along_axis(rates, np.minimum(rank, depth - 1), axis=1) if depth else rank
@@ -841,12 +854,14 @@ class Fresh(Recommender):
                 age = year - self.prior_.release_[item]
                 similarity = float(_unit(self.prior_.profile_[user_index[row]][None])[0]
                                    @ self.prior_.embeddings_[item])  # fmt: skip
+                boost = self.new_item_boost
                 method = (
                     f"new item (no one has interacted with it yet): estimated chance {chance:.2g} "
                     f"of being the next item, from its age "
                     f"({'unknown' if np.isnan(age) else f'{age:.0f} years'}) and its text "
-                    f"(similarity {similarity:.2f} to your recent items); placed above the "
-                    f"known items of rank {rank + 1} and below (their rate "
+                    f"(similarity {similarity:.2f} to your recent items); placed"
+                    f"{f' as {boost:g} times that (exploring new items)' if boost != 1 else ''}"
+                    f" above the known items of rank {rank + 1} and below (their rate "
                     f"{float(placement['rate'][position, at]):.2g})"
                 )
                 reasons: tuple[Reason, ...] = ()

@@ -121,20 +121,8 @@ class ItemKNN(Recommender):
         )
 
     def _recent(self, user_index: np.ndarray) -> sp.csr_matrix:
-        """Each user's most recent items, shape (n_users, n_items), their recency weights
-        where counted."""
-        recent = self.last_seen_.rows(user_index)
-        if self.history_length is not None:
-            recent = _top_per_row(recent, self.history_length)
-        if self.recency_decay == 1.0:
-            recent.data[:] = 1.0
-            return recent
-        rows = np.repeat(np.arange(recent.shape[0]), np.diff(recent.indptr))
-        order = np.lexsort((-recent.data, rows))  # per row, latest first
-        position = np.empty(recent.nnz, dtype=np.int64)
-        position[order] = np.arange(recent.nnz) - recent.indptr[rows[order]]
-        recent.data = self.recency_decay ** position.astype(np.float64)
-        return recent
+        return recent_items(self.last_seen_.rows(user_index), self.history_length,
+                            self.recency_decay)  # fmt: skip
 
     def _similar(self, item_index: np.ndarray) -> sp.csr_matrix:
         """Pruned similarity rows of ``item_index``, shape (len, n_items).
@@ -220,6 +208,26 @@ class ItemKNN(Recommender):
         self.cooccurrence_ = GrowingSparse.from_state(counts, "sum", np.float32)
         self.item_users_ = arrays["item_users"].astype(np.float64)
         self._similarity = None
+
+
+def recent_items(
+    last_seen: sp.csr_matrix, history_length: int | None, recency_decay: float
+) -> sp.csr_matrix:
+    """Each user's ``history_length`` most recent items (all: None) from their last-seen
+    times (users x items), weighted ``recency_decay ** p`` at recency position ``p`` (0: the
+    latest)."""
+    recent = last_seen
+    if history_length is not None:
+        recent = _top_per_row(recent, history_length)
+    if recency_decay == 1.0:
+        recent.data[:] = 1.0
+        return recent
+    rows = np.repeat(np.arange(recent.shape[0]), np.diff(recent.indptr))
+    order = np.lexsort((-recent.data, rows))  # per row, latest first
+    position = np.empty(recent.nnz, dtype=np.int64)
+    position[order] = np.arange(recent.nnz) - recent.indptr[rows[order]]
+    recent.data = recency_decay ** position.astype(np.float64)
+    return recent
 
 
 def _top_per_row(matrix: sp.csr_matrix, n: int) -> sp.csr_matrix:
