@@ -544,7 +544,11 @@ class Auto(Fresh):
     text_encoder : str
         A :func:`~lifelong_rec.models.text.text_encoder` spec for the catalogue's texts.
     new_item_boost : float
-        Exploration for never-seen items, as in :class:`~lifelong_rec.models.fresh.Fresh`.
+        Exploration for never-seen items, as in :class:`~lifelong_rec.models.fresh.Fresh`:
+        a new item is placed as if its chance were twice the estimate. On ML latest-small
+        (P1, 500 blocks, per row) that took first-interaction HR@10 from 4.1x to 9.3x random
+        with NDCG@10 over all rows 0.0542 against 0.0541 without it: the calibrated estimate
+        alone left new items below known items whose rate it barely beat.
     """
 
     name = "auto"
@@ -560,7 +564,7 @@ class Auto(Fresh):
         seed: int = 0,
         fallback_half_life_days: float | None = 7.0,
         text_encoder: str = "hashing",
-        new_item_boost: float = 1.0,
+        new_item_boost: float = 2.0,
     ) -> None:
         candidates = tuple(str(spec) for spec in candidates)
         factory = partial(Ensemble, candidates, learning_rate, share, judge_share, sample, k,
