@@ -21,6 +21,25 @@ def check_positive_ints(**values: object) -> None:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
+def check_positive_ints_or_none(**values: object) -> None:
+    """:func:`check_positive_ints` for arguments where None means "no limit".
+
+    >>> check_positive_ints_or_none(history_length=None)
+    >>> check_positive_ints_or_none(history_length=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: history_length must be a positive integer or None, got 0
+    """
+    for name, value in values.items():
+        if value is not None:
+            try:
+                check_positive_ints(**{name: value})
+            except ValueError:
+                raise ValueError(
+                    f"{name} must be a positive integer or None, got {value!r}"
+                ) from None
+
+
 def check_decays(**values: object) -> None:
     """Raise ValueError naming the first argument that is not a factor in (0, 1] (a weight
     multiplied in per step back: 1 keeps every step alike).

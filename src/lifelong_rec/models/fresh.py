@@ -23,7 +23,9 @@ A never-seen item with chance ``p`` goes right above the first known item whose 
 ``p``, so the list is ordered by estimated chance: the order that maximises the expected DCG
 when the estimates are right. Its score lies between the scores of its known neighbours (the
 known items keep the inner model's scores). A new item below every calibrated rank goes below
-every known item. Users without a history get the fallback (decayed popularity), as with every
+every known item. ``new_item_boost`` explores: a new item is placed as if its chance were that
+many times the estimate, so that items nobody has seen yet get the exposure that gathers
+evidence on them (``auto`` places with 2; 1, the default here, places by the estimate alone). Users without a history get the fallback (decayed popularity), as with every
 model.
 
 Explanations: known items are explained by the inner model; a new item's explanation says it

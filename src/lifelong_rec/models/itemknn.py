@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from lifelong_rec.checks import check_decays, check_positive_ints
+from lifelong_rec.checks import check_decays, check_positive_ints, check_positive_ints_or_none
 from lifelong_rec.models.base import IndexedEvents, Recommender
 from lifelong_rec.models.explanation import Attribution, pad_rows
 from lifelong_rec.models.sparse import GrowingSparse, segments
@@ -54,12 +54,7 @@ class ItemKNN(Recommender):
     ) -> None:
         check_positive_ints(neighbours=neighbours)
         check_decays(recency_decay=recency_decay)
-        if history_length is not None and (
-            not isinstance(history_length, int) or history_length < 1
-        ):
-            raise ValueError(
-                f"history_length must be a positive integer or None, got {history_length!r}"
-            )
+        check_positive_ints_or_none(history_length=history_length)
         if not shrink >= 0:
             raise ValueError(f"shrink must be >= 0, got {shrink!r}")
         self.neighbours = neighbours
