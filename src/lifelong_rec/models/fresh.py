@@ -25,8 +25,8 @@ when the estimates are right. Its score lies between the scores of its known nei
 known items keep the inner model's scores). A new item below every calibrated rank goes below
 every known item. ``new_item_boost`` explores: a new item is placed as if its chance were that
 many times the estimate, so that items nobody has seen yet get the exposure that gathers
-evidence on them (``auto`` places with 2; 1, the default here, places by the estimate alone). Users without a history get the fallback (decayed popularity), as with every
-model.
+evidence on them (``auto`` places with 2; 1, the default here, places by the estimate alone).
+Users without a history get the fallback (decayed popularity), as with every model.
 
 Explanations: known items are explained by the inner model; a new item's explanation says it
 is new, its estimated chance and what makes it (age, similarities), and its one reason (kind
