@@ -286,5 +286,5 @@ def test_the_new_item_boost_moves_new_items_up_and_says_so(trained, tmp_path):
     item = boosted_model.recommend(REGULARS[:1], k=1).items[0, 0]
     assert item in ALPHA  # the boost took a saga above every known item
     assert "10000 times" in boosted_model.explain(REGULARS[0], item).method
-    with pytest.raises(ValueError, match="new_item_boost must be finite and > 0"):
+    with pytest.raises(ValueError, match="new_item_boost must be a finite number > 0"):
         Fresh(new_item_boost=0.0)

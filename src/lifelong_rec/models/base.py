@@ -271,9 +271,7 @@ class Recommender(ABC):
         weight = events.weight.astype(np.float32)
         positive = weight > 0
         if new_pair is None:
-            new_pair = np.zeros(len(events), dtype=bool)
-            if positive.any():
-                new_pair = self._first_pairs(users, items, positive)
+            new_pair = self._first_pairs(users, items, positive)
         if positive.any():
             self.history_.add(users[positive], items[positive], weight[positive])
             self.last_seen_.add(users[positive], items[positive], events.timestamp[positive])

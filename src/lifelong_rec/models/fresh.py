@@ -278,7 +278,7 @@ class NewItemPrior:
         chance = np.exp(self.log_rates(bucket, x)) * valid
         # the first picks that were candidates (sorted: flatnonzero): their bucket and features
         column = np.minimum(np.searchsorted(candidates, items), len(candidates) - 1)
-        picked = first & (candidates[column] == items) if len(candidates) else first & False
+        picked = first & (candidates[column] == items) if len(candidates) else np.zeros_like(first)
         rows, cols = np.flatnonzero(picked), column[picked]
         keep = valid[rows, cols]
         picked_rows, picked_cols = rows[keep], cols[keep]
@@ -491,7 +491,8 @@ class Fresh(Recommender):
         except (TypeError, ValueError) as error:
             raise ValueError(f"text_encoder: {error}") from error
         for name, value in (("half_life_days", half_life_days),
-                            ("rate_half_life_days", rate_half_life_days)):  # fmt: skip
+                            ("rate_half_life_days", rate_half_life_days),
+                            ("new_item_boost", new_item_boost)):  # fmt: skip
             if not (isinstance(value, int | float) and np.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         if not (isinstance(user_decay, int | float) and 0 < user_decay < 1):
@@ -499,9 +500,6 @@ class Fresh(Recommender):
         if not (isinstance(learning_rate, int | float) and np.isfinite(learning_rate)
                 and learning_rate >= 0):  # fmt: skip
             raise ValueError(f"learning_rate must be finite and >= 0, got {learning_rate!r}")
-        if not (isinstance(new_item_boost, int | float) and np.isfinite(new_item_boost)
-                and new_item_boost > 0):  # fmt: skip
-            raise ValueError(f"new_item_boost must be finite and > 0, got {new_item_boost!r}")
         check_positive_ints(depth=depth, sample=sample)
         self.text_encoder = encoder.spec()
         self.half_life_days = half_life_days
