@@ -8,7 +8,7 @@ import scipy.sparse as sp
 from lifelong_rec.checks import check_decays, check_positive_ints, check_positive_ints_or_none
 from lifelong_rec.models.base import IndexedEvents, Recommender
 from lifelong_rec.models.explanation import Attribution, pad_rows
-from lifelong_rec.models.sparse import GrowingSparse, segments
+from lifelong_rec.models.sparse import GrowingSparse, segments, used_columns
 
 
 class ItemKNN(Recommender):
@@ -142,15 +142,10 @@ class ItemKNN(Recommender):
         return _top_per_row(similar, self.neighbours)
 
     def _score(self, user_index: np.ndarray, item_index: np.ndarray | slice) -> np.ndarray:
-        recent = self._recent(user_index)
-        history_items = np.unique(recent.indices)
+        history_items, compact = used_columns(self._recent(user_index))
         if len(history_items) == 0:
             n_items = np.arange(len(self.items_))[item_index].size
             return np.zeros((len(user_index), n_items), dtype=np.float32)
-        compact = sp.csr_matrix(
-            (recent.data, np.searchsorted(history_items, recent.indices), recent.indptr),
-            shape=(len(user_index), len(history_items)),
-        )
         scores = compact @ self._similar(history_items)
         return scores[:, item_index].toarray().astype(np.float32)
 

@@ -9,7 +9,7 @@ from lifelong_rec.checks import check_decays, check_positive_ints, check_positiv
 from lifelong_rec.models.base import IndexedEvents, Recommender
 from lifelong_rec.models.explanation import Attribution, pad_rows
 from lifelong_rec.models.itemknn import _top_per_row, recent_items
-from lifelong_rec.models.sparse import GrowingSparse
+from lifelong_rec.models.sparse import GrowingSparse, used_columns
 
 
 class SessionKNN(Recommender):
@@ -86,18 +86,16 @@ class SessionKNN(Recommender):
     def _similar_users(self, recent: sp.csr_matrix, owners: np.ndarray) -> sp.csr_matrix:
         """Each row's ``neighbours`` most similar users (its owner left out) and their
         similarities ``s_v``, shape (n, n_users)."""
-        items = np.unique(recent.indices)
-        compact = sp.csr_matrix(
-            (recent.data, np.searchsorted(items, recent.indices), recent.indptr),
-            shape=(recent.shape[0], len(items)),
-        )
-        similarity = (compact @ self.item_users_.rows(items)).tocsr()
-        similarity = similarity.multiply(1.0 / np.sqrt(np.maximum(self.history_size_, 1)))
-        similarity = similarity.tocsr()
+        items, compact = used_columns(recent)
+        similarity = (compact @ self.item_users_.rows(items)).multiply(self._norms()).tocsr()
         rows = np.repeat(np.arange(similarity.shape[0]), np.diff(similarity.indptr))
         similarity.data[similarity.indices == owners[rows]] = 0.0  # not one's own neighbour
         similarity.eliminate_zeros()
         return _top_per_row(similarity, self.neighbours)
+
+    def _norms(self) -> np.ndarray:
+        """1 / sqrt(n_v) for every user: what a shared item is worth in ``s_v``."""
+        return 1.0 / np.sqrt(np.maximum(self.history_size_, 1))
 
     def _has(self, users: np.ndarray) -> sp.csr_matrix:
         """Users' histories as 0/1, shape (len(users), n_items)."""
@@ -107,12 +105,7 @@ class SessionKNN(Recommender):
 
     def _from_recent(self, recent: sp.csr_matrix, owners: np.ndarray) -> np.ndarray:
         """Every item's score for each row of recent items, shape (n, n_items)."""
-        similar = self._similar_users(recent, owners)
-        users = np.unique(similar.indices)
-        compact = sp.csr_matrix(
-            (similar.data, np.searchsorted(users, similar.indices), similar.indptr),
-            shape=(similar.shape[0], len(users)),
-        )
+        users, compact = used_columns(self._similar_users(recent, owners))
         return (compact @ self._has(users)).toarray()
 
     def _score(self, user_index: np.ndarray, item_index: np.ndarray | slice) -> np.ndarray:
@@ -129,8 +122,7 @@ class SessionKNN(Recommender):
         similar = self._similar_users(recent, unique)
         neighbours, _ = pad_rows(similar.indptr, similar.indices, similar.data)
         # per user: which neighbours have each recent item and each asked item, (n, V, h|k)
-        norm = 1.0 / np.sqrt(np.maximum(self.history_size_, 1))
-        weight = np.where(neighbours >= 0, norm[np.maximum(neighbours, 0)], 0.0)
+        weight = np.where(neighbours >= 0, self._norms()[np.maximum(neighbours, 0)], 0.0)
         has_history = self._contains(neighbours, history)
         has_item = self._contains(neighbours[inverse], items)
         shared = np.einsum("nvh,nv->nvh", has_history, weight)[inverse]

@@ -235,6 +235,22 @@ class GrowingSparse:
         return pending
 
 
+def used_columns(matrix: sp.csr_matrix) -> tuple[np.ndarray, sp.csr_matrix]:
+    """The columns a CSR matrix uses (sorted) and the matrix over just those: a product with
+    their rows of another matrix (``compact @ other[columns]``) then touches no other row.
+
+    >>> columns, compact = used_columns(sp.csr_matrix([[0.0, 2.0, 0.0, 3.0]]))
+    >>> columns.tolist(), compact.toarray().tolist()
+    ([1, 3], [[2.0, 3.0]])
+    """
+    columns = np.unique(matrix.indices)
+    compact = sp.csr_matrix(
+        (matrix.data, np.searchsorted(columns, matrix.indices), matrix.indptr),
+        shape=(matrix.shape[0], len(columns)),
+    )
+    return columns, compact
+
+
 def segments(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Concatenated ranges starts[k] .. starts[k] + lengths[k] - 1, vectorised: the positions
     of CSR row segments, without a Python loop.
