@@ -65,6 +65,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -80,9 +81,15 @@ HISTORY_BUCKETS = (0, 1, 5, 20)
 AGE_BUCKETS = (0.0, 3_600.0, 86_400.0, 30 * 86_400.0)
 DEFAULT_CANDIDATES = ("pop", "session-itemknn", "sequential-rules", "session-mf", "mf")
 _JUDGE_BLOCK = 8_000_000  # most candidate scores held at once (64 MB of float64)
-#: a batch's user and item indexes (-1: unknown), its users' history sizes, and which of its
-#: events can be judged (:meth:`Ensemble._eligible`)
-Eligible = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+class Eligible(NamedTuple):
+    """A batch before it is indexed, as :meth:`Ensemble._eligible` finds it."""
+
+    users: np.ndarray  # user indexes, -1: unknown
+    items: np.ndarray  # item indexes, -1: unknown
+    sizes: np.ndarray  # the users' history sizes
+    eligible: np.ndarray  # which events can be judged
 
 
 class Ensemble(Recommender):
@@ -260,7 +267,7 @@ class Ensemble(Recommender):
         sizes = np.zeros(len(events), dtype=np.int64)
         sizes[users >= 0] = self.history_size_[users[users >= 0]]
         eligible = self._first_pairs(users, items, events.weight > 0, events.item) & (sizes > 0)
-        return users, items, sizes, eligible
+        return Eligible(users, items, sizes, eligible)
 
     def _weigh(self, events: EventBatch, eligible_events: Eligible) -> None:
         """:meth:`weigh` inside learning, before the batch is indexed, on a share of the
@@ -605,7 +612,7 @@ class Auto(Fresh):
         # the ensemble's eligible events are the host's: the same events, in the same order
         if self._batch is None:
             return super()._judged(events)
-        return self._sampled(self._batch[3])
+        return self._sampled(self._batch.eligible)
 
     def _observe(
         self, events: EventBatch, judged: np.ndarray, new_pair: np.ndarray | None = None
