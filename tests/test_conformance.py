@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
+import threading
 
 import numpy as np
 import pytest
@@ -74,6 +76,41 @@ def test_ranking_scoring_and_explaining_are_pure(model_class, stream, tmp_path):
     assert np.array_equal(model.score(users, items), scores, equal_nan=True)
     assert model.explain(users[0], items[0]) == explanation
     assert _same_state(before, _snapshot(model, tmp_path, "after"))
+
+
+def test_a_model_read_by_many_threads_at_once_answers_as_alone(model_class, stream, tmp_path):
+    # A published snapshot is read at once by request threads and the learner's test-then-
+    # train: a cache built on a read must not be shared half-built (CI caught auto's item maps
+    # appended to by two readers: "zip() argument 2 is longer than argument 1").
+    model = _fitted(model_class, stream)
+    model.save(tmp_path / "model")
+    users, items = np.unique(stream.user)[:12], np.unique(stream.item)[:20]
+    alone = model.recommend(users, k=5).items, model.score(users, items)
+    served = Recommender.load(tmp_path / "model")  # as the service holds it: no cache built
+    answers, failures = [], []
+
+    def read() -> None:
+        try:
+            for _ in range(15):
+                answers.append((served.recommend(users, k=5).items, served.score(users, items)))
+                served.explain(users[0], items[0])
+        except Exception as error:  # collected, then shown by the assertion
+            failures.append(repr(error))
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # hand the GIL over as often as it can be
+    try:
+        threads = [threading.Thread(target=read) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(switch)
+    assert not failures and len(answers) == 60, failures[:3]
+    for ranked, scores in answers:
+        assert np.array_equal(ranked, alone[0])
+        np.testing.assert_allclose(scores, alone[1], rtol=1e-5, atol=1e-6)
 
 
 def test_save_then_load_gives_identical_results(model_class, stream, tmp_path):

@@ -355,17 +355,21 @@ class Ensemble(Recommender):
     def _item_maps(self) -> list[tuple[int, np.ndarray]]:
         """Per candidate: its number of items when the map was made, and each ensemble item's
         index in the candidate (-1: unknown to it). Indexes only grow at their end, so a map
-        is extended, looking up only the items it does not map yet, when either index grew."""
+        is extended, looking up only the items it does not map yet, when either index grew.
+
+        A served snapshot is read by several threads at once: the maps are built aside and
+        swapped in whole, never appended to where another reader may be iterating."""
         n = len(self.items_)
         old = self._maps or [(-1, np.zeros(0, dtype=np.int64))] * len(self.models_)
-        self._maps = []
+        maps = []
         for model, (size, mapped) in zip(self.models_, old, strict=True):
             if size != len(model.items_) or len(mapped) != n:
                 mapped = np.concatenate([mapped, np.full(n - len(mapped), -1, dtype=np.int64)])
                 missing = np.flatnonzero(mapped < 0)
                 mapped[missing] = model.items_.lookup(self.items_.ids(missing))
-            self._maps.append((len(model.items_), mapped))
-        return self._maps
+            maps.append((len(model.items_), mapped))
+        self._maps = maps
+        return maps
 
     def _standardised(
         self, user_index: np.ndarray

@@ -707,11 +707,12 @@ class Fresh(Recommender):
         indexes grow (they only ever grow at the end)."""
         sizes = (len(self.users_), len(self.items_),
                  len(self.inner_.users_), len(self.inner_.items_))  # fmt: skip
-        if self._maps is None or self._maps[0] != sizes:
+        maps = self._maps  # read once: another reader of a served snapshot may replace it
+        if maps is None or maps[0] != sizes:
             users = self.inner_.users_.lookup(self.users_.to_array())
             items = self.inner_.items_.lookup(self.items_.to_array())
-            self._maps = (sizes, users, items)
-        return self._maps[1], self._maps[2]
+            maps = self._maps = (sizes, users, items)
+        return maps[1], maps[2]
 
     def _known_scores(self, user_index: np.ndarray) -> np.ndarray:
         """The inner model's scores of the known (seen) items for warm users, -inf for the
