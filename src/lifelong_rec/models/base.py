@@ -394,20 +394,31 @@ class Recommender(ABC):
         top_items = np.full((len(ids), k), "", dtype=object)
         top_scores = np.full((len(ids), k), -np.inf, dtype=np.float32)
         block = max(1, _SCORE_BLOCK // max(n_candidates, 1))
-        for start in range(0, len(ids), block):
-            rows = slice(start, start + block)
-            scores = self._scores(user_index[rows], cold[rows], item_index, n_candidates)
-            if exclude_seen:
-                self._mask_seen(scores, user_index[rows], item_index)
-            if width == 0:
-                continue
-            best = np.argpartition(-scores, width - 1, axis=1)[:, :width]
-            best_scores = np.take_along_axis(scores, best, axis=1)
-            order = np.argsort(-best_scores, axis=1, kind="stable")
-            best = np.take_along_axis(best, order, axis=1)
-            best_scores = np.take_along_axis(best_scores, order, axis=1)
-            chosen = best.ravel() if isinstance(item_index, slice) else item_index[best.ravel()]
-            names = self.items_.ids(chosen).reshape(best.shape).astype(object)
+        for start in range(0, len(ids) if width else 0, block):
+            rows = np.arange(start, min(start + block, len(ids)))
+            best = np.zeros((len(rows), width), dtype=np.int64)
+            best_scores = np.full((len(rows), width), -np.inf, dtype=np.float32)
+            exact = np.ones(len(rows), dtype=bool)
+            if isinstance(item_index, slice):  # the whole catalogue: an index may answer
+                warm = np.flatnonzero(~cold[rows])
+                found = self._retrieved(user_index[rows[warm]], width, exclude_seen)
+                if found is not None:
+                    complete, found_items, found_scores = found
+                    best[warm[complete]] = found_items[complete]
+                    best_scores[warm[complete]] = found_scores[complete]
+                    exact[warm[complete]] = False
+            if exact.any():
+                at = rows[exact]
+                scores = self._scores(user_index[at], cold[at], item_index, n_candidates)
+                if exclude_seen:
+                    self._mask_seen(scores, user_index[at], item_index)
+                top = np.argpartition(-scores, width - 1, axis=1)[:, :width]
+                kept = np.take_along_axis(scores, top, axis=1)
+                order = np.argsort(-kept, axis=1, kind="stable")
+                top = np.take_along_axis(top, order, axis=1)
+                best[exact] = top if isinstance(item_index, slice) else item_index[top]
+                best_scores[exact] = np.take_along_axis(kept, order, axis=1)
+            names = self.items_.ids(best.ravel()).reshape(best.shape).astype(object)
             names[~np.isfinite(best_scores)] = ""
             top_items[rows, :width] = names
             top_scores[rows, :width] = np.where(np.isfinite(best_scores), best_scores, -np.inf)
@@ -416,6 +427,44 @@ class Recommender(ABC):
         if wording is not None:
             explanations = self._explanations(ids, top_items, top_scores, reasons, wording)
         return Recommendations(ids, top_items, top_scores, cold, explanations)
+
+    def _retrieved(
+        self, user_index: np.ndarray, width: int, exclude_seen: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The warm users' top ``width`` items from the model's approximate index, if it has
+        one: (whether a user's list is complete, item indexes, scores), best first. A user
+        whose retrieved items run out once the seen ones are dropped is incomplete: the
+        caller scores every item for them instead."""
+        if not len(user_index) or not self._retrieves():
+            return None
+        seen = int(self.history_size_[user_index].max()) if exclude_seen else 0
+        depth = min(width + seen, len(self.items_))
+        items, scores = self._retrieve(user_index, depth, width)
+        if exclude_seen:
+            valid = items >= 0
+            users = np.broadcast_to(user_index[:, None], items.shape)
+            scores[valid] = np.where(
+                self.history_.contains(users[valid], items[valid]), -np.inf, scores[valid]
+            )
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :width]
+        items = np.take_along_axis(items, order, axis=1)
+        scores = np.take_along_axis(scores, order, axis=1)
+        complete = np.isfinite(scores).all(axis=1) if width else np.ones(len(items), bool)
+        return complete, items, scores
+
+    def _retrieves(self) -> bool:
+        """Whether :meth:`_retrieve` answers now: the model has an approximate top-k index
+        and it is ready. Default: no, every item is scored."""
+        return False
+
+    def _retrieve(
+        self, user_index: np.ndarray, depth: int, width: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``depth`` best items of each (warm) user from the approximate index, as item
+        indexes (-1: none) and their scores (as :meth:`_score` gives them), best first.
+        ``width`` items are asked for (the others make room for seen ones): what the recall
+        check checks."""
+        raise NotImplementedError
 
     def score_all(self, users: object) -> np.ndarray:
         """Scores of every item the model knows, in the order of ``items_``.

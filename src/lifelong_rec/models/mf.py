@@ -10,6 +10,7 @@ import scipy.sparse as sp
 from lifelong_rec.checks import check_positive_ints
 from lifelong_rec.models.base import IndexedEvents, Recommender
 from lifelong_rec.models.explanation import Attribution, by_length, cosine, pad_rows
+from lifelong_rec.models.retrieval import make_retrieval
 from lifelong_rec.models.sparse import GrowingSparse, RowBlock
 
 _TINY = 1e-20
@@ -63,6 +64,12 @@ class MatrixFactorization(Recommender):
         Standard deviation of the initial item factors.
     seed : int
     fallback_half_life_days : float or None
+    retrieval : str, optional
+        How the top-k items are found: None or ``"exact"`` scores every item; ``"ivf"``
+        (``"ivf(nprobe=32)"``, see :class:`~lifelong_rec.models.retrieval.IVFIndex`) keeps an
+        approximate index of the item factors in step with every update, for catalogues of
+        hundreds of thousands of items and more (needs ``lifelong-rec[ann]``). Scoring,
+        explaining and a request with a candidate list stay exact.
     """
 
     name = "mf"
@@ -81,10 +88,12 @@ class MatrixFactorization(Recommender):
         init_scale: float = 0.01,
         seed: int = 0,
         fallback_half_life_days: float | None = 7.0,
+        retrieval: str | None = None,
     ) -> None:
         check_positive_ints(
             factors=factors, iterations=iterations, cg_steps=cg_steps, learn_cg_steps=learn_cg_steps
         )
+        make_retrieval(retrieval)  # checks the spec (and that faiss is there) now
         for name, value in (("regularization", regularization), ("alpha", alpha)):
             if not np.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
@@ -108,6 +117,7 @@ class MatrixFactorization(Recommender):
         self.init_scale = init_scale
         self.seed = seed
         self.fallback_half_life_days = fallback_half_life_days
+        self.retrieval = retrieval
 
     @classmethod
     def _unit_test_params(cls) -> dict[str, object]:
@@ -126,6 +136,8 @@ class MatrixFactorization(Recommender):
         self._pull = 0.0
         self._user_gram = np.zeros((self.factors, self.factors))  # U^T U, kept in step
         self._item_gram = np.zeros((self.factors, self.factors))  # Y^T Y, kept in step
+        # the approximate top-k index of the item factors (None: every item is scored)
+        self.index_ = make_retrieval(self.retrieval)
 
     def _grow(self, n_users: int, n_items: int) -> None:
         new_users = n_users - len(self.user_factors_)
@@ -141,6 +153,8 @@ class MatrixFactorization(Recommender):
             fresh = rng.normal(0.0, self.init_scale, size=(new_items, self.factors))
             self.item_factors_ = np.vstack([self.item_factors_, fresh.astype(np.float32)])
             self._item_gram += fresh.T @ fresh
+            if self.index_ is not None:
+                self.index_.sync(self.item_factors_, np.arange(n_items - new_items, n_items))
         self.item_history_.grow(n_items, n_users)
         for side, n in (("users", n_users), ("items", n_items)):
             for key in (side, f"{side}_solved"):
@@ -174,6 +188,8 @@ class MatrixFactorization(Recommender):
         )  # fmt: skip
         self._user_gram = self._gram(self.user_factors_)
         self._item_gram = self._gram(self.item_factors_)
+        if self.index_ is not None:
+            self.index_.sync(self.item_factors_)
         for side, matrix in (("users", self.history_), ("items", self.item_history_)):
             self.weights_[side] = np.asarray(matrix.tocsr().sum(axis=1), dtype=np.float64).ravel()
             self.weights_[f"{side}_solved"] = self.weights_[side].copy()
@@ -268,6 +284,8 @@ class MatrixFactorization(Recommender):
             anchor,
         )  # fmt: skip
         factors[rows] = new
+        if side == "items" and self.index_ is not None:
+            self.index_.sync(factors, rows)
         new = new.astype(np.float64)
         own_gram += new.T @ new - old.T @ old
 
@@ -345,6 +363,23 @@ class MatrixFactorization(Recommender):
     def _score(self, user_index: np.ndarray, item_index: np.ndarray | slice) -> np.ndarray:
         return self.user_factors_[user_index] @ self.item_factors_[item_index].T
 
+    def _retrieves(self) -> bool:
+        return self.index_ is not None and self.index_.ready
+
+    def _retrieve(
+        self, user_index: np.ndarray, depth: int, width: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        assert self.index_ is not None
+        return self.index_.search(self.user_factors_[user_index], depth, width)
+
+    def check_recall(self) -> float | None:
+        """The approximate index's running recall@k on live queries (see
+        :meth:`~lifelong_rec.models.retrieval.IVFIndex.check_recall`); None when every item
+        is scored exactly, or nothing has been checked yet."""
+        if self.index_ is None or not self.index_.ready:
+            return None
+        return self.index_.check_recall(self.item_factors_)
+
     def _attribute(self, users: np.ndarray, items: np.ndarray) -> Attribution:
         """The exact split of the fold-in score over the history (as implicit's ALS explain).
 
@@ -408,7 +443,8 @@ class MatrixFactorization(Recommender):
         # bit as the saved one would have.
         grams = {"user_gram": self._user_gram, "item_gram": self._item_gram}
         factors = {"user_factors": self.user_factors_, "item_factors": self.item_factors_}
-        return factors | weights | grams
+        index = {} if self.index_ is None else {"retrieval": self.index_.to_bytes()}
+        return factors | weights | grams | index
 
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
         self.user_factors_ = arrays["user_factors"].astype(np.float32)
@@ -424,6 +460,9 @@ class MatrixFactorization(Recommender):
         self.item_history_.add(coo.row.astype(np.int64), coo.col.astype(np.int64), coo.data)
         self._user_gram = arrays["user_gram"].astype(np.float64)
         self._item_gram = arrays["item_gram"].astype(np.float64)
+        self.index_ = make_retrieval(self.retrieval)
+        if self.index_ is not None:
+            self.index_.restore(arrays.get("retrieval", np.zeros(0, np.uint8)), self.item_factors_)
 
 
 class SessionMatrixFactorization(MatrixFactorization):
@@ -455,6 +494,7 @@ class SessionMatrixFactorization(MatrixFactorization):
         init_scale: float = 0.01,
         seed: int = 0,
         fallback_half_life_days: float | None = 7.0,
+        retrieval: str | None = None,
     ) -> None:
         super().__init__(
             factors=factors,
@@ -469,6 +509,7 @@ class SessionMatrixFactorization(MatrixFactorization):
             init_scale=init_scale,
             seed=seed,
             fallback_half_life_days=fallback_half_life_days,
+            retrieval=retrieval,
         )
 
 

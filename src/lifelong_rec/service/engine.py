@@ -445,18 +445,35 @@ class Engine:
 
     # -------------------------------------------------------------- models and experiments
 
-    def online_quality(self) -> dict[str, dict[str, float]]:
-        """Test-then-train quality of each serving model on the events it then learned: the
-        service's own (under its spec) and every running arm's model (``arm:<spec>``)."""
+    def _serving_learners(self) -> dict[str, Learner | Follower]:
+        """The service's learner (under its spec) and every running arm's (``arm:<spec>``)."""
         live = self.live
         learners = {self.settings.model: self.learner}
         learners |= {
             f"arm:{spec}": learner for spec, learner in (live.learners.items() if live else ())
         }
+        return learners
+
+    def online_quality(self) -> dict[str, dict[str, float]]:
+        """Test-then-train quality of each serving model on the events it then learned: the
+        service's own (under its spec) and every running arm's model (``arm:<spec>``)."""
         return {
             name: {key: float(value) for key, value in asdict(learner.quality).items()}
-            for name, learner in learners.items()
+            for name, learner in self._serving_learners().items()
         }
+
+    def retrieval_recall(self) -> dict[str, float]:
+        """Recall@k of each serving model's approximate top-k index on a sample of the live
+        queries it answered, checked now against an exact scan (models that rank exactly, or
+        have not been asked yet, are left out). Costs an exact scan per sampled query: call
+        it off the event loop."""
+        recalls = {}
+        for name, learner in self._serving_learners().items():
+            check = getattr(learner.current.model, "check_recall", None)
+            recall = check() if check is not None else None
+            if recall is not None:
+                recalls[name] = recall
+        return recalls
 
     def models(self) -> dict[str, object]:
         serving = self.learner.current

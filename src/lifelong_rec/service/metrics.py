@@ -76,6 +76,13 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.recall = Gauge(
+            "lifelong_rec_retrieval_recall",
+            "recall@k of the serving model's approximate top-k index against an exact scan, "
+            "on a sample of live queries (models with retrieval='ivf')",
+            ["model"],
+            registry=r,
+        )
         # Children by label values: ``labels()`` validates and locks on every call, which is
         # a measurable share of a recommendation's cost. The label sets are small.
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}

@@ -45,4 +45,6 @@ def metrics(engine: EngineDep) -> Response:
     engine.metrics.lag.set(engine.learner.lag)
     for model, quality in engine.online_quality().items():
         engine.metrics.observe_quality(model, quality)
+    for model, recall in engine.retrieval_recall().items():
+        engine.metrics.recall.labels(model).set(recall)
     return Response(generate_latest(engine.metrics.registry), media_type=CONTENT_TYPE_LATEST)
