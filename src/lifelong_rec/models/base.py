@@ -449,8 +449,7 @@ class Recommender(ABC):
         order = np.argsort(-scores, axis=1, kind="stable")[:, :width]
         items = np.take_along_axis(items, order, axis=1)
         scores = np.take_along_axis(scores, order, axis=1)
-        complete = np.isfinite(scores).all(axis=1) if width else np.ones(len(items), bool)
-        return complete, items, scores
+        return np.isfinite(scores).all(axis=1), items, scores
 
     def _retrieves(self) -> bool:
         """Whether :meth:`_retrieve` answers now: the model has an approximate top-k index

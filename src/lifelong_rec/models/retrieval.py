@@ -93,12 +93,6 @@ class IVFIndex:
         self._recall = (0.0, 0.0)  # decayed (overlap, checked) sums
         self._lock = threading.Lock()  # the recall sums: checks may run from several threads
 
-    def spec(self) -> str:
-        return (
-            f"ivf(nprobe={self.nprobe}, lists={self.lists}, min_items={self.min_items}, "
-            f"regrow={self.regrow}, check_share={self.check_share}, seed={self.seed})"
-        )
-
     @property
     def ready(self) -> bool:
         """Whether searches are answered (the table reached ``min_items``)."""
@@ -135,8 +129,12 @@ class IVFIndex:
         index.train(sample)
         index.set_direct_map_type(faiss.DirectMap.Hashtable)  # moves in O(1), not a full scan
         index.add_with_ids(vectors, np.arange(n, dtype=np.int64))
-        index.nprobe = min(self.nprobe, lists)
-        self._index, self._trained_size = index, n
+        self._adopt(index, n)
+
+    def _adopt(self, index: Any, trained_size: int) -> None:
+        """Serve from the faiss ``index`` (trained, restored or copied), probing ``nprobe``."""
+        index.nprobe = min(self.nprobe, index.nlist)
+        self._index, self._trained_size = index, trained_size
 
     # -------------------------------------------------------------- searching
 
@@ -208,8 +206,7 @@ class IVFIndex:
         if len(data):
             index = self._faiss.deserialize_index(np.asarray(data, dtype=np.uint8))
             if index.ntotal == len(table):
-                index.nprobe = min(self.nprobe, index.nlist)
-                self._index, self._trained_size = index, index.ntotal
+                self._adopt(index, index.ntotal)
                 return
         self.sync(table)
 
@@ -238,8 +235,7 @@ class IVFIndex:
         self._index = None
         assert isinstance(data, np.ndarray)
         if len(data):
-            self._index = self._faiss.deserialize_index(data)
-            self._index.nprobe = min(self.nprobe, self._index.nlist)
+            self._adopt(self._faiss.deserialize_index(data), self._trained_size)
 
 
 RETRIEVALS: dict[str, type] = {"ivf": IVFIndex}
