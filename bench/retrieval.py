@@ -28,6 +28,7 @@ import argparse
 import resource
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from common import DATASETS, report
@@ -104,111 +105,100 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_ivf(
-    items: np.ndarray,
-    queries: np.ndarray,
-    truth: np.ndarray,
-    probes: list[int],
-    after: np.ndarray,
-    rows: np.ndarray,
-    truth_after: np.ndarray,
-) -> dict:
-    index = IVFIndex(min_items=0, check_share=0.0)
+@dataclass
+class Case:
+    """The vectors searched, the queries and their exact top-10 before and after moves."""
+
+    items: np.ndarray
+    queries: np.ndarray
+    truth: np.ndarray
+    after: np.ndarray  # the items once ``rows`` moved
+    rows: np.ndarray
+    truth_after: np.ndarray
+
+
+def sweep(
+    case: Case,
+    settings: list[int],
+    choose: Callable[[int], None],
+    search: Callable[[np.ndarray], np.ndarray],
+    move: Callable[[], None],
+) -> dict[str, object]:
+    """Latency and recall at each search setting; the time ``move`` takes per moved item;
+    the recall at each setting after it."""
+    by_setting = {}
+    for setting in settings:
+        choose(setting)
+        by_setting[setting] = measure(search, case.queries, case.truth)
     started = time.perf_counter()
-    index.sync(items)
-    out: dict[str, object] = {
-        "build_s": round(time.perf_counter() - started, 2),
-        "lists": int(index._index.nlist),
-        "memory_mib": round(len(index.to_bytes()) / 2**20, 1),
-    }
-    by_probe = {}
-    for nprobe in probes:
-        index._index.nprobe = nprobe
-        by_probe[nprobe] = measure(lambda q: index.search(q[None], K)[0][0], queries, truth)
-    started = time.perf_counter()
-    index.sync(after, rows)
+    move()
     update = time.perf_counter() - started
-    out["update_ms_per_item"] = round(1000 * update / len(rows), 4)
-    for nprobe in probes:
+    for setting in settings:
+        choose(setting)
+        after = measure(search, case.queries, case.truth_after)
+        by_setting[setting]["recall_at_10_after_moves"] = after["recall_at_10"]
+    return {"update_ms_per_item": round(1000 * update / len(case.rows), 4), "by": by_setting}
+
+
+def timed_build(build: Callable[[], None]) -> float:
+    started = time.perf_counter()
+    build()
+    return round(time.perf_counter() - started, 2)
+
+
+def run_ivf(case: Case, probes: list[int]) -> dict:
+    index = IVFIndex(min_items=0, check_share=0.0)
+    out: dict[str, object] = {"build_s": timed_build(lambda: index.sync(case.items))}
+    out |= {"lists": int(index._index.nlist), "memory_mib": round(len(index.to_bytes()) / 2**20, 1)}
+
+    def choose(nprobe: int) -> None:
         index._index.nprobe = nprobe
-        result = measure(lambda q: index.search(q[None], K)[0][0], queries, truth_after)
-        by_probe[nprobe]["recall_at_10_after_moves"] = result["recall_at_10"]
-    out["by_nprobe"] = by_probe
-    return out
+
+    swept = sweep(case, probes, choose, lambda q: index.search(q[None], K)[0][0],
+                  lambda: index.sync(case.after, case.rows))  # fmt: skip
+    return out | {"update_ms_per_item": swept["update_ms_per_item"], "by_nprobe": swept["by"]}
 
 
-def run_hnswlib(
-    items: np.ndarray,
-    queries: np.ndarray,
-    truth: np.ndarray,
-    widths: list[int],
-    after: np.ndarray,
-    rows: np.ndarray,
-    truth_after: np.ndarray,
-) -> dict | None:
+def run_hnswlib(case: Case, widths: list[int]) -> dict | None:
     try:
         import hnswlib
     except ImportError:
         return None
-    index = hnswlib.Index(space="ip", dim=items.shape[1])
-    index.init_index(max_elements=len(items), ef_construction=128, M=16)
+    index = hnswlib.Index(space="ip", dim=case.items.shape[1])
+    index.init_index(max_elements=len(case.items), ef_construction=128, M=16)
     index.set_num_threads(1)
-    started = time.perf_counter()
-    index.add_items(items, np.arange(len(items)))
-    out: dict[str, object] = {"build_s": round(time.perf_counter() - started, 2), "M": 16,
-                              "ef_construction": 128}  # fmt: skip
-    by_width = {}
-    for ef in widths:
-        index.set_ef(ef)
-        by_width[ef] = measure(lambda q: index.knn_query(q, K)[0][0], queries, truth)
-    started = time.perf_counter()
-    index.add_items(after[rows], rows)  # an existing label is updated in place
-    out["update_ms_per_item"] = round(1000 * (time.perf_counter() - started) / len(rows), 4)
-    for ef in widths:
-        index.set_ef(ef)
-        result = measure(lambda q: index.knn_query(q, K)[0][0], queries, truth_after)
-        by_width[ef]["recall_at_10_after_moves"] = result["recall_at_10"]
-    out["by_ef"] = by_width
-    return out
+    build = timed_build(lambda: index.add_items(case.items, np.arange(len(case.items))))
+    out: dict[str, object] = {"build_s": build, "M": 16, "ef_construction": 128}
+    # an existing label is updated in place
+    swept = sweep(case, widths, index.set_ef, lambda q: index.knn_query(q, K)[0][0],
+                  lambda: index.add_items(case.after[case.rows], case.rows))  # fmt: skip
+    return out | {"update_ms_per_item": swept["update_ms_per_item"], "by_ef": swept["by"]}
 
 
-def run_usearch(
-    items: np.ndarray,
-    queries: np.ndarray,
-    truth: np.ndarray,
-    widths: list[int],
-    after: np.ndarray,
-    rows: np.ndarray,
-    truth_after: np.ndarray,
-) -> dict | None:
+def run_usearch(case: Case, widths: list[int]) -> dict | None:
     try:
         from usearch.index import Index
     except ImportError:
         return None
-    index = Index(ndim=items.shape[1], metric="ip", dtype="f32", connectivity=16,
+    index = Index(ndim=case.items.shape[1], metric="ip", dtype="f32", connectivity=16,
                   expansion_add=128)  # fmt: skip
-    started = time.perf_counter()
-    index.add(np.arange(len(items)), items, threads=1)
+    build = timed_build(lambda: index.add(np.arange(len(case.items)), case.items, threads=1))
     out: dict[str, object] = {
-        "build_s": round(time.perf_counter() - started, 2),
+        "build_s": build,
         "connectivity": 16,
         "expansion_add": 128,
         "memory_mib": round(index.memory_usage / 2**20, 1),
     }
-    by_width = {}
-    for ef in widths:
+
+    def choose(ef: int) -> None:
         index.expansion_search = ef
-        by_width[ef] = measure(lambda q: index.search(q, K, threads=1).keys, queries, truth)
-    started = time.perf_counter()
-    index.remove(rows)  # no update in place: remove, then add
-    index.add(rows, after[rows], threads=1)
-    out["update_ms_per_item"] = round(1000 * (time.perf_counter() - started) / len(rows), 4)
-    for ef in widths:
-        index.expansion_search = ef
-        result = measure(lambda q: index.search(q, K, threads=1).keys, queries, truth_after)
-        by_width[ef]["recall_at_10_after_moves"] = result["recall_at_10"]
-    out["by_ef"] = by_width
-    return out
+
+    def move() -> None:  # no update in place: remove, then add
+        index.remove(case.rows)
+        index.add(case.rows, case.after[case.rows], threads=1)
+
+    swept = sweep(case, widths, choose, lambda q: index.search(q, K, threads=1).keys, move)
+    return out | {"update_ms_per_item": swept["update_ms_per_item"], "by_ef": swept["by"]}
 
 
 def main() -> int:
@@ -227,7 +217,7 @@ def main() -> int:
     items, queries = clustered(args.items, args.dim, args.queries, seed=0)
     truth = exact_top(items, queries)
     after, rows = moved(items, 0.1, seed=1)
-    truth_after = exact_top(after, queries)
+    case = Case(items, queries, truth, after, rows, exact_top(after, queries))
 
     def exact(q: np.ndarray) -> np.ndarray:
         return np.argpartition(-(items @ q), K - 1)[:K]
@@ -241,26 +231,27 @@ def main() -> int:
         "exact_numpy": measure(exact, queries[:200], truth[:200]),
     }
     print("exact", synthetic["exact_numpy"], flush=True)
-    synthetic["ivf"] = run_ivf(items, queries, truth, probes, after, rows, truth_after)
+    synthetic["ivf"] = run_ivf(case, probes)
     print("ivf", synthetic["ivf"], flush=True)
     if not args.no_peers:
         for name, run in (("hnswlib", run_hnswlib), ("usearch", run_usearch)):
-            synthetic[name] = run(items, queries, truth, widths, after, rows, truth_after)
+            synthetic[name] = run(case, widths)
             print(name, synthetic[name], flush=True)
     results["synthetic"] = synthetic
-    del items, after
+    del items, after, case
 
     real = real_factors()
     if real is not None:
         items, users = real
         queries = users[np.random.default_rng(2).choice(len(users), min(len(users), 600),
                                                          replace=False)]  # fmt: skip
-        truth = exact_top(items, queries)
         after, rows = moved(items, 0.1, seed=3)
+        case = Case(items, queries, exact_top(items, queries), after, rows,
+                    exact_top(after, queries))  # fmt: skip
         results["ml_latest_small_factors"] = {
             "items": len(items),
             "queries": len(queries),
-            "ivf": run_ivf(items, queries, truth, probes, after, rows, exact_top(after, queries)),
+            "ivf": run_ivf(case, probes),
         }
         print("ml-latest-small", results["ml_latest_small_factors"], flush=True)
     results["peak_rss_mib"] = round(peak_rss_mib(), 1)
