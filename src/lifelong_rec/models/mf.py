@@ -376,8 +376,9 @@ class MatrixFactorization(Recommender):
         """The approximate index's running recall@k on live queries (see
         :meth:`~lifelong_rec.models.retrieval.IVFIndex.check_recall`); None when every item
         is scored exactly, or nothing has been checked yet."""
-        if self.index_ is None or not self.index_.ready:
+        if not self._retrieves():
             return None
+        assert self.index_ is not None
         return self.index_.check_recall(self.item_factors_)
 
     def _attribute(self, users: np.ndarray, items: np.ndarray) -> Attribution:
