@@ -111,24 +111,36 @@ def test_itemknn_recency_decay_weighs_the_latest_item_most():
 # ------------------------------------------------------------------------------ ALS
 
 
-def test_cg_solve_reaches_the_exact_least_squares_solution():
+@pytest.mark.parametrize("n_rows", [20, 300])  # a batch's rows (compiled), a fit's (numpy)
+def test_cg_solve_reaches_the_exact_least_squares_solution(n_rows):
     rng = np.random.default_rng(0)
     model = MatrixFactorization(factors=6, regularization=0.3, alpha=4.0)
     model._reset_model()
     import scipy.sparse as sp
 
-    interactions = sp.random(20, 40, density=0.2, random_state=1, format="csr", dtype=np.float32)
+    interactions = sp.random(
+        n_rows, 40, density=0.2, random_state=1, format="csr", dtype=np.float32
+    )
     other = rng.normal(size=(40, 6)).astype(np.float32)
     confidence = model._confidence(interactions)
     gram = model._gram(other)
-    solved = model._solve(confidence, other, gram, np.zeros((20, 6), np.float32), steps=30)
-    for row in range(20):
-        start, end = confidence.indptr[row], confidence.indptr[row + 1]
-        columns, extra = confidence.indices[start:end], confidence.data[start:end]
+    start = np.zeros((n_rows, 6), np.float32)
+    # an anchor pulls each row toward a vector with its own strength (0 for every other row)
+    anchor = rng.normal(size=(n_rows, 6)).astype(np.float32)
+    pull = np.where(np.arange(n_rows) % 2 == 0, 0.0, 2.0).astype(np.float32)
+    solved = model._solve(confidence, other, gram, start, steps=30)
+    anchored = model._solve(confidence, other, gram, start, steps=30, anchor=(anchor, pull))
+    for row in range(n_rows):
+        begin, end = confidence.indptr[row], confidence.indptr[row + 1]
+        columns, extra = confidence.indices[begin:end], confidence.data[begin:end]
         chosen = other[columns].astype(np.float64)
         system = gram + chosen.T @ (extra[:, None] * chosen) + 0.3 * np.eye(6)
         exact = np.linalg.solve(system, chosen.T @ (1.0 + extra))
         np.testing.assert_allclose(solved[row], exact, rtol=1e-3, atol=1e-4)
+        exact = np.linalg.solve(
+            system + pull[row] * np.eye(6), chosen.T @ (1.0 + extra) + pull[row] * anchor[row]
+        )
+        np.testing.assert_allclose(anchored[row], exact, rtol=1e-3, atol=1e-4)
 
 
 def test_mf_fold_in_follows_the_new_events(stream):
@@ -248,7 +260,11 @@ def test_growing_sparse_matches_a_dense_reference(entries, aggregate, every):
             dense[r, c] = dense[r, c] + v if aggregate == "sum" else max(dense[r, c], v)
             present[r, c] = True
         asked = np.concatenate([np.unique(rows)[::-1], rows])  # a row may be asked twice
-        got = matrix.rows(asked).toarray()
+        block = matrix.row_block(asked)
+        for row in range(len(asked)):  # each row's columns sorted, each once
+            columns = block.indices[block.indptr[row] : block.indptr[row + 1]]
+            assert np.all(np.diff(columns) > 0)
+        got = block.tocsr().toarray()
         np.testing.assert_allclose(got, dense[asked][:, : matrix.shape[1]])
         every_cell = np.indices(matrix.shape).reshape(2, -1)
         assert np.array_equal(

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from lifelong_rec.models.kernels import gather_rows
+
 AGGREGATES = ("sum", "max")
 
 
@@ -157,33 +159,22 @@ class GrowingSparse:
     def row_block(self, index: np.ndarray) -> RowBlock:
         """:meth:`rows` as plain CSR arrays, for the hot path of a single event.
 
-        Gathered with numpy rather than scipy's fancy indexing, and with no scipy object at
-        all: on the few rows one event touches, scipy's per-call checks cost more than the
-        data.
+        One compiled call (:func:`~lifelong_rec.models.kernels.gather_rows`) merges the base
+        rows with their pending increments: on the few rows one event touches, numpy's or
+        scipy's per-call overhead costs more than the data.
         """
         index = np.asarray(index, dtype=np.int64)
         base = self._base
-        lengths = base.indptr[index + 1] - base.indptr[index]
-        taken = segments(base.indptr[index], lengths)
-        shape = (len(index), self.shape[1])
-        cols, values = base.indices[taken], base.data[taken]
-        if self._pending_count and len(index):
+        if self._pending_count:
             pending_rows, pending_cols, pending_values = self._pending()
-            # every position of each pending increment's row in index (a row may repeat)
-            order = np.argsort(index, kind="stable")
-            first = np.searchsorted(index[order], pending_rows, side="left")
-            count = np.searchsorted(index[order], pending_rows, side="right") - first
-            if count.any():
-                rows = np.repeat(np.arange(len(index)), lengths)
-                which = np.repeat(np.arange(len(pending_rows)), count)
-                return _coalesce(
-                    np.concatenate([rows, order[segments(first, count)]]),
-                    np.concatenate([cols, pending_cols[which]]),
-                    np.concatenate([values, pending_values[which]]),
-                    shape,
-                    self.aggregate,
-                )
-        return RowBlock(np.concatenate([[0], np.cumsum(lengths)]), cols, values, shape)
+        else:
+            pending_rows = pending_cols = np.zeros(0, dtype=np.int64)
+            pending_values = np.zeros(0, dtype=self.dtype)
+        indptr, indices, data = gather_rows(
+            base.indptr, base.indices, base.data, index,
+            pending_rows, pending_cols, pending_values, self.aggregate == "max",
+        )  # fmt: skip
+        return RowBlock(indptr, indices, data, (len(index), self.shape[1]))
 
     def state(self) -> dict[str, np.ndarray]:
         """Arrays that rebuild this matrix with :meth:`from_state`."""
