@@ -327,18 +327,19 @@ class Recommender(ABC):
         item ids) tell unknown items apart (an unknown item's pair is new)."""
         new = positive & (users >= 0)
         rows = np.flatnonzero(new)
-        codes = items[rows]
-        unknown = codes < 0
-        if unknown.any():
-            assert item_ids is not None, "unknown items are told apart by their ids"
-            codes = codes.copy()
-            codes[unknown] = (
-                len(self.items_) + np.unique(item_ids[rows[unknown]], return_inverse=True)[1]
-            )
-        pairs = users[rows] * (int(codes.max(initial=0)) + 1) + codes
-        first = np.zeros(len(rows), dtype=bool)
-        first[np.unique(pairs, return_index=True)[1]] = True
-        new[rows[~first]] = False
+        if len(rows) > 1:  # a pair's later events in the batch are not first (one event: first)
+            codes = items[rows]
+            unknown = codes < 0
+            if unknown.any():
+                assert item_ids is not None, "unknown items are told apart by their ids"
+                codes = codes.copy()
+                codes[unknown] = (
+                    len(self.items_) + np.unique(item_ids[rows[unknown]], return_inverse=True)[1]
+                )
+            pairs = users[rows] * (int(codes.max(initial=0)) + 1) + codes
+            first = np.zeros(len(rows), dtype=bool)
+            first[np.unique(pairs, return_index=True)[1]] = True
+            new[rows[~first]] = False
         rows = np.flatnonzero(new & (items >= 0))
         new[rows] = ~self.history_.contains(users[rows], items[rows])
         return new

@@ -38,11 +38,14 @@ def gather_rows(
     """
     n = len(index)
     # each pending increment's requested positions: index sorted, then a binary search per
-    # increment, O(pending * log n), as many increments as the base folds in lazily
+    # increment within the requested rows' range, O(pending) compares and O(matches * log n)
     order = np.argsort(index, kind="mergesort")
     by_row = index[order]
+    first, last = (by_row[0], by_row[-1]) if n else (0, -1)
     counts = np.zeros(n, dtype=np.int64)
     for p in range(len(pending_rows)):
+        if pending_rows[p] < first or pending_rows[p] > last:
+            continue
         lo = np.searchsorted(by_row, pending_rows[p], side="left")
         hi = np.searchsorted(by_row, pending_rows[p], side="right")
         for q in range(lo, hi):
@@ -53,6 +56,8 @@ def gather_rows(
     members = np.empty(starts[n], dtype=np.int64)  # per position, its increments in time order
     filled = starts[:-1].copy()
     for p in range(len(pending_rows)):
+        if pending_rows[p] < first or pending_rows[p] > last:
+            continue
         lo = np.searchsorted(by_row, pending_rows[p], side="left")
         hi = np.searchsorted(by_row, pending_rows[p], side="right")
         for q in range(lo, hi):

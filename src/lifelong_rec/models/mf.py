@@ -7,7 +7,13 @@ import scipy.sparse as sp
 
 from lifelong_rec.checks import check_positive_ints
 from lifelong_rec.models.base import IndexedEvents, Recommender
-from lifelong_rec.models.explanation import Attribution, by_length, cosine, pad_rows
+from lifelong_rec.models.explanation import (
+    Attribution,
+    by_length,
+    cosine,
+    pad_rows,
+    solve_positive,
+)
 from lifelong_rec.models.kernels import solve_rows
 from lifelong_rec.models.retrieval import make_retrieval
 from lifelong_rec.models.sparse import GrowingSparse, RowBlock
@@ -223,7 +229,7 @@ class MatrixFactorization(Recommender):
             "users", users, self._user_rows(users),
             self.item_factors_, self._item_gram, self._user_gram,
         )  # fmt: skip
-        if self.update_items:
+        if self.update_items and len(items):
             self._update_rows(
                 "items", items, self.item_history_.row_block(items),
                 self.user_factors_, self._user_gram, self._item_gram,
@@ -370,10 +376,10 @@ class MatrixFactorization(Recommender):
 
     def _split(self, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         history, confidence, chosen = self._fold_in_parts(users)
-        directions = np.linalg.solve(
+        directions = solve_positive(
             self._fold_in_systems(confidence, chosen),
             np.transpose(self.item_factors_[items], (0, 2, 1)).astype(np.float64),
-        )  # (n, f, k): A^-1 y_i for every item
+        )  # (n, f, k): A^-1 y_i for every item, one Cholesky factorisation per user
         return history, confidence[:, :, None] * (chosen @ directions)
 
     def _deletion_scores(self, user: int, items: np.ndarray, removed: np.ndarray) -> np.ndarray:
@@ -384,7 +390,7 @@ class MatrixFactorization(Recommender):
         variants[1:][history[0][None, :] == removed[:, None]] = 0.0
         chosen = np.broadcast_to(chosen, (len(variants), *chosen.shape[1:]))
         right = np.einsum("rhf,rh->rf", chosen, variants)[:, :, None]
-        vectors = np.linalg.solve(self._fold_in_systems(variants, chosen), right)[:, :, 0]
+        vectors = solve_positive(self._fold_in_systems(variants, chosen), right)[:, :, 0]
         return vectors @ self.item_factors_[items].T.astype(np.float64)
 
     def _fold_in_parts(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

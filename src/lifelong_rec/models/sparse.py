@@ -66,9 +66,12 @@ class GrowingSparse:
         self.aggregate = aggregate
         self.dtype = np.dtype(dtype)
         self._base = sp.csr_matrix(shape, dtype=self.dtype)
-        self._pending_rows: list[np.ndarray] = []
-        self._pending_cols: list[np.ndarray] = []
-        self._pending_values: list[np.ndarray] = []
+        # the pending increments: the first _pending_count entries of buffers that double as
+        # they fill, so that recording an event copies only the event (and reading writes
+        # nothing)
+        self._pending_rows = np.zeros(0, dtype=np.int64)
+        self._pending_cols = np.zeros(0, dtype=np.int64)
+        self._pending_values = np.zeros(0, dtype=self.dtype)
         self._pending_count = 0
         self._base_keys: np.ndarray | None = None  # row * n_cols + col of the base, sorted
 
@@ -96,10 +99,16 @@ class GrowingSparse:
             return
         if rows.max() >= self.shape[0] or cols.max() >= self.shape[1]:
             raise IndexError(f"entry outside the matrix of shape {self.shape}; grow() it first")
-        self._pending_rows.append(np.asarray(rows, dtype=np.int64))
-        self._pending_cols.append(np.asarray(cols, dtype=np.int64))
-        self._pending_values.append(np.asarray(values, dtype=self.dtype))
-        self._pending_count += len(rows)
+        start, end = self._pending_count, self._pending_count + len(rows)
+        if end > len(self._pending_rows):
+            size = max(2 * end, 64)
+            self._pending_rows = _resized(self._pending_rows, size, start)
+            self._pending_cols = _resized(self._pending_cols, size, start)
+            self._pending_values = _resized(self._pending_values, size, start)
+        self._pending_rows[start:end] = rows
+        self._pending_cols[start:end] = cols
+        self._pending_values[start:end] = values
+        self._pending_count = end
         # Reads scan the pending list, so keep it short relative to the base.
         if self._pending_count > max(4096, self._base.nnz // 32):
             self.consolidate()
@@ -206,24 +215,30 @@ class GrowingSparse:
 
     def __deepcopy__(self, memo: dict[int, object]) -> GrowingSparse:
         """:meth:`copy`. A model published to serving is a deep copy that many request threads
-        read at once; reads of pending increments join or fold them in place, which two
-        threads must not do together (one found the list the other had just emptied)."""
+        read at once; some reads (:meth:`tocsr`) fold the pending increments in place, which
+        two threads must not do together (one would find the increments the other had just
+        folded)."""
         clone = self.copy()
         memo[id(self)] = clone
         return clone
 
     def _pending(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if len(self._pending_rows) > 1:  # join the pieces once; later reads reuse them
-            self._pending_rows = [np.concatenate(self._pending_rows)]
-            self._pending_cols = [np.concatenate(self._pending_cols)]
-            self._pending_values = [np.concatenate(self._pending_values)]
-        return self._pending_rows[0], self._pending_cols[0], self._pending_values[0]
+        """Views of the pending increments (valid until the next :meth:`add`)."""
+        n = self._pending_count
+        return self._pending_rows[:n], self._pending_cols[:n], self._pending_values[:n]
 
     def _take_pending(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The pending increments, emptied (views: use them before the next :meth:`add`)."""
         pending = self._pending()
-        self._pending_rows, self._pending_cols, self._pending_values = [], [], []
         self._pending_count = 0
         return pending
+
+
+def _resized(buffer: np.ndarray, size: int, keep: int) -> np.ndarray:
+    """A buffer of ``size`` entries holding the first ``keep`` of ``buffer``."""
+    grown = np.empty(size, dtype=buffer.dtype)
+    grown[:keep] = buffer[:keep]
+    return grown
 
 
 def used_columns(matrix: sp.csr_matrix) -> tuple[np.ndarray, sp.csr_matrix]:
