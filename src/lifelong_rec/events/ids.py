@@ -196,6 +196,11 @@ class IdIndex:
 
     __hash__ = None  # type: ignore[assignment]  # mutable: not hashable
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the index's arrays."""
+        return self._ids.nbytes + self._sorted_ids.nbytes + self._sorted_positions.nbytes
+
     def copy(self) -> IdIndex:
         clone = IdIndex()
         clone._ids = self._ids.copy()

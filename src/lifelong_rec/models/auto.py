@@ -225,7 +225,7 @@ class Ensemble(Recommender):
         self._note_times(events)
 
     def _shares_index(self, model: Recommender) -> bool:
-        return model.users_ is self.users_
+        return getattr(model, "users_", None) is self.users_  # an unfitted one has none yet
 
     def replay(self, events: EventBatch) -> None:
         _check_batch(events)

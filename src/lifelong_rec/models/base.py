@@ -199,8 +199,9 @@ class Recommender(ABC):
         """Train from scratch on ``events`` (forgetting everything before)."""
         _check_batch(events)
         self._reset()
-        self._fit(self._index(events))
+        self._fit(self._index(self._admissible(events)))
         self.updates_ += 1
+        self._expire_idle()
         return self
 
     def learn(self, events: EventBatch) -> None:
@@ -208,9 +209,11 @@ class Recommender(ABC):
         _check_batch(events)
         if not self.is_fitted:
             self._reset()
+        events = self._admissible(events)
         if len(events):
             self._learn(self._index(events))
             self.updates_ += 1
+            self._expire_idle()
 
     def replay(self, events: EventBatch) -> None:
         """Learn again from events learned before (experience replay), without counting them
@@ -248,6 +251,24 @@ class Recommender(ABC):
 
     def _anchor(self, strength: float) -> None:  # noqa: B027 (an optional hook: the default does nothing)
         """Remember the current parameters as the anchor. Default: no parameters to pull."""
+
+    def _admissible(self, events: EventBatch) -> EventBatch:
+        """The events whose ids have (or now earn) parameters of their own: all of them,
+        unless the model admits ids only after some sightings (:mod:`.bounded`)."""
+        return events
+
+    def _expire_idle(self) -> None:  # noqa: B027 (an optional hook: the default does nothing)
+        """After an update: drop ids idle too long, where the model expires them
+        (:mod:`.bounded`). Default: every id is kept."""
+
+    def _compact_model(self, user_rows: np.ndarray, item_rows: np.ndarray) -> None:
+        """Keep only ``user_rows`` and ``item_rows`` (old indexes, ascending) of the model's
+        own arrays, renumbered in their order: for :func:`.bounded.compact`."""
+        raise NotImplementedError(f"{type(self).__name__} does not expire ids")
+
+    def _own_bytes(self) -> int:
+        """Bytes held by the model's own state, for :func:`.bounded.footprint`."""
+        return sum(array.nbytes for array in self._state().values())
 
     def _reset(self) -> None:
         self.users_ = IdIndex()
@@ -941,9 +962,15 @@ def can_share_index(model: Recommender) -> bool:
     """Whether ``model`` indexes its events through :class:`Recommender` alone, so that it
     can share an owner's index (:meth:`Recommender._share_index`)."""
     kind = type(model)
-    return all(
+    through_base = all(
         getattr(kind, name) is getattr(Recommender, name) for name in ("fit", "learn", "_index")
     )
+    # a model that bounds its memory admits and expires ids in an index of its own
+    bounded = (
+        getattr(model, "admit_after", 1) > 1
+        or getattr(model, "expire_after_days", None) is not None
+    )
+    return through_base and not bounded
 
 
 def registered_models() -> dict[str, type[Recommender]]:

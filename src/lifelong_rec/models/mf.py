@@ -6,7 +6,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from lifelong_rec.checks import check_positive_ints
+from lifelong_rec.events import EventBatch
 from lifelong_rec.models.base import IndexedEvents, Recommender
+from lifelong_rec.models.bounded import Sightings, admitted, compact, footprint
 from lifelong_rec.models.explanation import (
     Attribution,
     by_length,
@@ -17,6 +19,28 @@ from lifelong_rec.models.explanation import (
 from lifelong_rec.models.kernels import solve_rows
 from lifelong_rec.models.retrieval import make_retrieval
 from lifelong_rec.models.sparse import GrowingSparse, RowBlock
+
+#: what ``memory_`` counts: events of ids not admitted yet, ids expired, bytes they freed
+MEMORY_COUNTS = ("unadmitted_events", "expired_users", "expired_items", "freed_bytes")
+
+
+def _appended(table: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``table`` with ``rows`` appended, written into spare room behind it where there is some
+    (``table`` a view of a larger buffer), else into a new buffer with room to double."""
+    n, extra = len(table), len(rows)
+    room = table.base
+    if not (
+        isinstance(room, np.ndarray)
+        and room.dtype == table.dtype
+        and room.shape[1:] == table.shape[1:]
+        and len(room) >= n + extra
+        and room.ctypes.data == table.ctypes.data
+        and room.flags.c_contiguous
+    ):
+        room = np.empty((max(2 * (n + extra), 64), *table.shape[1:]), dtype=table.dtype)
+        room[:n] = table
+    room[n : n + extra] = rows
+    return room[: n + extra]
 
 
 class MatrixFactorization(Recommender):
@@ -73,6 +97,12 @@ class MatrixFactorization(Recommender):
         approximate index of the item factors in step with every update, for catalogues of
         hundreds of thousands of items and more (needs ``lifelong-rec[ann]``). Scoring,
         explaining and a request with a candidate list stay exact.
+    admit_after : int
+        Sightings an id needs before it gets factors of its own (1: at once). Until then its
+        events are not learned and it is served as a new id (see :mod:`.bounded`).
+    expire_after_days : float or None
+        Drop users and items with no event for this long (stream time), with their factors
+        and histories; None keeps every id. What is freed is counted in ``memory_``.
     """
 
     name = "mf"
@@ -92,10 +122,15 @@ class MatrixFactorization(Recommender):
         seed: int = 0,
         fallback_half_life_days: float | None = 7.0,
         retrieval: str | None = None,
+        admit_after: int = 1,
+        expire_after_days: float | None = None,
     ) -> None:
         check_positive_ints(
-            factors=factors, iterations=iterations, cg_steps=cg_steps, learn_cg_steps=learn_cg_steps
-        )
+            factors=factors, iterations=iterations, cg_steps=cg_steps,
+            learn_cg_steps=learn_cg_steps, admit_after=admit_after,
+        )  # fmt: skip
+        if expire_after_days is not None and not expire_after_days > 0:
+            raise ValueError(f"expire_after_days must be > 0 or None, got {expire_after_days!r}")
         make_retrieval(retrieval)  # checks the spec (and that faiss is there) now
         for name, value in (("regularization", regularization), ("alpha", alpha)):
             if not np.isfinite(value) or value < 0:
@@ -121,6 +156,8 @@ class MatrixFactorization(Recommender):
         self.seed = seed
         self.fallback_half_life_days = fallback_half_life_days
         self.retrieval = retrieval
+        self.admit_after = admit_after
+        self.expire_after_days = expire_after_days
 
     @classmethod
     def _unit_test_params(cls) -> dict[str, object]:
@@ -132,42 +169,107 @@ class MatrixFactorization(Recommender):
         self.user_factors_ = np.zeros((0, self.factors), dtype=np.float32)
         self.item_factors_ = np.zeros((0, self.factors), dtype=np.float32)
         self.item_history_ = GrowingSparse((0, 0), "sum", np.float32)  # history_ transposed
-        # Summed interaction weight of each row now, and when it was last solved.
-        self.weights_ = {side: np.zeros(0) for side in ("users", "items", "users_solved",
-                                                         "items_solved")}  # fmt: skip
+        # Per row: its summed interaction weight now ("users", "items") and at its last solve
+        # ("users_solved", ...), and its latest event time ("users_last", ...: kept up to date
+        # only where ids expire).
+        self.weights_ = {f"{side}{kind}": np.zeros(0) for side in ("users", "items")
+                         for kind in ("", "_solved", "_last")}  # fmt: skip
         self._anchors: dict[str, np.ndarray] = {}  # factors to pull toward, by side
         self._pull = 0.0
         self._user_gram = np.zeros((self.factors, self.factors))  # U^T U, kept in step
         self._item_gram = np.zeros((self.factors, self.factors))  # Y^T Y, kept in step
         # the approximate top-k index of the item factors (None: every item is scored)
         self.index_ = make_retrieval(self.retrieval)
+        # bounded memory (.bounded): sightings of ids not admitted yet, and what was left out
+        self.sightings_ = Sightings() if self.admit_after > 1 else None
+        self.memory_ = dict.fromkeys(MEMORY_COUNTS, 0)
+        self._expiry_checked = -np.inf  # the stream time idle ids were last looked for
 
     def _grow(self, n_users: int, n_items: int) -> None:
+        # Tables grow into spare room (see _appended): a stream that brings new users in every
+        # batch copies them O(log n) times in all, not once per batch.
         new_users = n_users - len(self.user_factors_)
         if new_users > 0:
-            self.user_factors_ = np.vstack(
-                [self.user_factors_, np.zeros((new_users, self.factors), dtype=np.float32)]
-            )
+            zeros = np.zeros((new_users, self.factors), dtype=np.float32)
+            self.user_factors_ = _appended(self.user_factors_, zeros)
         new_items = n_items - len(self.item_factors_)
         if new_items > 0:
             # Seeded by the first new index: the same stream gives the same factors, and a
             # loaded model grows exactly as the saved one would have.
             rng = np.random.default_rng([self.seed, len(self.item_factors_)])
             fresh = rng.normal(0.0, self.init_scale, size=(new_items, self.factors))
-            self.item_factors_ = np.vstack([self.item_factors_, fresh.astype(np.float32)])
+            self.item_factors_ = _appended(self.item_factors_, fresh.astype(np.float32))
             self._item_gram += fresh.T @ fresh
             if self.index_ is not None:
                 self.index_.sync(self.item_factors_, np.arange(n_items - new_items, n_items))
         self.item_history_.grow(n_items, n_users)
         for side, n in (("users", n_users), ("items", n_items)):
-            for key in (side, f"{side}_solved"):
-                grown = np.zeros(n)
-                grown[: len(self.weights_[key])] = self.weights_[key]
-                self.weights_[key] = grown
+            for key in (side, f"{side}_solved", f"{side}_last"):
+                extra = n - len(self.weights_[key])
+                fill = -np.inf if key.endswith("_last") else 0.0
+                self.weights_[key] = _appended(self.weights_[key], np.full(extra, fill))
+
+    # -------------------------------------------------------------- bounded memory
+
+    def _admissible(self, events: EventBatch) -> EventBatch:
+        if self.sightings_ is None:
+            return events
+        kept = admitted(self, self.sightings_, events, self.admit_after)
+        self.memory_["unadmitted_events"] += len(events) - len(kept)
+        return kept
+
+    def _note_activity(self, events: IndexedEvents) -> None:
+        """Each user's and item's latest event, where ids expire."""
+        if self.expire_after_days is not None and len(events.timestamp):
+            np.maximum.at(self.weights_["users_last"], events.user, events.timestamp)
+            np.maximum.at(self.weights_["items_last"], events.item, events.timestamp)
+
+    def _expire_idle(self) -> None:
+        """Every eighth of ``expire_after_days`` of stream time, drop the ids idle for
+        longer than it (see :mod:`.bounded`)."""
+        if self.expire_after_days is None:
+            return
+        user_last, item_last = self.weights_["users_last"], self.weights_["items_last"]
+        now = float(max(user_last.max(initial=-np.inf), item_last.max(initial=-np.inf)))
+        seconds = self.expire_after_days * 86_400.0
+        if not now - self._expiry_checked >= seconds / 8:
+            return
+        self._expiry_checked = now
+        idle_users, idle_items = user_last < now - seconds, item_last < now - seconds
+        if idle_users.any() or idle_items.any():
+            before = footprint(self)
+            compact(self, ~idle_users, ~idle_items)
+            self.memory_["expired_users"] += int(idle_users.sum())
+            self.memory_["expired_items"] += int(idle_items.sum())
+            self.memory_["freed_bytes"] += before - footprint(self)
+
+    def _compact_model(self, user_rows: np.ndarray, item_rows: np.ndarray) -> None:
+        self.user_factors_ = self.user_factors_[user_rows]
+        self.item_factors_ = self.item_factors_[item_rows]
+        self.item_history_ = self.item_history_.subset(item_rows, user_rows)
+        for side, rows in (("users", user_rows), ("items", item_rows)):
+            for key in (side, f"{side}_solved", f"{side}_last"):
+                self.weights_[key] = self.weights_[key][rows]
+            anchored = self._anchors.get(side)
+            if anchored is not None:  # rows added since the anchor stay unpulled
+                self._anchors[side] = anchored[rows[rows < len(anchored)]]
+        self._user_gram = self._gram(self.user_factors_)
+        self._item_gram = self._gram(self.item_factors_)
+        self.index_ = make_retrieval(self.retrieval)
+        if self.index_ is not None:
+            self.index_.sync(self.item_factors_)
+
+    def _own_bytes(self) -> int:
+        arrays: list[np.ndarray] = [self.user_factors_, self.item_factors_,
+                                    *self.weights_.values()]  # fmt: skip
+        if self.sightings_ is not None:
+            arrays.append(self.sightings_.counts_)
+        return self.item_history_.nbytes + sum(array.nbytes for array in arrays)
 
     # -------------------------------------------------------------- training
 
     def _fit(self, events: IndexedEvents) -> None:
+        self._note_activity(events)
         positive = events.positive
         self.item_history_.add(
             events.item[positive], events.user[positive], events.weight[positive]
@@ -198,6 +300,7 @@ class MatrixFactorization(Recommender):
             self.weights_[f"{side}_solved"] = self.weights_[side].copy()
 
     def _learn(self, events: IndexedEvents) -> None:
+        self._note_activity(events)
         positive = events.positive
         if not positive.any():
             return
@@ -425,7 +528,10 @@ class MatrixFactorization(Recommender):
         grams = {"user_gram": self._user_gram, "item_gram": self._item_gram}
         factors = {"user_factors": self.user_factors_, "item_factors": self.item_factors_}
         index = {} if self.index_ is None else {"retrieval": self.index_.to_bytes()}
-        return factors | weights | grams | index
+        bounded = {"memory": np.array([self.memory_[key] for key in MEMORY_COUNTS])}
+        if self.sightings_ is not None:
+            bounded["sightings"] = self.sightings_.counts_
+        return factors | weights | grams | index | bounded
 
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
         self.user_factors_ = arrays["user_factors"].astype(np.float32)
@@ -435,6 +541,8 @@ class MatrixFactorization(Recommender):
             for key, value in arrays.items()
             if key.startswith("weights.")
         }
+        for side, n in (("users", len(self.users_)), ("items", len(self.items_))):
+            self.weights_.setdefault(f"{side}_last", np.full(n, -np.inf))  # older saves
         matrix = self.history_.tocsr().T.tocsr()
         self.item_history_ = GrowingSparse(matrix.shape, "sum", np.float32)
         coo = matrix.tocoo()
@@ -444,6 +552,12 @@ class MatrixFactorization(Recommender):
         self.index_ = make_retrieval(self.retrieval)
         if self.index_ is not None:
             self.index_.restore(arrays.get("retrieval", np.zeros(0, np.uint8)), self.item_factors_)
+        counts = arrays.get("memory", np.zeros(len(MEMORY_COUNTS), dtype=np.int64))
+        self.memory_ = {key: int(count) for key, count in zip(MEMORY_COUNTS, counts, strict=True)}
+        self.sightings_ = Sightings() if self.admit_after > 1 else None
+        if self.sightings_ is not None and "sightings" in arrays:
+            self.sightings_.set_state({"counts": arrays["sightings"]})
+        self._expiry_checked = -np.inf
 
 
 class SessionMatrixFactorization(MatrixFactorization):
@@ -476,6 +590,8 @@ class SessionMatrixFactorization(MatrixFactorization):
         seed: int = 0,
         fallback_half_life_days: float | None = 7.0,
         retrieval: str | None = None,
+        admit_after: int = 1,
+        expire_after_days: float | None = None,
     ) -> None:
         super().__init__(
             factors=factors,
@@ -491,4 +607,6 @@ class SessionMatrixFactorization(MatrixFactorization):
             seed=seed,
             fallback_half_life_days=fallback_half_life_days,
             retrieval=retrieval,
+            admit_after=admit_after,
+            expire_after_days=expire_after_days,
         )

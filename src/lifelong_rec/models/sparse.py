@@ -207,6 +207,21 @@ class GrowingSparse:
         )
         return matrix
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the CSR base and the pending buffers (their spare room included)."""
+        base = self._base
+        buffers = (self._pending_rows, self._pending_cols, self._pending_values)
+        return sum(a.nbytes for a in (base.indptr, base.indices, base.data, *buffers))
+
+    def subset(self, rows: np.ndarray, cols: np.ndarray) -> GrowingSparse:
+        """A consolidated matrix of ``rows`` and ``cols`` only (each ascending, no repeats),
+        renumbered 0.. in their order."""
+        clone = GrowingSparse((len(rows), len(cols)), self.aggregate, self.dtype)
+        clone._base = sp.csr_matrix(self.tocsr()[rows][:, cols])
+        clone._base.sort_indices()
+        return clone
+
     def copy(self) -> GrowingSparse:
         """A consolidated copy: it has no pending increments, so reading it never writes."""
         clone = GrowingSparse(self.shape, self.aggregate, self.dtype)
