@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_service import caught_up, stream_rows, wait_until
 
 from lifelong_rec.events import EventBatch
 from lifelong_rec.models import MatrixFactorization, parse_model
@@ -13,6 +17,7 @@ from lifelong_rec.models.auto import Ensemble
 from lifelong_rec.models.base import can_share_index
 from lifelong_rec.models.bounded import Sightings, footprint
 from lifelong_rec.models.mf import _appended
+from lifelong_rec.service import Settings, create_app
 
 DAY = 86_400.0
 
@@ -127,3 +132,21 @@ def test_tables_grow_into_spare_room():
         buffers.add(table.base.ctypes.data)
     assert len(buffers) <= 3  # 64 rows, then 130, then 260: not one copy per append
     assert table[:, 0].tolist() == list(range(200))
+
+
+def test_the_service_exports_what_a_bounded_model_holds_and_left_out(tmp_path: Path) -> None:
+    spec = "mf(factors=8, iterations=3, admit_after=2)"
+    settings = Settings(db=tmp_path / "events.db", publish_seconds=0.05, model=spec)
+    rows = stream_rows(2_000)
+    once = [row | {"user": f"visitor{n}"} for n, row in enumerate(rows[:50])]  # seen once
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/events", json={"events": rows + once}).status_code == 200
+        wait_until(lambda: caught_up(client), 30)  # a snapshot that learned every event
+        gauges = {
+            line.split('what="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+            for line in client.get("/metrics").text.splitlines()
+            if line.startswith("lifelong_rec_model_memory{")
+        }
+    assert gauges["unadmitted_events"] >= 50  # every one-off visitor's event at least
+    assert gauges["model_bytes"] > 64 * 2**20  # the sketch's 64 MiB and the rest
+    assert gauges["expired_users"] == gauges["freed_bytes"] == 0  # nothing expires here

@@ -36,6 +36,7 @@ import numpy as np
 
 from lifelong_rec.checks import check_positive_ints
 from lifelong_rec.events import EventBatch, IdIndex, as_ids
+from lifelong_rec.models.bounded import bounds_memory
 from lifelong_rec.models.explanation import (
     Attribution,
     Explanation,
@@ -966,11 +967,7 @@ def can_share_index(model: Recommender) -> bool:
         getattr(kind, name) is getattr(Recommender, name) for name in ("fit", "learn", "_index")
     )
     # a model that bounds its memory admits and expires ids in an index of its own
-    bounded = (
-        getattr(model, "admit_after", 1) > 1
-        or getattr(model, "expire_after_days", None) is not None
-    )
-    return through_base and not bounded
+    return through_base and not bounds_memory(model)
 
 
 def registered_models() -> dict[str, type[Recommender]]:

@@ -94,6 +94,14 @@ class Sightings:
         self.width_bits = int(np.log2(self.counts_.shape[1]))
 
 
+def bounds_memory(model: object) -> bool:
+    """Whether ``model`` admits ids only after some sightings or expires idle ones."""
+    return (
+        getattr(model, "admit_after", 1) > 1
+        or getattr(model, "expire_after_days", None) is not None
+    )
+
+
 def admitted(
     model: Recommender, sightings: Sightings, events: EventBatch, after: int
 ) -> EventBatch:

@@ -83,6 +83,14 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.bounded = Gauge(
+            "lifelong_rec_model_memory",
+            "models that bound their memory (admit_after, expire_after_days): bytes their "
+            "arrays hold (what=model_bytes), events of ids not admitted yet, ids expired and "
+            "the bytes that freed (unadmitted_events, expired_users, expired_items, freed_bytes)",
+            ["model", "what"],
+            registry=r,
+        )
         # Children by label values: ``labels()`` validates and locks on every call, which is
         # a measurable share of a recommendation's cost. The label sets are small.
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}

@@ -47,4 +47,7 @@ def metrics(engine: EngineDep) -> Response:
         engine.metrics.observe_quality(model, quality)
     for model, recall in engine.retrieval_recall().items():
         engine.metrics.recall.labels(model).set(recall)
+    for model, counts in engine.bounded_memory().items():
+        for what, count in counts.items():
+            engine.metrics.bounded.labels(model, what).set(count)
     return Response(generate_latest(engine.metrics.registry), media_type=CONTENT_TYPE_LATEST)
