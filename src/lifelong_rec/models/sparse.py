@@ -114,18 +114,17 @@ class GrowingSparse:
             self.consolidate()
 
     def consolidate(self) -> None:
-        """Fold the pending increments into the CSR base."""
+        """Fold the pending increments into the CSR base: every row merged with its
+        increments in one compiled pass, O(entries + increments * log rows), where sorting
+        everything again would cost O(entries * log entries) at every fold."""
         if not self._pending_count:
             return
-        base = self._base.tocoo()
-        rows, cols, values = self._take_pending()
-        self._base = _coalesce(
-            np.concatenate([base.row, rows]),
-            np.concatenate([base.col, cols]),
-            np.concatenate([base.data, values]),
-            self.shape,
-            self.aggregate,
-        ).tocsr()
+        every_row = np.arange(self.shape[0], dtype=np.int64)
+        indptr, indices, data = gather_rows(
+            self._base.indptr, self._base.indices, self._base.data, every_row,
+            *self._take_pending(), self.aggregate == "max",
+        )  # fmt: skip
+        self._base = sp.csr_matrix((data, indices, indptr), shape=self.shape)
         self._base_keys = None
 
     def contains(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -283,23 +282,3 @@ def segments(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.repeat(starts, lengths) + (
         np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     )
-
-
-def _coalesce(
-    rows: np.ndarray, cols: np.ndarray, values: np.ndarray, shape: tuple[int, int], aggregate: str
-) -> RowBlock:
-    """CSR rows (sorted indices) with repeated (row, col) entries combined."""
-    if aggregate == "sum" and len(rows) > 20_000:  # large: scipy's compiled path is faster
-        matrix = sp.csr_matrix((values, (rows, cols)), shape=shape)
-        matrix.sum_duplicates()
-        return RowBlock(matrix.indptr, matrix.indices, matrix.data, shape)
-    order = np.lexsort((cols, rows))
-    rows, cols, values = rows[order], cols[order], values[order]
-    if len(rows):
-        starts = np.flatnonzero(
-            np.concatenate([[True], (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1])])
-        )
-        combine = np.add if aggregate == "sum" else np.maximum
-        values, rows, cols = combine.reduceat(values, starts), rows[starts], cols[starts]
-    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=shape[0]))])
-    return RowBlock(indptr, cols, values, shape)
