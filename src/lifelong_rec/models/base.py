@@ -694,34 +694,29 @@ class Recommender(ABC):
         if scores is None:
             scores = self._pair_scores(user_index, item_index)
         cold = self._cold(user_index)
+        # The reasons' items (-2: the popularity part, -1: none) and weights, (n, k, top).
         reason_items = np.full((n, k, top), -1, dtype=np.int64)
         reason_weights = np.zeros((n, k, top))
         kinds = np.full((n, k), "popularity", dtype=object)
-        popularity = np.where(cold[:, None], scores, 0.0).astype(np.float64)
         methods = np.full(n, "decayed popularity", dtype=object)
         trend = cold.copy()  # popularity parts worded as a trend (decayed counts)
+        if cold.any():  # the fallback: the score is the decayed popularity, one reason
+            fallback = scores[cold].astype(np.float64)
+            reason_items[cold, :, 0] = np.where(fallback > 0, -2, -1)
+            reason_weights[cold, :, 0] = np.where(fallback > 0, fallback, 0.0)
         warm = np.flatnonzero(~cold)
         if len(warm):
             attribution = self._attribute(user_index[warm], np.where(known, item_index, 0)[warm])
-            found, weights = top_reasons(attribution, top)
-            width = found.shape[2]
-            reason_items[warm, :, :width] = found
-            reason_weights[warm, :, :width] = weights
+            popularity = attribution.popularity
+            if popularity is not None:
+                popularity = np.asarray(popularity, dtype=np.float64)
+            found, weights = top_reasons(attribution, top, popularity)
+            reason_items[warm, :, : found.shape[2]] = found
+            reason_weights[warm, :, : found.shape[2]] = weights
             kinds[warm] = attribution.kinds
             methods[warm] = attribution.method
-            if attribution.popularity is not None:
-                popularity[warm] = attribution.popularity
-                trend[warm] = attribution.trend
-        # The popularity part joins the history reasons as one more candidate (item -2).
-        reason_items = np.concatenate(
-            [reason_items, np.where(popularity > 0, -2, -1)[:, :, None]], axis=2
-        )
-        reason_weights = np.concatenate([reason_weights, popularity[:, :, None]], axis=2)
-        strength = np.where(reason_items == -1, -np.inf, reason_weights)
-        order = np.argsort(-strength, axis=2, kind="stable")[:, :, :top]
-        reason_items = np.take_along_axis(reason_items, order, axis=2)
-        reason_weights = np.take_along_axis(reason_weights, order, axis=2)
-        rest = scores - np.where(reason_items == -1, 0.0, reason_weights).sum(axis=2)
+            trend[warm] = attribution.trend
+        rest = scores - reason_weights.sum(axis=2)  # weights are 0 where there is no reason
         return self._build_explanations(
             users, items, scores, rest, known, cold, methods, kinds, trend,
             reason_items, reason_weights, wording,
@@ -742,53 +737,75 @@ class Recommender(ABC):
         reason_weights: np.ndarray,
         wording: Wording,
     ) -> tuple[tuple[Explanation, ...], ...]:
-        """The objects, from the (n, k, top) tables: the one step done item by item, with
-        every sentence worded once."""
+        """The objects, from the (n, k, top) tables: the one step done item by item. Every
+        sentence is worded once per call, from one catalogue lookup for all items, and the
+        tables are read as Python lists (indexing numpy arrays element by element costs more
+        than building the objects)."""
         present = items != ""
-        named = np.unique(reason_items[(reason_items >= 0) & present[:, :, None]])
-        ids = self.items_.ids(named).tolist()
-        history_names = dict(zip(named.tolist(), zip(ids, wording.titles(ids), strict=True),
-                                 strict=True))  # fmt: skip
-        half_life = self._fallback_half_life_days()
-        sentences: dict[tuple, str] = {}
-
-        def reason(kind: str, history_item: int, weight: float, item: str, row: int) -> Reason:
-            key: tuple[object, ...]
-            if history_item == -2:
-                key = ("popularity", item, bool(trend[row]))
-                if key not in sentences:
-                    sentences[key] = wording.popularity(item, half_life if trend[row] else None)
-                return Reason("popularity", weight, sentences[key])
-            key = (kind, history_item)
-            if key not in sentences:
-                sentences[key] = wording.reason(kind, history_names[history_item][1])
-            return Reason(kind, weight, sentences[key], history_names[history_item][0])
-
+        said, popular = self._sentences(items, present, kinds, trend, reason_items, wording)
         version = self.version
+        rows = zip(
+            users.tolist(), items.tolist(), present.tolist(), known.tolist(), kinds.tolist(),
+            scores.tolist(), rest.tolist(), reason_items.tolist(), reason_weights.tolist(),
+            methods.tolist(), trend.tolist(), cold.tolist(), strict=True,
+        )  # fmt: skip
         out = []
-        for row, user in enumerate(users.tolist()):
+        for user, *row, method, trending, fallback in rows:
             explained = []
-            for column in np.flatnonzero(present[row]).tolist():
-                item = str(items[row, column])
-                if not known[row, column]:
+            for item, shown, named, kind, score, left, found, weights in zip(*row, strict=True):
+                if not shown:
+                    continue
+                if not named:
                     explained.append(Explanation(user, item, float("nan"), version, "unknown item"))
                     continue
-                kind = kinds[row, column]
                 reasons = tuple(
-                    reason(kind, history_item, weight, item, row)
-                    for history_item, weight in zip(
-                        reason_items[row, column].tolist(), reason_weights[row, column].tolist(),
-                        strict=True,
-                    )
+                    Reason("popularity", weight, popular[item, trending])
+                    if history_item == -2
+                    else Reason(kind, weight, *said[kind, history_item])
+                    for history_item, weight in zip(found, weights, strict=True)
                     if history_item != -1
-                )  # fmt: skip
-                score, left = float(scores[row, column]), float(rest[row, column])
-                method, fallback = methods[row], bool(cold[row])
+                )
                 explained.append(
                     Explanation(user, item, score, version, method, reasons, left, fallback)
                 )
             out.append(tuple(explained))
         return tuple(out)
+
+    def _sentences(
+        self,
+        items: np.ndarray,
+        present: np.ndarray,
+        kinds: np.ndarray,
+        trend: np.ndarray,
+        reason_items: np.ndarray,
+        wording: Wording,
+    ) -> tuple[dict[tuple[str, int], tuple[str, str]], dict[tuple[str, bool], str]]:
+        """The words of every reason in the (n, k, top) table: (kind, history item) -> (the
+        sentence, the item's id), and (item id, trend) -> the popularity sentence."""
+        shown = np.where(present[:, :, None], reason_items, -1)
+        history = shown >= 0
+        said: dict[tuple[str, int], tuple[str, str]] = {}
+        if history.any():
+            named = np.unique(shown[history])
+            ids = self.items_.ids(named)
+            titles = wording.titles(ids).tolist()
+            # the kinds of the items with history reasons: one for most models
+            for kind in set(kinds[history.any(axis=2)].tolist()):
+                for history_item, item, title in zip(named.tolist(), ids.tolist(), titles,
+                                                     strict=True):  # fmt: skip
+                    said[kind, history_item] = (wording.reason(kind, title), item)
+        popular: dict[tuple[str, bool], str] = {}
+        asking = (shown == -2).any(axis=2)
+        if asking.any():
+            trending = np.broadcast_to(trend[:, None], asking.shape)[asking].tolist()
+            asked = sorted(set(zip(items[asking].tolist(), trending, strict=True)))
+            half_life = self._fallback_half_life_days()
+            words = wording.popularities(
+                np.array([item for item, _ in asked], dtype=str),
+                [half_life if trending else None for _, trending in asked],
+            )
+            popular.update(zip(asked, words, strict=True))
+        return said, popular
 
     def _pair_scores(self, user_index: np.ndarray, item_index: np.ndarray) -> np.ndarray:
         """Scores of a (users, k) table of item indexes (-1: NaN), shape (n, k)."""

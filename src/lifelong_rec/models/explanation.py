@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.linalg.lapack import dposv as _posv
 
 from lifelong_rec.events import Catalog, IdIndex
 
@@ -63,8 +64,9 @@ class Explanation:
         The version of the model that scored and explained (see ``Recommender.version``).
     method : str
         How the weights were computed, e.g. "exact split of the fold-in score" (MF),
-        "exact sum over neighbours" (item-kNN), "integrated gradients, 32 steps" (the
-        transformer), "decayed popularity" (popularity and the cold-start fallback).
+        "exact sum over neighbours" (item-kNN), "integrated gradients, 3 Gauss-Legendre
+        nodes" (the transformer), "decayed popularity" (popularity and the cold-start
+        fallback).
     reasons : tuple of Reason
         The strongest reasons that raise the score, largest weight first (an exploration
         reason, when a policy adds one, comes first). What lowers the score is not a reason
@@ -132,7 +134,13 @@ def pad_rows(
     shape (n_rows, longest row), entries in their CSR order."""
     lengths = np.diff(indptr)
     n_rows = len(lengths)
-    width = max(int(lengths.max(initial=0)), 1)
+    longest = int(lengths.max(initial=0))
+    if n_rows and longest and int(lengths.min()) == longest:  # one row (a request): no padding
+        return (
+            indices.astype(np.int64).reshape(n_rows, longest),
+            data.astype(np.float64).reshape(n_rows, longest),
+        )
+    width = max(longest, 1)
     rows = np.repeat(np.arange(n_rows), lengths)
     slots = np.arange(len(indices)) - np.repeat(indptr[:-1], lengths)
     columns = np.full((n_rows, width), -1, dtype=np.int64)
@@ -152,16 +160,42 @@ def by_length(
     """Run ``split(users, items) -> (history (b, h), weights (b, h, k))`` on blocks of users
     of similar history ``lengths`` and assemble the padded (n, h, k) result: a block's
     (users, history, factors) intermediates then hold little padding (on ML-100K histories
-    run from 20 to 737 items)."""
-    order = np.argsort(lengths, kind="stable")
-    history = np.full((len(users), max(int(lengths.max(initial=0)), 1)), -1, dtype=np.int64)
+    run from 20 to 737 items). Users that fit one block (a request) are split as they come,
+    without reordering or copying."""
+    width = max(int(lengths.max(initial=0)), 1)
+    if len(users) <= block:
+        read, split_weights = split(users, items)
+        if read.shape[1] == width:
+            return read, split_weights
+        order = np.arange(len(users))  # a narrower split than asked for: pad it below
+    else:
+        order = np.argsort(lengths, kind="stable")
+    history = np.full((len(users), width), -1, dtype=np.int64)
     weights = np.zeros((*history.shape, items.shape[1]))
     for start in range(0, len(users), block):
         rows = order[start : start + block]
-        read, split_weights = split(users[rows], items[rows])
+        if len(users) > block:
+            read, split_weights = split(users[rows], items[rows])
         history[rows, : read.shape[1]] = read
         weights[rows, : read.shape[1]] = split_weights
     return history, weights
+
+
+def solve_positive(systems: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Solve ``systems[r] @ x = right[r]`` for symmetric positive definite systems (n, f, f)
+    and right-hand sides (n, f, k): one Cholesky factorisation per system (LAPACK ``posv``)
+    serves its k columns.
+
+    A loop over the systems (users), not over their columns (items): at 64 factors numpy's
+    batched LU solve costs about 1.5 times as much per system, as it copies every system
+    into Fortran order and factorises without using the symmetry. A system that is not
+    positive definite (an ill-conditioned one, by rounding) is solved by LU instead.
+    """
+    out = np.empty(right.shape)
+    for row in range(len(out)):
+        _, solved, info = _posv(systems[row], right[row])
+        out[row] = solved if info == 0 else np.linalg.solve(systems[row], right[row])
+    return out
 
 
 def cosine(vectors: np.ndarray, row: int) -> np.ndarray:
@@ -203,24 +237,25 @@ class Wording:
     def titles(self, items: np.ndarray) -> np.ndarray:
         """The title of each item id, or "item <id>" without one (object array)."""
         items = np.asarray(items, dtype=str)
-        out = np.array([f"item {item}" for item in items.tolist()], dtype=object)
-        if self.catalog is None or len(items) == 0:
-            return out
+        if self.catalog is None or len(items) == 0 or len(self.catalog.title) == 0:
+            return np.array([f"item {item}" for item in items.tolist()], dtype=object)
         rows = self._index.lookup(items)
-        found = rows >= 0
-        titles = self.catalog.title[rows[found]]
-        named = titles != ""
-        out[np.flatnonzero(found)[named]] = titles[named]
+        out = self.catalog.title[np.maximum(rows, 0)].astype(object)
+        unnamed = np.flatnonzero((rows < 0) | (out == ""))
+        out[unnamed] = [f"item {item}" for item in items[unnamed].tolist()]
         return out
 
     def category(self, item: str) -> str | None:
         """The item's first category, if the catalogue gives one."""
+        return self.categories(np.array([item]))[0]
+
+    def categories(self, items: np.ndarray) -> list[str | None]:
+        """The first category of each item id, or None (one catalogue lookup for all)."""
         if self.catalog is None:
-            return None
-        row = int(self._index.lookup(np.array([item]))[0])
-        if row < 0 or not self.catalog.categories[row]:
-            return None
-        return self.catalog.categories[row][0]
+            return [None] * len(items)
+        rows = self._index.lookup(np.asarray(items, dtype=str)).tolist()
+        every = self.catalog.categories
+        return [every[row][0] if row >= 0 and every[row] else None for row in rows]
 
     def reason(self, kind: str, title: str) -> str:
         """The sentence of a reason that rests on a history item with this title."""
@@ -234,12 +269,20 @@ class Wording:
 
     def popularity(self, item: str, half_life_days: float | None) -> str:
         """ "Trending this week in Groceries", "Popular overall", ..."""
-        category = self.category(item)
-        where = f" in {category}" if category else ""
-        if half_life_days is None:
-            return f"Popular{where}" if where else "Popular overall"
-        period = next((name for days, name in _PERIODS if half_life_days <= days), "")
-        return f"Trending {period}{where}".replace("  ", " ").strip()
+        return self.popularities(np.array([item]), [half_life_days])[0]
+
+    def popularities(self, items: np.ndarray, half_life_days: list[float | None]) -> list[str]:
+        """:meth:`popularity` for each of ``items`` (shape (n,)) with its own half-life
+        (None: not decayed), with one catalogue lookup for all."""
+        out = []
+        for category, half_life in zip(self.categories(items), half_life_days, strict=True):
+            where = f" in {category}" if category else ""
+            if half_life is None:
+                out.append(f"Popular{where}" if where else "Popular overall")
+                continue
+            period = next((name for days, name in _PERIODS if half_life <= days), "")
+            out.append(f"Trending {period}{where}".replace("  ", " ").strip())
+        return out
 
     def exploration(self, propensity: float) -> str:
         return (
@@ -251,40 +294,76 @@ class Wording:
 # ------------------------------------------------------------------------------ building
 
 
-def top_reasons(attribution: Attribution, top: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``top`` history reasons of every (user, item) that raise its score, largest weight
-    first, vectorised over blocks of users of similar history length.
+def top_reasons(
+    attribution: Attribution, top: int, popularity: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``top`` reasons of every (user, item) that raise its score, largest weight first,
+    vectorised over blocks of users of similar history length.
+
+    ``popularity`` (n, k), when given, is one more candidate per item, ranked with the
+    history reasons in the same pass (item -2), so the caller need not merge and sort again.
 
     Returns
     -------
-    items : array of int64, shape (n, k, top)
-        History item of each reason; -1 where there is none (a short or padded history, or
-        no more items with a positive weight).
-    weights : array of float64, shape (n, k, top)
+    items : array of int64, shape (n, k, width)
+        History item of each reason, -2 for the popularity part; -1 where there is none (a
+        short or padded history, or no more candidates with a positive weight). ``width``
+        is ``top``, or fewer when there are fewer candidates.
+    weights : array of float64, shape (n, k, width)
         0 where ``items`` is -1.
     """
     history = attribution.history
     n, h = history.shape
     k = attribution.weights.shape[2]
-    width = min(top, h)
+    extra = 0 if popularity is None else 1
+    width = min(top, h + extra)
+    if n == 0 or width == 0:
+        return np.full((n, k, width), -1, dtype=np.int64), np.zeros((n, k, width))
+    if n <= _BLOCK:  # a request: one block as it comes
+        return _top_reasons(history, attribution.weights, popularity, width)
     items = np.full((n, k, width), -1, dtype=np.int64)
     weights = np.zeros((n, k, width))
-    used = np.where(history >= 0, np.arange(h) + 1, 0).max(axis=1, initial=0)  # columns in use
+    used = np.where(history >= 0, np.arange(h) + 1, 0).max(axis=1)  # columns in use
     order = np.argsort(used, kind="stable")
-    for start in range(0, n, 64):
-        rows = order[start : start + 64]
-        columns = max(int(used[rows].max()), width)
-        if columns == 0:
-            continue
-        read = history[rows, :columns]
-        strength = np.where((read >= 0)[:, :, None], attribution.weights[rows, :columns], -np.inf)
-        best = np.argpartition(-strength, width - 1, axis=1)[:, :width]  # (b, width, k)
-        chosen = np.take_along_axis(strength, best, axis=1)
-        ranked = np.argsort(-chosen, axis=1, kind="stable")
-        best = np.take_along_axis(best, ranked, axis=1)
-        chosen = np.take_along_axis(chosen, ranked, axis=1)
-        found = np.take_along_axis(read[:, :, None], best, axis=1)
-        none = ~(chosen > 0)
-        items[rows] = np.where(none, -1, found).transpose(0, 2, 1)
-        weights[rows] = np.where(none, 0.0, chosen).transpose(0, 2, 1)
+    for start in range(0, n, _BLOCK):
+        rows = order[start : start + _BLOCK]
+        columns = int(used[rows].max())
+        found, chosen = _top_reasons(
+            history[rows, :columns],
+            attribution.weights[rows, :columns],
+            None if popularity is None else popularity[rows],
+            width,
+        )
+        items[rows, :, : found.shape[2]] = found
+        weights[rows, :, : found.shape[2]] = chosen
     return items, weights
+
+
+_BLOCK = 64  # users ranked at once: a block's (users, history, k) tables stay small
+_SORT_ALL = 64  # histories up to this long are sorted whole; longer ones partitioned first
+
+
+def _top_reasons(
+    history: np.ndarray, weights: np.ndarray, popularity: np.ndarray | None, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`top_reasons` of one block: history (b, h), weights (b, h, k), popularity
+    (b, k) or None; returns (b, k, at most ``width``) tables."""
+    b = len(history)
+    strength = np.where((history >= 0)[:, :, None], weights, -np.inf)
+    if popularity is not None:
+        history = np.concatenate([history, np.full((b, 1), -2, dtype=np.int64)], axis=1)
+        strength = np.concatenate([strength, popularity[:, None, :]], axis=1)
+    width = min(width, history.shape[1])
+    strength = -strength.transpose(0, 2, 1)  # (b, k, candidates), most negative first
+    if history.shape[1] <= _SORT_ALL:
+        best = np.argsort(strength, axis=2, kind="stable")[:, :, :width]
+    else:
+        best = np.argpartition(strength, width - 1, axis=2)[:, :, :width]
+        best = np.take_along_axis(
+            best, np.argsort(np.take_along_axis(strength, best, axis=2), axis=2, kind="stable"),
+            axis=2,
+        )  # fmt: skip
+    users = np.arange(b)[:, None, None]
+    chosen = -strength[users, np.arange(strength.shape[1])[None, :, None], best]
+    none = ~(chosen > 0)
+    return np.where(none, -1, history[users, best]), np.where(none, 0.0, chosen)
