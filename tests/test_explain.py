@@ -182,7 +182,7 @@ def test_a_new_item_is_explained_by_text_similarity(shop):
     fresh = next(item for item in shop.catalog.item.tolist() if item not in touched)
     user = shop.events.user[0]
     explanation = model.explain(user, fresh, wording=Wording(shop.catalog))
-    assert explanation.method == "integrated gradients, 16 steps"
+    assert explanation.method == "integrated gradients, 16 Gauss-Legendre nodes"
     history_reasons = [r for r in explanation.reasons if r.item is not None]
     assert history_reasons and {r.kind for r in history_reasons} == {"text"}
     assert history_reasons[0].text.startswith("New, and its description is like that of ")

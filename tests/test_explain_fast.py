@@ -2,8 +2,10 @@
 
 Each test pins a rewritten step to the algorithm it replaced, written out here as the
 reference: ranking the reasons (one pass with the popularity part, instead of ranking the
-history reasons and merging the popularity part after) and MF's solves (one Cholesky
-factorisation per user instead of numpy's LU).
+history reasons and merging the popularity part after), MF's solves (one Cholesky
+factorisation per user instead of numpy's LU), and the transformer's integrated gradients
+(last block for the last position only, one vmapped backward pass for all items, the
+emptied history's hidden state cached by length).
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import pytest
 from lifelong_rec.data import synthetic_stream
 from lifelong_rec.models import BPR, MatrixFactorization, Popularity, Wording
 from lifelong_rec.models.explanation import Attribution, solve_positive, top_reasons
+
+torch = pytest.importorskip("torch")
+from lifelong_rec.models.sequential import SequentialTransformer, _gauss_legendre  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +120,78 @@ def test_mf_split_matches_the_lu_solve_it_replaced(shop):
     np.testing.assert_allclose(
         weights, confidence[:, :, None] * (chosen @ directions), rtol=1e-9, atol=1e-12
     )
+
+
+# ------------------------------------------------------------------------------ transformer
+
+
+@pytest.fixture(scope="module")
+def transformer(shop):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model = SequentialTransformer(
+        max_len=12, dim=16, layers=2, heads=2, epochs=3, text_encoder=None, explain_steps=4,
+        device="cpu", seed=0,
+    )  # fmt: skip
+    yield model.fit(shop.events)
+    torch.set_num_threads(threads)
+
+
+def _reference_gradients(model: SequentialTransformer, users: np.ndarray, items: np.ndarray):
+    """Integrated gradients as computed before: the full encoder, one backward pass per
+    item, the emptied history encoded for every request (same quadrature nodes)."""
+    net = model.net_
+    sequences = torch.as_tensor(model.sequences_[users, 1:])
+    present = sequences > 0
+    net.eval()
+    with torch.no_grad():
+        vectors = net.items()
+        inputs = vectors[sequences]
+        targets = vectors[torch.as_tensor(items + 1)]
+    alphas, quadrature = _gauss_legendre(model.explain_steps, inputs)
+    steps = len(alphas)
+    scaled = (alphas[None, :, None, None] * inputs[:, None]).flatten(0, 1).requires_grad_(True)
+    hidden = net.encode_embedded(scaled, present.repeat_interleave(steps, dim=0))
+    gradients = torch.stack([
+        torch.autograd.grad(hidden[:, -1], scaled, grad_outputs=cotangent, retain_graph=True)[0]
+        for cotangent in targets.transpose(0, 1).repeat_interleave(steps, dim=1)
+    ])  # fmt: skip
+    integral = (gradients.unflatten(1, (len(users), steps)) * quadrature[:, None, None]).sum(2)
+    weights = (inputs[None] * integral).sum(-1).permute(1, 2, 0).detach().double().numpy()
+    with torch.no_grad():
+        empty = net.encode_embedded(torch.zeros_like(inputs), present)[:, -1]
+        baseline = (targets @ empty[:, :, None])[:, :, 0].double().numpy()
+    return weights * (sequences.numpy() > 0)[:, :, None], baseline
+
+
+def test_integrated_gradients_match_the_full_encoder_and_per_item_passes(transformer):
+    users = np.arange(6)
+    items = np.random.default_rng(1).integers(0, len(transformer.items_), (6, 4))
+    history, weights, baseline = transformer._integrated_gradients(users, items)
+    expected_weights, expected_baseline = _reference_gradients(transformer, users, items)
+    np.testing.assert_array_equal(history, transformer.sequences_[users, 1:] - 1)
+    np.testing.assert_allclose(weights, expected_weights, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(baseline, expected_baseline, rtol=1e-4, atol=1e-6)
+
+
+def test_the_last_position_encoder_matches_the_full_one(transformer):
+    net = transformer.net_
+    net.eval()
+    sequences = torch.as_tensor(transformer.sequences_[:20, 1:])
+    with torch.no_grad():
+        embedded = net.items(sequences)
+        full = net.encode_embedded(embedded, sequences > 0)[:, -1]
+        np.testing.assert_allclose(
+            net.encode_last(embedded, sequences > 0).numpy(), full.numpy(), rtol=1e-5, atol=1e-6
+        )
+
+
+def test_the_emptied_history_cache_follows_learning(shop, transformer):
+    model = transformer.clone().fit(shop.events.take(slice(0, 4_000)))
+    users, items = np.arange(3), np.zeros((3, 2), dtype=np.int64)
+    before = model._integrated_gradients(users, items)[2]
+    model.learn(shop.events.take(slice(4_000, 6_000)))
+    _, expected = _reference_gradients(model, users, items)
+    after = model._integrated_gradients(users, items)[2]
+    np.testing.assert_allclose(after, expected, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(after, before)
