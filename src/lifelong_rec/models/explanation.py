@@ -323,7 +323,7 @@ def top_reasons(
         return _top_reasons(history, attribution.weights, popularity, width)
     items = np.full((n, k, width), -1, dtype=np.int64)
     weights = np.zeros((n, k, width))
-    used = np.where(history >= 0, np.arange(h) + 1, 0).max(axis=1)  # columns in use
+    used = np.where(history >= 0, np.arange(h) + 1, 0).max(axis=1, initial=0)  # columns in use
     order = np.argsort(used, kind="stable")
     for start in range(0, n, _BLOCK):
         rows = order[start : start + _BLOCK]
