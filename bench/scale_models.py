@@ -9,6 +9,8 @@ visitor's event, follow the catalogue's power-law popularity. Events are learned
 order in batches of ``--batch`` (a learner catching up on a log), by each configuration in a
 process of its own:
 
+- ``pop`` (decayed popularity, 7-day half-life): the reference every user without factors
+  gets, and a floor for the others;
 - ``mf``: every id gets factors at once and is kept forever;
 - ``mf(admit_after=2, expire_after_days=7)``: an id gets factors at its second sighting, and
   ids idle for 7 days of stream time are dropped.
@@ -39,7 +41,7 @@ from lifelong_rec.events import EventBatch
 from lifelong_rec.models import parse_model
 from lifelong_rec.models.bounded import footprint
 
-CONFIGURATIONS = ("mf", "mf(admit_after=2, expire_after_days=7)")
+CONFIGURATIONS = ("pop", "mf", "mf(admit_after=2, expire_after_days=7)")
 CLUSTERS = 1_000
 TASTE_SHARE = 0.6
 
@@ -105,7 +107,7 @@ def run(
         "model_mib": round(footprint(model) / 2**20, 1),
         "peak_rss_mib": round(peak / 1024, 1),
         "peak_rss_growth_mib": round((peak - baseline) / 1024, 1),
-        "bounded": dict(model.memory_),
+        "bounded": dict(getattr(model, "memory_", {})),
         "queries_user_held": round(float(held.mean()), 4) if len(held) else None,
         "ndcg@10_recent": round(float(np.mean(gains)), 4) if gains else None,
     }
@@ -141,8 +143,10 @@ def main() -> int:
         out = context.Queue()
         child = context.Process(target=run, args=(spec, events, queries, args, out))
         child.start()
-        results.append(out.get())
         child.join()
+        if child.exitcode != 0:
+            raise RuntimeError(f"{spec}: the run failed (exit code {child.exitcode})")
+        results.append(out.get(timeout=60))
         print(results[-1], flush=True)
     report("scale_models" + (f"-{args.tag}" if args.tag else ""), {
         "stream": {"users": args.users, "items": args.items, "events": len(events),
