@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from test_service import stream_rows, wait_until
 
 from lifelong_rec.data import synthetic_stream
-from lifelong_rec.models import MatrixFactorization, Recommender, parse_model
+from lifelong_rec.models import BPR, MatrixFactorization, Recommender, parse_model
 from lifelong_rec.models.mf import SessionMatrixFactorization
 from lifelong_rec.models.retrieval import IVFIndex, make_retrieval
 from lifelong_rec.service import Settings, create_app
@@ -71,10 +71,18 @@ def test_below_min_items_there_is_no_index_and_models_rank_exactly() -> None:
     assert index.ready
 
 
-@pytest.mark.parametrize("model_class", [MatrixFactorization, SessionMatrixFactorization])
-def test_mf_ranks_through_the_index_as_it_ranks_exactly(model_class, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("model_class", "params"),
+    [
+        (MatrixFactorization, {"factors": 8, "iterations": 4}),
+        (SessionMatrixFactorization, {"factors": 8, "iterations": 4}),
+        (BPR, {"factors": 8, "epochs": 3}),  # the bias searched as one more dimension
+    ],
+)
+def test_factor_models_rank_through_the_index_as_they_rank_exactly(
+    model_class, params, tmp_path: Path
+) -> None:
     stream = synthetic_stream(n_users=120, n_items=300, n_events=5_000, seed=7).events
-    params = {"factors": 8, "iterations": 4}
     exact = model_class(**params).fit(stream.take(slice(0, 3_000)))
     indexed = model_class(**params, retrieval=EVERY_LIST).fit(stream.take(slice(0, 3_000)))
     users = np.append(np.unique(stream.user), "nobody")

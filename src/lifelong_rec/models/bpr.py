@@ -7,6 +7,7 @@ import numpy as np
 from lifelong_rec.checks import check_positive_ints
 from lifelong_rec.models.base import IndexedEvents, Recommender
 from lifelong_rec.models.explanation import Attribution, by_length, cosine, pad_rows
+from lifelong_rec.models.retrieval import Stacked, make_retrieval
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -36,6 +37,11 @@ class BPR(Recommender):
     init_scale : float
     seed : int
     fallback_half_life_days : float or None
+    retrieval : str, optional
+        How the top-k items are found: None or ``"exact"`` scores every item; ``"ivf"`` keeps
+        an approximate index of ``[q_i, b_i]`` (the bias as one more dimension, searched with
+        ``[p_u, 1]``), in step with every step, as ``mf(retrieval=...)`` does (needs
+        ``lifelong-rec[ann]``). Scoring, explaining and candidate lists stay exact.
     """
 
     name = "bpr"
@@ -52,7 +58,9 @@ class BPR(Recommender):
         init_scale: float = 0.1,
         seed: int = 0,
         fallback_half_life_days: float | None = 7.0,
+        retrieval: str | None = None,
     ) -> None:
+        make_retrieval(retrieval)  # checks the spec (and that faiss is there) now
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         check_positive_ints(
@@ -74,6 +82,7 @@ class BPR(Recommender):
         self.init_scale = init_scale
         self.seed = seed
         self.fallback_half_life_days = fallback_half_life_days
+        self.retrieval = retrieval
 
     @classmethod
     def _unit_test_params(cls) -> dict[str, object]:
@@ -92,8 +101,11 @@ class BPR(Recommender):
         self.steps_ = np.zeros(1, dtype=np.int64)  # optimiser steps taken (also seeds batches)
         self._anchors: dict[str, np.ndarray] = {}  # parameters to pull toward, by table
         self._pull = 0.0
+        # the approximate top-k index of [q_i, b_i] (None: every item is scored)
+        self.index_ = make_retrieval(self.retrieval)
 
     def _grow(self, n_users: int, n_items: int) -> None:
+        known = len(self.item_factors_)
         for table, n in (
             ("user_factors", n_users),
             ("item_factors", n_items),
@@ -114,14 +126,19 @@ class BPR(Recommender):
                 self.moments_[key] = np.vstack(
                     [self.moments_[key], np.zeros((extra, current.shape[1]), dtype=np.float32)]
                 )
+        if n_items > known:
+            self._sync_index(np.arange(known, n_items))
 
     # -------------------------------------------------------------- training
 
     def _fit(self, events: IndexedEvents) -> None:
         pairs = self.history_.tocsr().tocoo()
         users, items = pairs.row.astype(np.int64), pairs.col.astype(np.int64)
+        index, self.index_ = self.index_, None  # not moved step by step: trained once, after
         for _ in range(self.epochs):
             self._passes(users, items)
+        self.index_ = index
+        self._sync_index(None)
 
     def _learn(self, events: IndexedEvents) -> None:
         positive = events.positive
@@ -172,6 +189,7 @@ class BPR(Recommender):
             starts = np.flatnonzero(np.concatenate([[True], rows[1:] != rows[:-1]]))
             summed = np.add.reduceat(np.concatenate([g for _, g in parts])[order], starts, axis=0)
             self._apply(table, rows[starts], summed)  # one summed gradient per touched row
+        self._sync_index(np.concatenate([positives, negatives]))
 
     def _apply(self, table: str, rows: np.ndarray, gradient: np.ndarray) -> None:
         values = getattr(self, f"{table}_")
@@ -205,6 +223,36 @@ class BPR(Recommender):
         scores = self.user_factors_[user_index] @ self.item_factors_[item_index].T
         return scores + self.item_bias_[item_index, 0]
 
+    # -------------------------------------------------------------- approximate top-k
+
+    def _item_table(self) -> Stacked:
+        """What the index holds: ``[q_i, b_i]`` per item."""
+        return Stacked(self.item_factors_, self.item_bias_)
+
+    def _sync_index(self, rows: np.ndarray | None) -> None:
+        """Bring the index in step after ``rows`` of the item tables changed (None: all)."""
+        if self.index_ is not None:
+            self.index_.sync(self._item_table(), rows)
+
+    def _retrieves(self) -> bool:
+        return self.index_ is not None and self.index_.ready
+
+    def _retrieve(
+        self, user_index: np.ndarray, depth: int, width: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        assert self.index_ is not None
+        queries = np.hstack([self.user_factors_[user_index], np.ones((len(user_index), 1))])
+        return self.index_.search(queries, depth, width)
+
+    def check_recall(self) -> float | None:
+        """The approximate index's running recall@k on live queries (see
+        :meth:`~lifelong_rec.models.retrieval.IVFIndex.check_recall`); None when every item
+        is scored exactly, or nothing has been checked yet."""
+        if not self._retrieves():
+            return None
+        assert self.index_ is not None
+        return self.index_.check_recall(self._item_table())
+
     def _attribute(self, users: np.ndarray, items: np.ndarray) -> Attribution:
         """The item bias exactly (as popularity), and the history items by the dot product of
         their factors with the item's. The latter is not a split of the score: a BPR user
@@ -231,9 +279,9 @@ class BPR(Recommender):
 
     def _state(self) -> dict[str, np.ndarray]:
         state = {table: getattr(self, f"{table}_") for table in self._TABLES}
-        return (
-            state | {f"moments.{k}": v for k, v in self.moments_.items()} | {"steps": self.steps_}
-        )
+        index = {} if self.index_ is None else {"retrieval": self.index_.to_bytes()}
+        moments = {f"moments.{k}": v for k, v in self.moments_.items()}
+        return state | moments | {"steps": self.steps_} | index
 
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
         for table in self._TABLES:
@@ -244,3 +292,6 @@ class BPR(Recommender):
             if k.startswith("moments.")
         }
         self.steps_ = arrays["steps"].astype(np.int64)
+        self.index_ = make_retrieval(self.retrieval)
+        if self.index_ is not None:
+            self.index_.restore(arrays.get("retrieval", np.zeros(0, np.uint8)), self._item_table())

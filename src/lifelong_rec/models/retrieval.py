@@ -36,6 +36,43 @@ from lifelong_rec.specs import parse_spec
 _PENDING = 64  # queries kept for the recall check at most (the newest win)
 
 
+class Stacked:
+    """A table of columns side by side, ``[factors | bias]``, gathered only for the rows
+    asked: a model that scores ``q_i . p_u + b_i`` (BPR) searches the inner product of
+    ``[q_i, b_i]`` with ``[p_u, 1]`` without keeping a stacked copy of its item table.
+
+    >>> table = Stacked(np.ones((3, 2), np.float32), np.arange(3, dtype=np.float32)[:, None])
+    >>> table.shape, table[np.array([2])].tolist(), (table @ np.array([1.0, 1.0, 1.0])).tolist()
+    ((3, 3), [[1.0, 1.0, 2.0]], [2.0, 3.0, 4.0])
+    """
+
+    def __init__(self, *parts: np.ndarray) -> None:
+        self.parts = parts
+
+    def __len__(self) -> int:
+        return len(self.parts[0])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self), sum(part.shape[1] for part in self.parts)
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        return np.hstack([part[rows] for part in self.parts])
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        return np.hstack(self.parts).astype(np.float32 if dtype is None else dtype)
+
+    def __matmul__(self, vector: np.ndarray) -> np.ndarray:
+        ends = np.cumsum([part.shape[1] for part in self.parts])
+        return sum(
+            (
+                part @ vector[end - part.shape[1] : end]
+                for part, end in zip(self.parts, ends, strict=True)
+            ),
+            start=np.zeros(len(self)),
+        )
+
+
 class IVFIndex:
     """Approximate maximum-inner-product search (faiss IVF-Flat) over a changing table.
 
@@ -100,7 +137,7 @@ class IVFIndex:
 
     # -------------------------------------------------------------- keeping in step
 
-    def sync(self, table: np.ndarray, rows: np.ndarray | None = None) -> None:
+    def sync(self, table: np.ndarray | Stacked, rows: np.ndarray | None = None) -> None:
         """Bring the index in step with ``table`` (items x dimensions) after its ``rows``
         changed or were added (None: all of them, as after a full training)."""
         n = len(table)
@@ -115,7 +152,7 @@ class IVFIndex:
             self._index.remove_ids(rows)
             self._index.add_with_ids(np.ascontiguousarray(table[rows], dtype=np.float32), rows)
 
-    def _train(self, table: np.ndarray) -> None:
+    def _train(self, table: np.ndarray | Stacked) -> None:
         faiss = self._faiss
         n, dim = table.shape
         lists = self.lists or int(4 * np.sqrt(n))
@@ -168,7 +205,7 @@ class IVFIndex:
 
     # -------------------------------------------------------------- recall
 
-    def check_recall(self, table: np.ndarray) -> float | None:
+    def check_recall(self, table: np.ndarray | Stacked) -> float | None:
         """Check the queries kept aside against the exact top-k of ``table`` (the table they
         were searched in) and return the running recall@k (None: nothing checked yet). An
         exact scan per query: run it off the request path."""
@@ -200,7 +237,7 @@ class IVFIndex:
             return np.zeros(0, dtype=np.uint8)
         return np.asarray(self._faiss.serialize_index(self._index), dtype=np.uint8)
 
-    def restore(self, data: np.ndarray, table: np.ndarray) -> None:
+    def restore(self, data: np.ndarray, table: np.ndarray | Stacked) -> None:
         """Take a serialised index back, or build one from ``table`` if there is none (or it
         does not hold the table's rows)."""
         if len(data):
