@@ -132,7 +132,8 @@ def compact(model: Recommender, keep_users: np.ndarray, keep_items: np.ndarray) 
 
 def footprint(model: Recommender) -> int:
     """Bytes held by ``model``'s arrays: its indexes, histories and counts, and its own
-    state (``_own_bytes``)."""
+    state (``_own_bytes``), counted by the rows in use (spare room that a table grows into is
+    not counted)."""
     held = model.users_.nbytes + model.items_.nbytes
     held += model.history_.nbytes + model.last_seen_.nbytes
     held += model.history_size_.nbytes + model.popularity_.counts.nbytes
