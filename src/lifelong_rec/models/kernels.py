@@ -4,11 +4,12 @@ A single event touches one user and one item: a handful of short rows. Written w
 gathering those rows from a growing sparse matrix and solving their normal equations takes a
 few dozen array calls, each costing microseconds of overhead for nanoseconds of arithmetic;
 on ML-100K that overhead was most of matrix factorisation's 0.7 ms per event. Here each of the
-two steps is one compiled call that loops over the rows. Large problems (a full fit, a replay
-of thousands of rows) keep the vectorised numpy and BLAS code, which is faster at scale.
+two steps is one compiled call that loops over the rows, with BLAS for each row's products;
+it is faster than the vectorised numpy it replaced for large problems too (a full fit, the
+fold of a sparse matrix's pending increments).
 
-The kernels are compiled on first use and cached on disk next to this file (``cache=True``),
-and they release the GIL, so request threads reading a served snapshot are not held up.
+The kernels are compiled on first use and cached on disk (``cache=True``: next to this file,
+or numba's user cache where that is read-only), and they release the GIL.
 """
 
 from __future__ import annotations
