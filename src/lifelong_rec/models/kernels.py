@@ -43,25 +43,22 @@ def gather_rows(
     order = np.argsort(index, kind="mergesort")
     by_row = index[order]
     first, last = (by_row[0], by_row[-1]) if n else (0, -1)
+    lows = np.zeros(len(pending_rows), dtype=np.int64)  # each increment's span of by_row
+    highs = np.zeros(len(pending_rows), dtype=np.int64)
     counts = np.zeros(n, dtype=np.int64)
     for p in range(len(pending_rows)):
-        if pending_rows[p] < first or pending_rows[p] > last:
-            continue
-        lo = np.searchsorted(by_row, pending_rows[p], side="left")
-        hi = np.searchsorted(by_row, pending_rows[p], side="right")
-        for q in range(lo, hi):
-            counts[order[q]] += 1
+        if first <= pending_rows[p] <= last:
+            lows[p] = np.searchsorted(by_row, pending_rows[p], side="left")
+            highs[p] = np.searchsorted(by_row, pending_rows[p], side="right")
+            for q in range(lows[p], highs[p]):
+                counts[order[q]] += 1
     starts = np.zeros(n + 1, dtype=np.int64)
     for i in range(n):
         starts[i + 1] = starts[i] + counts[i]
     members = np.empty(starts[n], dtype=np.int64)  # per position, its increments in time order
     filled = starts[:-1].copy()
     for p in range(len(pending_rows)):
-        if pending_rows[p] < first or pending_rows[p] > last:
-            continue
-        lo = np.searchsorted(by_row, pending_rows[p], side="left")
-        hi = np.searchsorted(by_row, pending_rows[p], side="right")
-        for q in range(lo, hi):
+        for q in range(lows[p], highs[p]):
             members[filled[order[q]]] = p
             filled[order[q]] += 1
 
