@@ -7,12 +7,12 @@ import numpy as np
 from lifelong_rec.checks import check_positive_ints
 from lifelong_rec.models.base import IndexedEvents, Recommender
 from lifelong_rec.models.explanation import Attribution, by_length, cosine, pad_rows
-from lifelong_rec.models.retrieval import Stacked, make_retrieval
+from lifelong_rec.models.retrieval import IndexedItems, Stacked, make_retrieval
 
 OPTIMIZERS = ("adam", "sgd")
 
 
-class BPR(Recommender):
+class BPR(IndexedItems, Recommender):
     """Matrix factorisation with item biases, trained on the BPR loss (Rendle et al., UAI 2009).
 
     For an observed pair (u, i) and a sampled item j, the loss is ``-log sigmoid(x_ui - x_uj)``
@@ -138,7 +138,7 @@ class BPR(Recommender):
         for _ in range(self.epochs):
             self._passes(users, items)
         self.index_ = index
-        self._sync_index(None)
+        self._sync_index()
 
     def _learn(self, events: IndexedEvents) -> None:
         positive = events.positive
@@ -229,29 +229,8 @@ class BPR(Recommender):
         """What the index holds: ``[q_i, b_i]`` per item."""
         return Stacked(self.item_factors_, self.item_bias_)
 
-    def _sync_index(self, rows: np.ndarray | None) -> None:
-        """Bring the index in step after ``rows`` of the item tables changed (None: all)."""
-        if self.index_ is not None:
-            self.index_.sync(self._item_table(), rows)
-
-    def _retrieves(self) -> bool:
-        return self.index_ is not None and self.index_.ready
-
-    def _retrieve(
-        self, user_index: np.ndarray, depth: int, width: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        assert self.index_ is not None
-        queries = np.hstack([self.user_factors_[user_index], np.ones((len(user_index), 1))])
-        return self.index_.search(queries, depth, width)
-
-    def check_recall(self) -> float | None:
-        """The approximate index's running recall@k on live queries (see
-        :meth:`~lifelong_rec.models.retrieval.IVFIndex.check_recall`); None when every item
-        is scored exactly, or nothing has been checked yet."""
-        if not self._retrieves():
-            return None
-        assert self.index_ is not None
-        return self.index_.check_recall(self._item_table())
+    def _queries(self, user_index: np.ndarray) -> np.ndarray:
+        return np.hstack([self.user_factors_[user_index], np.ones((len(user_index), 1))])
 
     def _attribute(self, users: np.ndarray, items: np.ndarray) -> Attribution:
         """The item bias exactly (as popularity), and the history items by the dot product of
@@ -279,7 +258,7 @@ class BPR(Recommender):
 
     def _state(self) -> dict[str, np.ndarray]:
         state = {table: getattr(self, f"{table}_") for table in self._TABLES}
-        index = {} if self.index_ is None else {"retrieval": self.index_.to_bytes()}
+        index = self._index_state()
         moments = {f"moments.{k}": v for k, v in self.moments_.items()}
         return state | moments | {"steps": self.steps_} | index
 
@@ -292,6 +271,4 @@ class BPR(Recommender):
             if k.startswith("moments.")
         }
         self.steps_ = arrays["steps"].astype(np.int64)
-        self.index_ = make_retrieval(self.retrieval)
-        if self.index_ is not None:
-            self.index_.restore(arrays.get("retrieval", np.zeros(0, np.uint8)), self._item_table())
+        self._restore_index(arrays)

@@ -17,7 +17,7 @@ from lifelong_rec.models.explanation import (
     solve_positive,
 )
 from lifelong_rec.models.kernels import solve_rows
-from lifelong_rec.models.retrieval import make_retrieval
+from lifelong_rec.models.retrieval import IndexedItems, make_retrieval
 from lifelong_rec.models.sparse import GrowingSparse, RowBlock
 
 #: what ``memory_`` counts: events of ids not admitted yet, ids expired, bytes they freed
@@ -43,7 +43,7 @@ def _appended(table: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return room[: n + extra]
 
 
-class MatrixFactorization(Recommender):
+class MatrixFactorization(IndexedItems, Recommender):
     """Implicit-feedback matrix factorisation (Hu, Koren and Volinsky, ICDM 2008).
 
     Each observed (user, item) pair has confidence ``c = 1 + alpha * w`` (``w``: the summed
@@ -200,8 +200,7 @@ class MatrixFactorization(Recommender):
             fresh = rng.normal(0.0, self.init_scale, size=(new_items, self.factors))
             self.item_factors_ = _appended(self.item_factors_, fresh.astype(np.float32))
             self._item_gram += fresh.T @ fresh
-            if self.index_ is not None:
-                self.index_.sync(self.item_factors_, np.arange(n_items - new_items, n_items))
+            self._sync_index(np.arange(n_items - new_items, n_items))
         self.item_history_.grow(n_items, n_users)
         for side, n in (("users", n_users), ("items", n_items)):
             for key in (side, f"{side}_solved", f"{side}_last"):
@@ -255,9 +254,7 @@ class MatrixFactorization(Recommender):
                 self._anchors[side] = anchored[rows[rows < len(anchored)]]
         self._user_gram = self._gram(self.user_factors_)
         self._item_gram = self._gram(self.item_factors_)
-        self.index_ = make_retrieval(self.retrieval)
-        if self.index_ is not None:
-            self.index_.sync(self.item_factors_)
+        self._sync_index()  # the rows were renumbered: clusters trained again
 
     def _own_bytes(self) -> int:
         arrays: list[np.ndarray] = [self.user_factors_, self.item_factors_,
@@ -293,8 +290,7 @@ class MatrixFactorization(Recommender):
         )  # fmt: skip
         self._user_gram = self._gram(self.user_factors_)
         self._item_gram = self._gram(self.item_factors_)
-        if self.index_ is not None:
-            self.index_.sync(self.item_factors_)
+        self._sync_index()
         for side, matrix in (("users", self.history_), ("items", self.item_history_)):
             self.weights_[side] = np.asarray(matrix.tocsr().sum(axis=1), dtype=np.float64).ravel()
             self.weights_[f"{side}_solved"] = self.weights_[side].copy()
@@ -390,8 +386,8 @@ class MatrixFactorization(Recommender):
             anchor,
         )  # fmt: skip
         factors[rows] = new
-        if side == "items" and self.index_ is not None:
-            self.index_.sync(factors, rows)
+        if side == "items":
+            self._sync_index(rows)
         new = new.astype(np.float64)
         own_gram += new.T @ new - old.T @ old
 
@@ -447,23 +443,11 @@ class MatrixFactorization(Recommender):
     def _score(self, user_index: np.ndarray, item_index: np.ndarray | slice) -> np.ndarray:
         return self.user_factors_[user_index] @ self.item_factors_[item_index].T
 
-    def _retrieves(self) -> bool:
-        return self.index_ is not None and self.index_.ready
+    def _item_table(self) -> np.ndarray:
+        return self.item_factors_
 
-    def _retrieve(
-        self, user_index: np.ndarray, depth: int, width: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        assert self.index_ is not None
-        return self.index_.search(self.user_factors_[user_index], depth, width)
-
-    def check_recall(self) -> float | None:
-        """The approximate index's running recall@k on live queries (see
-        :meth:`~lifelong_rec.models.retrieval.IVFIndex.check_recall`); None when every item
-        is scored exactly, or nothing has been checked yet."""
-        if not self._retrieves():
-            return None
-        assert self.index_ is not None
-        return self.index_.check_recall(self.item_factors_)
+    def _queries(self, user_index: np.ndarray) -> np.ndarray:
+        return self.user_factors_[user_index]
 
     def _attribute(self, users: np.ndarray, items: np.ndarray) -> Attribution:
         """The exact split of the fold-in score over the history (as implicit's ALS explain).
@@ -528,7 +512,7 @@ class MatrixFactorization(Recommender):
         # bit as the saved one would have.
         grams = {"user_gram": self._user_gram, "item_gram": self._item_gram}
         factors = {"user_factors": self.user_factors_, "item_factors": self.item_factors_}
-        index = {} if self.index_ is None else {"retrieval": self.index_.to_bytes()}
+        index = self._index_state()
         bounded = {"memory": np.array([self.memory_[key] for key in MEMORY_COUNTS])}
         if self.sightings_ is not None:
             bounded["sightings"] = self.sightings_.counts_
@@ -550,9 +534,7 @@ class MatrixFactorization(Recommender):
         self.item_history_.add(coo.row.astype(np.int64), coo.col.astype(np.int64), coo.data)
         self._user_gram = arrays["user_gram"].astype(np.float64)
         self._item_gram = arrays["item_gram"].astype(np.float64)
-        self.index_ = make_retrieval(self.retrieval)
-        if self.index_ is not None:
-            self.index_.restore(arrays.get("retrieval", np.zeros(0, np.uint8)), self.item_factors_)
+        self._restore_index(arrays)
         counts = arrays.get("memory", np.zeros(len(MEMORY_COUNTS), dtype=np.int64))
         self.memory_ = {key: int(count) for key, count in zip(MEMORY_COUNTS, counts, strict=True)}
         self.sightings_ = Sightings() if self.admit_after > 1 else None

@@ -306,3 +306,57 @@ def _import_faiss() -> Any:
             "retrieval='ivf' needs faiss: pip install 'lifelong-rec[ann]' (faiss-cpu)"
         ) from error
     return faiss
+
+
+class IndexedItems:
+    """What a factor model that scores ``query(u) . row(i)`` needs to rank through an
+    :class:`IVFIndex`: the recommend hooks, the recall check, and saving the index. Mixed in
+    before :class:`~lifelong_rec.models.base.Recommender`; the model sets ``retrieval`` and
+    ``index_`` (``make_retrieval(retrieval)``), says what the index holds
+    (:meth:`_item_table`) and what it is searched with (:meth:`_queries`), and calls
+    :meth:`_sync_index` whenever item rows change or arrive."""
+
+    retrieval: str | None
+    index_: IVFIndex | None
+
+    def _item_table(self) -> np.ndarray | Stacked:
+        """The rows the index holds, one per item."""
+        raise NotImplementedError
+
+    def _queries(self, user_index: np.ndarray) -> np.ndarray:
+        """The users' query vectors."""
+        raise NotImplementedError
+
+    def _sync_index(self, rows: np.ndarray | None = None) -> None:
+        """Bring the index in step after item ``rows`` changed or arrived (None: all of them,
+        retraining its clusters)."""
+        if self.index_ is not None:
+            self.index_.sync(self._item_table(), rows)
+
+    def _retrieves(self) -> bool:
+        return self.index_ is not None and self.index_.ready
+
+    def _retrieve(
+        self, user_index: np.ndarray, depth: int, width: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        assert self.index_ is not None
+        return self.index_.search(self._queries(user_index), depth, width)
+
+    def check_recall(self) -> float | None:
+        """The approximate index's running recall@k on live queries (see
+        :meth:`IVFIndex.check_recall`); None when every item is scored exactly, or nothing
+        has been checked yet."""
+        if not self._retrieves():
+            return None
+        assert self.index_ is not None
+        return self.index_.check_recall(self._item_table())
+
+    def _index_state(self) -> dict[str, np.ndarray]:
+        """The serialised index, for the model's saved arrays (none when ranking exactly)."""
+        return {} if self.index_ is None else {"retrieval": self.index_.to_bytes()}
+
+    def _restore_index(self, arrays: dict[str, np.ndarray]) -> None:
+        """The index from the saved arrays (built from the table if they hold none)."""
+        self.index_ = make_retrieval(self.retrieval)
+        if self.index_ is not None:
+            self.index_.restore(arrays.get("retrieval", np.zeros(0, np.uint8)), self._item_table())
