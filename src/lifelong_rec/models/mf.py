@@ -184,6 +184,7 @@ class MatrixFactorization(IndexedItems, Recommender):
         self.sightings_ = Sightings() if self.admit_after > 1 else None
         self.memory_ = dict.fromkeys(MEMORY_COUNTS, 0)
         self._expiry_checked = -np.inf  # the stream time idle ids were last looked for
+        self._latest = -np.inf  # the latest event time noted (where ids expire)
 
     def _grow(self, n_users: int, n_items: int) -> None:
         # Tables grow into spare room (see _appended): a stream that brings new users in every
@@ -222,6 +223,7 @@ class MatrixFactorization(IndexedItems, Recommender):
         if self.expire_after_days is not None and len(events.timestamp):
             np.maximum.at(self.weights_["users_last"], events.user, events.timestamp)
             np.maximum.at(self.weights_["items_last"], events.item, events.timestamp)
+            self._latest = max(self._latest, float(events.timestamp.max()))
 
     def _expire_idle(self) -> None:
         """Every eighth of ``expire_after_days`` of stream time, drop the ids idle for
@@ -229,7 +231,7 @@ class MatrixFactorization(IndexedItems, Recommender):
         if self.expire_after_days is None:
             return
         user_last, item_last = self.weights_["users_last"], self.weights_["items_last"]
-        now = float(max(user_last.max(initial=-np.inf), item_last.max(initial=-np.inf)))
+        now = self._latest  # kept as events arrive: no scan of every id per update
         seconds = self.expire_after_days * 86_400.0
         if not now - self._expiry_checked >= seconds / 8:
             return
@@ -541,6 +543,8 @@ class MatrixFactorization(IndexedItems, Recommender):
         if self.sightings_ is not None and "sightings" in arrays:
             self.sightings_.set_state({"counts": arrays["sightings"]})
         self._expiry_checked = -np.inf
+        self._latest = float(max(self.weights_["users_last"].max(initial=-np.inf),
+                                 self.weights_["items_last"].max(initial=-np.inf)))  # fmt: skip
 
 
 class SessionMatrixFactorization(MatrixFactorization):
