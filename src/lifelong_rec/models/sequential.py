@@ -10,8 +10,9 @@ represented by its text alone and is recommendable the moment the catalogue name
 from __future__ import annotations
 
 import copy
+import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -39,9 +40,17 @@ class SequentialTransformer(Recommender):
 
     Training. Each user's positive events, in time order, are cut into windows of
     ``max_len + 1`` items; every position predicts the next item. The loss is the softmax
-    cross-entropy over the whole catalogue (``loss="softmax"``) or over the target and
-    ``negatives`` uniformly sampled items shared by the batch (``loss="sampled"``, for large
-    catalogues). Adam or AdamW, dropout, layer norm, learned positions. With a text encoder,
+    cross-entropy over the whole catalogue (``loss="softmax"``) or a sampled softmax
+    (``loss="sampled"``, for large catalogues: a step's cost does not grow with the number of
+    items). The sampled softmax scores each target against candidates shared by the batch:
+    the batch's other targets (in-batch negatives, drawn in proportion to the items'
+    popularity) and ``negatives`` items drawn uniformly. With the log-Q correction each
+    candidate's logit is lowered by the log of the probability that it was drawn, so that the
+    sum over the candidates is an unbiased (Horvitz-Thompson) estimate of the full softmax's
+    partition sum; without it, popular items (drawn often as in-batch negatives) are pushed
+    down too hard. When ``negatives`` is at least the number of items, every item is a
+    candidate and the sampled softmax is the full one. Adam or AdamW, dropout, layer norm,
+    learned positions. With a text encoder,
     ``id_dropout`` of the items lose their id embedding at each step, so the text projection
     learns to stand for an item alone, as it must for a new one.
 
@@ -74,7 +83,13 @@ class SequentialTransformer(Recommender):
     dropout : float
     loss : {"softmax", "sampled"}
     negatives : int
-        Sampled negatives per batch when ``loss="sampled"``.
+        Uniformly drawn negatives per batch when ``loss="sampled"`` (with replacement;
+        duplicates count once).
+    in_batch_negatives : bool
+        ``loss="sampled"``: the batch's targets are candidates for every position too.
+    log_q_correction : bool
+        ``loss="sampled"``: subtract the log of each candidate's probability of being drawn
+        from its logit (Yi et al., RecSys 2019; Bengio & Senecal, 2008).
     optimizer : {"adam", "adamw"}
     learning_rate, weight_decay : float
     epochs : int
@@ -110,6 +125,9 @@ class SequentialTransformer(Recommender):
         Each user's latest item rows (item index + 1), right-aligned, 0 = padding.
     training_log_ : list of dict
         Per epoch of the last ``fit``: mean loss, seconds, training targets per second.
+    item_counts_ : tensor of float64, shape (capacity + 1,)
+        Positive events learned per item row (row 0: padding): the popularity from which
+        in-batch negatives are drawn, for the log-Q correction.
     """
 
     name = "transformer"
@@ -123,6 +141,8 @@ class SequentialTransformer(Recommender):
         dropout: float = 0.2,
         loss: str = "softmax",
         negatives: int = 256,
+        in_batch_negatives: bool = True,
+        log_q_correction: bool = True,
         optimizer: str = "adam",
         learning_rate: float = 1e-3,
         weight_decay: float = 0.0,
@@ -156,6 +176,10 @@ class SequentialTransformer(Recommender):
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
         if not init_std > 0:
             raise ValueError(f"init_std must be > 0, got {init_std!r}")
+        for name, flag in (("in_batch_negatives", in_batch_negatives),
+                           ("log_q_correction", log_q_correction)):  # fmt: skip
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be True or False, got {flag!r}")
         if not isinstance(update_steps, int) or isinstance(update_steps, bool) or update_steps < 0:
             raise ValueError(f"update_steps must be an integer >= 0, got {update_steps!r}")
         self._encoder = None if text_encoder is None else make_text_encoder(text_encoder)
@@ -167,6 +191,8 @@ class SequentialTransformer(Recommender):
         self.dropout = dropout
         self.loss = loss
         self.negatives = negatives
+        self.in_batch_negatives = in_batch_negatives
+        self.log_q_correction = log_q_correction
         self.optimizer = optimizer
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
@@ -260,6 +286,8 @@ class SequentialTransformer(Recommender):
         self.optimizer_ = self._new_optimizer()
         self.sequences_ = np.zeros((0, self.max_len + 1), dtype=np.int64)  # item row, 0 = pad
         self.steps_ = np.zeros(1, dtype=np.int64)  # optimiser steps taken (also seeds them)
+        self.item_counts_ = torch.zeros(1, dtype=torch.float64, device=self._device)
+        self._counted = 0.0  # item_counts_.sum(), kept as events are counted
         self._teacher: tuple[SequenceNet, int] | None = None  # (snapshot, its item count)
         self._distill = 0.0
         self._items_in_net = 0  # items whose rows the network has (text filled in)
@@ -280,6 +308,9 @@ class SequentialTransformer(Recommender):
             # Seeded by the first new row, so growth does not depend on the call history.
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.net_.capacity)
             self._grow_parameter(capacity, generator)
+        if len(self.item_counts_) < self.net_.capacity + 1:
+            extra = self.net_.capacity + 1 - len(self.item_counts_)
+            self.item_counts_ = torch.cat([self.item_counts_, self.item_counts_.new_zeros(extra)])
         self._items_in_net = n_items
         self._fill_text(np.arange(old_items, n_items))
         self._changed()
@@ -354,7 +385,10 @@ class SequentialTransformer(Recommender):
         """Append item ``rows`` to the users' sequences; both sorted by user, then time."""
         if len(users):
             _append_in_place(self.sequences_, users, rows)
-            touched = torch.as_tensor(np.unique(rows), device=self._device)
+            touched_rows, counts = np.unique(rows, return_counts=True)
+            touched = torch.as_tensor(touched_rows, device=self._device)
+            self.item_counts_[touched] += torch.as_tensor(counts, device=self._device).double()
+            self._counted += float(len(rows))
             first_time = touched[~self.net_.interacted[touched]]
             if len(first_time):  # their id embeddings start to count
                 self.net_.interacted[first_time] = True
@@ -367,20 +401,32 @@ class SequentialTransformer(Recommender):
             for _ in range(steps):
                 self._step(windows)
 
-    def _step(self, windows: np.ndarray) -> tuple[torch.Tensor, int]:
+    def _step(
+        self,
+        windows: np.ndarray,
+        forward: Callable[..., torch.Tensor] | None = None,
+        seed_offset: int = 0,
+    ) -> tuple[torch.Tensor, int]:
         """One optimiser step on windows of item rows, shape (batch, max_len + 1); returns
-        the loss (a detached tensor, not synced) and the number of targets."""
+        the loss (a detached tensor, not synced) and the number of targets.
+
+        ``forward(inputs, targets, valid)`` computes the loss in place of :meth:`_loss` (the
+        distributed trainer's, through DistributedDataParallel); it is called even when the
+        windows hold no target, as every process must join every step. ``seed_offset``
+        shifts the step's random stream (dropout, negatives): one per process.
+        """
         valid_np = (windows[:, :-1] > 0) & (windows[:, 1:] > 0)
         count = int(valid_np.sum())
-        if not count:
+        if not count and forward is None:
             return torch.zeros((), device=self._device), 0
         rows = torch.as_tensor(windows, device=self._device)
         inputs, targets = rows[:, :-1], rows[:, 1:]
         valid = torch.as_tensor(valid_np, device=self._device)
         self.steps_[0] += 1
         self.net_.train()
-        with seeded(self.seed * 1_000_003 + int(self.steps_[0]), self._device), self._autocast():
-            loss = self._loss(inputs, targets, valid)
+        seed = self.seed * 1_000_003 + int(self.steps_[0]) + seed_offset
+        with seeded(seed, self._device), self._autocast():
+            loss = (forward or self._loss)(inputs, targets, valid)
         self.optimizer_.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer_.step()
@@ -388,40 +434,71 @@ class SequentialTransformer(Recommender):
         return loss.detach(), count
 
     def _loss(
-        self, inputs: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        valid: torch.Tensor,
+        divide_by: float | None = None,
     ) -> torch.Tensor:
+        """The training loss of a batch: the mean over its valid positions, or (with
+        ``divide_by``) their sum divided by it (a distributed step divides by the targets
+        of every process, so the averaged gradients are those of the whole batch)."""
         # Items nobody has interacted with yet (known from the catalogue only) are left out
         # of the softmax: as permanent negatives they would teach the text projection that
         # whatever reads like a new item is never wanted, the opposite of what cold start needs.
         n, device = len(self.items_), self._device
         wanted = targets[valid]
-        interacted = self.net_.interacted[1 : n + 1]
+        reduction = "mean" if divide_by is None else "sum"
         if self.loss == "softmax":
+            interacted = self.net_.interacted[1 : n + 1]
             rows = torch.arange(n + 1, device=device)
             items = self.net_.items(rows, self._kept_ids(rows))
             hidden = self.net_.encode(inputs, items)[valid]  # (positions, dim)
             logits = (hidden @ items[1:].T).float().masked_fill(~interacted, float("-inf"))
-            loss = F.cross_entropy(logits, wanted - 1)
-            student = items[1:]
+            loss = F.cross_entropy(logits, wanted - 1, reduction=reduction)
+            candidates, vectors = rows[1:], items[1:]
         else:
             # Only the rows this step touches are represented: the inputs, the targets and
             # the negatives (shared by the batch), so a step's cost does not grow with n.
-            pool = torch.nonzero(interacted).squeeze(1) + 1
-            negatives = pool[torch.randint(len(pool), (self.negatives,), device=device)]
+            candidates, log_q = self._candidates(wanted)
             pad = torch.zeros(1, dtype=torch.long, device=device)
-            rows = torch.unique(torch.cat([pad, inputs.flatten(), wanted, negatives]))
+            rows = torch.unique(torch.cat([pad, inputs.flatten(), wanted, candidates]))
             items = self.net_.items(rows, self._kept_ids(rows))
             local_inputs = torch.searchsorted(rows, inputs.contiguous())
             hidden = self.net_.encode(local_inputs, items)[valid]
-            positive = (hidden * items[torch.searchsorted(rows, wanted)]).sum(-1, keepdim=True)
-            negative = hidden @ items[torch.searchsorted(rows, negatives)].T
-            negative = negative.masked_fill(negatives == wanted.unsqueeze(1), float("-inf"))
-            logits = torch.cat([positive, negative], dim=1).float()
-            loss = F.cross_entropy(logits, torch.zeros_like(wanted))
-            student = None
+            vectors = items[torch.searchsorted(rows, candidates)]
+            positive = (hidden * items[torch.searchsorted(rows, wanted)]).sum(-1)
+            usable = self.net_.interacted[candidates]
+            loss = sampled_softmax_loss(
+                hidden, wanted, positive, candidates, vectors, usable, log_q, reduction
+            )
+        if divide_by is not None:
+            loss = loss / divide_by
         if self._teacher is not None and self._distill > 0:
-            loss = loss + self._distill * self._distillation(inputs, valid, hidden, student)
+            distillation = self._distillation(inputs, valid, hidden, candidates, vectors, reduction)
+            loss = loss + self._distill * distillation / (divide_by or 1.0)
         return loss
+
+    def _candidates(self, wanted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The sampled softmax's candidate rows (distinct, sorted) and the log of each one's
+        probability of being drawn (None without the log-Q correction, or when every item
+        is a candidate). ``wanted``: the batch's target rows, one per position."""
+        n, device = len(self.items_), self._device
+        if self.negatives >= n:  # every item: the full softmax
+            return torch.arange(1, n + 1, device=device), None
+        # Drawn from every row (those nobody has interacted with are masked out later): a
+        # draw costs the same for any catalogue, where drawing from the interacted rows only
+        # would need their list (O(n)) at every step.
+        drawn = torch.randint(1, n + 1, (self.negatives,), device=device)
+        parts = [wanted, drawn] if self.in_batch_negatives else [drawn]
+        candidates = torch.unique(torch.cat(parts))
+        if not self.log_q_correction:
+            return candidates, None
+        share = self.item_counts_[candidates] / max(self._counted, 1.0)
+        probability = inclusion_probability(
+            share, len(wanted) if self.in_batch_negatives else 0, self.negatives, n
+        )
+        return candidates, probability.log().float()
 
     def _kept_ids(self, rows: torch.Tensor) -> torch.Tensor | None:
         """Id dropout: False for the rows (with text) whose id embedding this step drops."""
@@ -435,24 +512,32 @@ class SequentialTransformer(Recommender):
         inputs: torch.Tensor,
         valid: torch.Tensor,
         hidden: torch.Tensor,
-        student_items: torch.Tensor | None,
+        candidates: torch.Tensor,
+        vectors: torch.Tensor,
+        reduction: str = "mean",
     ) -> torch.Tensor:
-        """KL(snapshot || model) of the next-item distributions over the items the snapshot
-        knew, at the valid positions."""
+        """KL(snapshot || model) of the next-item distributions at the valid positions, over
+        the step's ``candidates`` (item rows; the model's ``vectors`` of them) that the
+        snapshot was trained on: every item after a full-softmax step, the sampled ones after
+        a sampled step, so that its cost does not grow with the catalogue either.
+        ``reduction``: "mean" over positions, or their "sum"."""
         assert self._teacher is not None  # called only while distilling from a snapshot
         teacher, known = self._teacher
-        support = teacher.interacted[1 : known + 1]  # the items the snapshot was trained on
+        kept = candidates <= known
+        rows, vectors = candidates[kept], vectors[kept]
+        support = teacher.interacted[rows]  # the items the snapshot was trained on
         with torch.no_grad():
-            teacher_items = teacher.items()[: known + 1]
             old_inputs = inputs.masked_fill(inputs > known, 0)  # items the snapshot never saw
-            teacher_hidden = teacher.encode(old_inputs, teacher_items)[valid]
-            logits = (teacher_hidden @ teacher_items[1:].T).float()[:, support]
+            # the input rows alone (and the padding row), renumbered in their order
+            read = torch.unique(torch.cat([old_inputs.new_zeros(1), old_inputs.flatten()]))
+            local = torch.searchsorted(read, old_inputs.contiguous())
+            teacher_hidden = teacher.encode(local, teacher.items(read))[valid]
+            logits = (teacher_hidden @ teacher.items(rows).T).float()[:, support]
             target = F.log_softmax(logits, dim=-1)
-        if student_items is None:
-            student_items = self.net_.items(torch.arange(1, known + 1, device=self._device))
-        logits = (hidden @ student_items[:known].T).float()[:, support]
+        logits = (hidden @ vectors.T).float()[:, support]
         student = F.log_softmax(logits, dim=-1)
-        return F.kl_div(student, target, log_target=True, reduction="batchmean")
+        divergence = F.kl_div(student, target, log_target=True, reduction="sum")
+        return divergence / max(len(hidden), 1) if reduction == "mean" else divergence
 
     # -------------------------------------------------------------- scoring
 
@@ -595,7 +680,8 @@ class SequentialTransformer(Recommender):
         for position, parameter in enumerate(parameters):
             for name, value in self.optimizer_.state.get(parameter, {}).items():
                 state[f"optimizer.{position}.{name}"] = torch.as_tensor(value).cpu().numpy()
-        state |= {"sequences": self.sequences_, "steps": self.steps_}
+        state |= {"sequences": self.sequences_, "steps": self.steps_,
+                  "item_counts": self.item_counts_.cpu().numpy()}  # fmt: skip
         if self._catalog is not None:
             state |= {"catalog.items": self._catalog.items,
                       "catalog.embeddings": self._catalog.embeddings}  # fmt: skip
@@ -619,6 +705,14 @@ class SequentialTransformer(Recommender):
                 self.optimizer_.state[parameter] = moments
         self.sequences_ = arrays["sequences"].astype(np.int64)
         self.steps_ = arrays["steps"].astype(np.int64)
+        if "item_counts" in arrays:
+            counts = torch.as_tensor(arrays["item_counts"], dtype=torch.float64)
+        else:  # saved before the counts were kept: each item's users stand for its events
+            counts = torch.zeros(capacity + 1, dtype=torch.float64)
+            column = np.bincount(self.history_.state()["indices"], minlength=len(self.items_))
+            counts[1 : len(column) + 1] = torch.as_tensor(column, dtype=torch.float64)
+        self.item_counts_ = counts.to(self._device)
+        self._counted = float(counts.sum())
         self._items_in_net = len(self.items_)
         if "catalog.items" in arrays:
             if self.text_encoder is None:
@@ -631,6 +725,77 @@ class SequentialTransformer(Recommender):
                 )
             )
         self._changed()
+
+
+# ------------------------------------------------------------------------------ sampled softmax
+
+
+def inclusion_probability(
+    share: torch.Tensor, positions: int, negatives: int, n_items: int
+) -> torch.Tensor:
+    """The probability that an item is among a step's candidates, float64.
+
+    The candidates are the targets of ``positions`` batch positions (each, approximately, an
+    independent draw of an item with probability ``share``: its part of the positive events)
+    and ``negatives`` uniform draws among ``n_items`` rows, with replacement; an item is a
+    candidate when any draw gives it: ``1 - (1 - share)^positions (1 - 1/n_items)^negatives``.
+
+    Parameters
+    ----------
+    share : tensor of float64, shape (n,)
+    positions, negatives, n_items : int
+
+    Returns
+    -------
+    tensor of float64, shape (n,), in (0, 1]
+    """
+    missed_uniform = negatives * math.log1p(-1.0 / n_items) if n_items > 1 else -math.inf
+    missed = positions * torch.log1p(-share.clamp(max=1.0 - 1e-12)) + missed_uniform
+    return -torch.expm1(missed)
+
+
+def sampled_softmax_loss(
+    hidden: torch.Tensor,
+    wanted: torch.Tensor,
+    positive: torch.Tensor,
+    candidates: torch.Tensor,
+    vectors: torch.Tensor,
+    usable: torch.Tensor,
+    log_q: torch.Tensor | None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Cross-entropy of each target against the shared candidates.
+
+    Per position, the target's own score ``positive`` competes with every other candidate's
+    score minus its ``log_q`` (the log of its probability of being drawn): the sum of the
+    corrected exponentials is the Horvitz-Thompson estimate of the partition sum over all
+    items but the target, unbiased over the draws. A candidate that is the position's target
+    (an accidental hit) or that is not ``usable`` is left out.
+
+    Parameters
+    ----------
+    hidden : tensor, shape (positions, dim)
+    wanted : tensor of int64, shape (positions,)
+        Each position's target row.
+    positive : tensor, shape (positions,)
+        Each position's score of its target.
+    candidates : tensor of int64, shape (n_candidates,)
+        Distinct item rows.
+    vectors : tensor, shape (n_candidates, dim)
+    usable : tensor of bool, shape (n_candidates,)
+    log_q : tensor, shape (n_candidates,), or None (no correction)
+    reduction : {"mean", "sum", "none"}
+
+    Returns
+    -------
+    tensor: the loss, or shape (positions,) with ``reduction="none"``
+    """
+    logits = (hidden @ vectors.T).float()
+    if log_q is not None:
+        logits = logits - log_q
+    excluded = ~usable | (candidates == wanted.unsqueeze(1))
+    logits = torch.cat([positive.float().unsqueeze(1), logits.masked_fill(excluded, -math.inf)], 1)
+    return F.cross_entropy(logits, torch.zeros_like(wanted), reduction=reduction)
 
 
 # ------------------------------------------------------------------------------ helpers
