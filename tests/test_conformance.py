@@ -8,6 +8,7 @@ parameters through ``_unit_test_params``); a new policy, by subclassing Policy w
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import sys
 import threading
@@ -17,10 +18,19 @@ import pytest
 
 from lifelong_rec.data import synthetic_stream
 from lifelong_rec.events import EventBatch
-from lifelong_rec.models import REASON_KINDS, Recommender, registered_models
+from lifelong_rec.models import REASON_KINDS, Recommender, parse_model, registered_models
 from lifelong_rec.policy import Decisions, Policy, registered_policies
 
 MODELS = sorted(registered_models().items())
+# Variants of a model that keep the contract as the model does: specs (parse_model) whose
+# parameters are added to the model's _unit_test_params.
+VARIANTS = [
+    "mf(serve_precision='fp16')",
+    "mf(serve_precision='int8')",
+    "session-mf(serve_precision='int8')",
+    "bpr(serve_precision='fp16')",
+    "bpr(serve_precision='int8')",
+]
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +38,18 @@ def stream() -> EventBatch:
     return synthetic_stream(n_users=60, n_items=50, n_events=1_500, seed=5).events
 
 
-@pytest.fixture(params=[cls for _, cls in MODELS], ids=[name for name, _ in MODELS])
-def model_class(request) -> type[Recommender]:
-    return request.param
+@pytest.fixture(
+    params=[cls for _, cls in MODELS] + VARIANTS, ids=[name for name, _ in MODELS] + VARIANTS
+)
+def model_class(request, monkeypatch) -> type[Recommender]:
+    if not isinstance(request.param, str):
+        return request.param
+    factory = parse_model(request.param)[1]
+    assert isinstance(factory, functools.partial)
+    model_class, variant = factory.func, factory.keywords
+    params = model_class._unit_test_params() | variant
+    monkeypatch.setattr(model_class, "_unit_test_params", classmethod(lambda cls: params))
+    return model_class
 
 
 def _new(model_class: type[Recommender]) -> Recommender:

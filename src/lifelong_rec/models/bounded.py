@@ -130,6 +130,25 @@ def compact(model: Recommender, keep_users: np.ndarray, keep_items: np.ndarray) 
     model._compact_model(user_rows, item_rows)
 
 
+def reports_memory(model: object) -> bool:
+    """Whether the service should export ``model``'s memory (:func:`memory_report`): it
+    bounds its memory (:func:`bounds_memory`), or it serves compressed factor tables
+    (``serve_precision`` other than ``"fp32"``, see :mod:`.quantise`)."""
+    return bounds_memory(model) or getattr(model, "serve_precision", "fp32") != "fp32"
+
+
+def memory_report(model: Recommender) -> dict[str, int]:
+    """What ``model`` holds: every array (``model_bytes``, :func:`footprint`), the tables its
+    scoring reads (``served_bytes``, for a factor model: compressed or float32), and what
+    admission left out and expiry freed (``memory_``, where it bounds its memory)."""
+    report = {"model_bytes": footprint(model)}
+    served_bytes = getattr(model, "served_bytes", None)
+    if served_bytes is not None:
+        report["served_bytes"] = int(served_bytes())
+    counts: dict[str, int] = getattr(model, "memory_", {})
+    return report | counts
+
+
 def footprint(model: Recommender) -> int:
     """Bytes held by ``model``'s arrays: its indexes, histories and counts, and its own
     state (``_own_bytes``), counted by the rows in use (spare room that a table grows into is

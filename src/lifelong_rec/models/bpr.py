@@ -7,12 +7,13 @@ import numpy as np
 from lifelong_rec.checks import check_positive_ints
 from lifelong_rec.models.base import IndexedEvents, Recommender
 from lifelong_rec.models.explanation import Attribution, by_length, cosine, pad_rows
+from lifelong_rec.models.quantise import CompressedServing, check_precision
 from lifelong_rec.models.retrieval import IndexedItems, Stacked, make_retrieval
 
 OPTIMIZERS = ("adam", "sgd")
 
 
-class BPR(IndexedItems, Recommender):
+class BPR(CompressedServing, IndexedItems, Recommender):
     """Matrix factorisation with item biases, trained on the BPR loss (Rendle et al., UAI 2009).
 
     For an observed pair (u, i) and a sampled item j, the loss is ``-log sigmoid(x_ui - x_uj)``
@@ -42,6 +43,11 @@ class BPR(IndexedItems, Recommender):
         an approximate index of ``[q_i, b_i]`` (the bias as one more dimension, searched with
         ``[p_u, 1]``), in step with every step, as ``mf(retrieval=...)`` does (needs
         ``lifelong-rec[ann]``). Scoring, explaining and candidate lists stay exact.
+    serve_precision : {"fp32", "fp16", "int8"}
+        What scoring and ranking read: the float32 factor tables, or a compressed copy of
+        the user and item factors kept in step with every optimiser step (float16, or int8
+        with a scale per row; see :mod:`.quantise`); the item bias stays float32. Learning
+        and explaining use the float32 tables, and a saved model holds those.
     """
 
     name = "bpr"
@@ -59,8 +65,10 @@ class BPR(IndexedItems, Recommender):
         seed: int = 0,
         fallback_half_life_days: float | None = 7.0,
         retrieval: str | None = None,
+        serve_precision: str = "fp32",
     ) -> None:
         make_retrieval(retrieval)  # checks the spec (and that faiss is there) now
+        check_precision(serve_precision)
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         check_positive_ints(
@@ -83,6 +91,7 @@ class BPR(IndexedItems, Recommender):
         self.seed = seed
         self.fallback_half_life_days = fallback_half_life_days
         self.retrieval = retrieval
+        self.serve_precision = serve_precision
 
     @classmethod
     def _unit_test_params(cls) -> dict[str, object]:
@@ -103,6 +112,8 @@ class BPR(IndexedItems, Recommender):
         self._pull = 0.0
         # the approximate top-k index of [q_i, b_i] (None: every item is scored)
         self.index_ = make_retrieval(self.retrieval)
+        # compressed copies of the factor tables that scoring reads (None: it reads them)
+        self._reset_served()
 
     def _grow(self, n_users: int, n_items: int) -> None:
         known = len(self.item_factors_)
@@ -128,17 +139,23 @@ class BPR(IndexedItems, Recommender):
                 )
         if n_items > known:
             self._sync_index(np.arange(known, n_items))
+        for side in ("users", "items"):  # the new rows
+            self._requantise(side, np.arange(0))
 
     # -------------------------------------------------------------- training
 
     def _fit(self, events: IndexedEvents) -> None:
         pairs = self.history_.tocsr().tocoo()
         users, items = pairs.row.astype(np.int64), pairs.col.astype(np.int64)
-        index, self.index_ = self.index_, None  # not moved step by step: trained once, after
+        # The index and the compressed copies are not moved step by step: built once, after.
+        index, self.index_ = self.index_, None
+        served, self.served_ = self.served_, None
         for _ in range(self.epochs):
             self._passes(users, items)
-        self.index_ = index
+        self.index_, self.served_ = index, served
         self._sync_index()
+        self._requantise("users")
+        self._requantise("items")
 
     def _learn(self, events: IndexedEvents) -> None:
         positive = events.positive
@@ -201,6 +218,8 @@ class BPR(IndexedItems, Recommender):
             rows = rows[rows < len(anchored)]  # rows added since the anchor are not pulled
             shrink = 1.0 / (1.0 + self.learning_rate * self._pull)
             values[rows] = anchored[rows] + shrink * (values[rows] - anchored[rows])
+        if table != "item_bias":  # served as it is
+            self._requantise(table.removesuffix("_factors") + "s", rows)
 
     def _step_rows(
         self, table: str, values: np.ndarray, rows: np.ndarray, gradient: np.ndarray
@@ -220,8 +239,18 @@ class BPR(IndexedItems, Recommender):
     # -------------------------------------------------------------- scoring
 
     def _score(self, user_index: np.ndarray, item_index: np.ndarray | slice) -> np.ndarray:
-        scores = self.user_factors_[user_index] @ self.item_factors_[item_index].T
+        scores = self._served_factor_scores(user_index, item_index)
         return scores + self.item_bias_[item_index, 0]
+
+    def _served_offsets(self, item_index: np.ndarray) -> np.ndarray:
+        return self.item_bias_[item_index, 0]
+
+    def _served_extra_bytes(self) -> int:
+        return int(self.item_bias_.nbytes)
+
+    def _own_bytes(self) -> int:
+        served = 0 if self.served_ is None else self.served_bytes() - self._served_extra_bytes()
+        return super()._own_bytes() + served
 
     # -------------------------------------------------------------- approximate top-k
 
@@ -272,3 +301,5 @@ class BPR(IndexedItems, Recommender):
         }
         self.steps_ = arrays["steps"].astype(np.int64)
         self._restore_index(arrays)
+        self._requantise("users")  # the copies, quantised from the float32 tables: one pass
+        self._requantise("items")

@@ -17,6 +17,7 @@ from lifelong_rec.models.explanation import (
     solve_positive,
 )
 from lifelong_rec.models.kernels import solve_rows
+from lifelong_rec.models.quantise import CompressedServing, check_precision
 from lifelong_rec.models.retrieval import IndexedItems, make_retrieval
 from lifelong_rec.models.sparse import GrowingSparse, RowBlock
 
@@ -43,7 +44,7 @@ def _appended(table: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return room[: n + extra]
 
 
-class MatrixFactorization(IndexedItems, Recommender):
+class MatrixFactorization(CompressedServing, IndexedItems, Recommender):
     """Implicit-feedback matrix factorisation (Hu, Koren and Volinsky, ICDM 2008).
 
     Each observed (user, item) pair has confidence ``c = 1 + alpha * w`` (``w``: the summed
@@ -103,6 +104,12 @@ class MatrixFactorization(IndexedItems, Recommender):
     expire_after_days : float or None
         Drop users and items with no event for this long (stream time), with their factors
         and histories; None keeps every id. What is freed is counted in ``memory_``.
+    serve_precision : {"fp32", "fp16", "int8"}
+        What scoring and ranking read: the float32 factor tables, or a compressed copy of
+        both kept in step with every update (float16, or int8 with a scale per row; see
+        :mod:`.quantise`). Learning and explaining use the float32 tables, and a saved model
+        holds those (its copy is rebuilt on load); an approximate index keeps float32
+        vectors to find candidates, which are then scored from the copy.
     """
 
     name = "mf"
@@ -124,6 +131,7 @@ class MatrixFactorization(IndexedItems, Recommender):
         retrieval: str | None = None,
         admit_after: int = 1,
         expire_after_days: float | None = None,
+        serve_precision: str = "fp32",
     ) -> None:
         check_positive_ints(
             factors=factors, iterations=iterations, cg_steps=cg_steps,
@@ -132,6 +140,7 @@ class MatrixFactorization(IndexedItems, Recommender):
         if expire_after_days is not None and not expire_after_days > 0:
             raise ValueError(f"expire_after_days must be > 0 or None, got {expire_after_days!r}")
         make_retrieval(retrieval)  # checks the spec (and that faiss is there) now
+        check_precision(serve_precision)
         for name, value in (("regularization", regularization), ("alpha", alpha)):
             if not np.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
@@ -158,6 +167,7 @@ class MatrixFactorization(IndexedItems, Recommender):
         self.retrieval = retrieval
         self.admit_after = admit_after
         self.expire_after_days = expire_after_days
+        self.serve_precision = serve_precision
 
     @classmethod
     def _unit_test_params(cls) -> dict[str, object]:
@@ -180,6 +190,8 @@ class MatrixFactorization(IndexedItems, Recommender):
         self._item_gram = np.zeros((self.factors, self.factors))  # Y^T Y, kept in step
         # the approximate top-k index of the item factors (None: every item is scored)
         self.index_ = make_retrieval(self.retrieval)
+        # compressed copies of both tables that scoring reads (None: it reads the above)
+        self._reset_served()
         # bounded memory (.bounded): sightings of ids not admitted yet, and what was left out
         self.sightings_ = Sightings() if self.admit_after > 1 else None
         self.memory_ = dict.fromkeys(MEMORY_COUNTS, 0)
@@ -193,6 +205,7 @@ class MatrixFactorization(IndexedItems, Recommender):
         if new_users > 0:
             zeros = np.zeros((new_users, self.factors), dtype=np.float32)
             self.user_factors_ = _appended(self.user_factors_, zeros)
+            self._requantise("users", np.arange(0))  # the new rows
         new_items = n_items - len(self.item_factors_)
         if new_items > 0:
             # Seeded by the first new index: the same stream gives the same factors, and a
@@ -202,6 +215,7 @@ class MatrixFactorization(IndexedItems, Recommender):
             self.item_factors_ = _appended(self.item_factors_, fresh.astype(np.float32))
             self._item_gram += fresh.T @ fresh
             self._sync_index(np.arange(n_items - new_items, n_items))
+            self._requantise("items", np.arange(0))  # the new rows
         self.item_history_.grow(n_items, n_users)
         for side, n in (("users", n_users), ("items", n_items)):
             for key in (side, f"{side}_solved", f"{side}_last"):
@@ -257,13 +271,17 @@ class MatrixFactorization(IndexedItems, Recommender):
         self._user_gram = self._gram(self.user_factors_)
         self._item_gram = self._gram(self.item_factors_)
         self._sync_index()  # the rows were renumbered: clusters trained again
+        if self.served_ is not None:  # the same rows, renumbered alike
+            self.served_["users"].subset(user_rows)
+            self.served_["items"].subset(item_rows)
 
     def _own_bytes(self) -> int:
         arrays: list[np.ndarray] = [self.user_factors_, self.item_factors_,
                                     *self.weights_.values()]  # fmt: skip
         if self.sightings_ is not None:
             arrays.append(self.sightings_.counts_)
-        return self.item_history_.nbytes + sum(array.nbytes for array in arrays)
+        served = 0 if self.served_ is None else self.served_bytes()  # the copies, besides
+        return self.item_history_.nbytes + sum(array.nbytes for array in arrays) + served
 
     # -------------------------------------------------------------- training
 
@@ -293,6 +311,8 @@ class MatrixFactorization(IndexedItems, Recommender):
         self._user_gram = self._gram(self.user_factors_)
         self._item_gram = self._gram(self.item_factors_)
         self._sync_index()
+        self._requantise("users")
+        self._requantise("items")
         for side, matrix in (("users", self.history_), ("items", self.item_history_)):
             self.weights_[side] = np.asarray(matrix.tocsr().sum(axis=1), dtype=np.float64).ravel()
             self.weights_[f"{side}_solved"] = self.weights_[side].copy()
@@ -388,6 +408,7 @@ class MatrixFactorization(IndexedItems, Recommender):
             anchor,
         )  # fmt: skip
         factors[rows] = new
+        self._requantise(side, rows)
         if side == "items":
             self._sync_index(rows)
         new = new.astype(np.float64)
@@ -443,7 +464,7 @@ class MatrixFactorization(IndexedItems, Recommender):
     # -------------------------------------------------------------- scoring
 
     def _score(self, user_index: np.ndarray, item_index: np.ndarray | slice) -> np.ndarray:
-        return self.user_factors_[user_index] @ self.item_factors_[item_index].T
+        return self._served_factor_scores(user_index, item_index)
 
     def _item_table(self) -> np.ndarray:
         return self.item_factors_
@@ -537,6 +558,8 @@ class MatrixFactorization(IndexedItems, Recommender):
         self._user_gram = arrays["user_gram"].astype(np.float64)
         self._item_gram = arrays["item_gram"].astype(np.float64)
         self._restore_index(arrays)
+        self._requantise("users")  # the copies, quantised from the float32 tables: one pass
+        self._requantise("items")
         counts = arrays.get("memory", np.zeros(len(MEMORY_COUNTS), dtype=np.int64))
         self.memory_ = {key: int(count) for key, count in zip(MEMORY_COUNTS, counts, strict=True)}
         self.sightings_ = Sightings() if self.admit_after > 1 else None
@@ -579,6 +602,7 @@ class SessionMatrixFactorization(MatrixFactorization):
         retrieval: str | None = None,
         admit_after: int = 1,
         expire_after_days: float | None = None,
+        serve_precision: str = "fp32",
     ) -> None:
         super().__init__(
             factors=factors,
@@ -596,4 +620,5 @@ class SessionMatrixFactorization(MatrixFactorization):
             retrieval=retrieval,
             admit_after=admit_after,
             expire_after_days=expire_after_days,
+            serve_precision=serve_precision,
         )

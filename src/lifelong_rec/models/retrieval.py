@@ -314,7 +314,9 @@ class IndexedItems:
     before :class:`~lifelong_rec.models.base.Recommender`; the model sets ``retrieval`` and
     ``index_`` (``make_retrieval(retrieval)``), says what the index holds
     (:meth:`_item_table`) and what it is searched with (:meth:`_queries`), and calls
-    :meth:`_sync_index` whenever item rows change or arrive."""
+    :meth:`_sync_index` whenever item rows change or arrive. The index holds float32
+    vectors, also where the model serves compressed tables: it finds the candidates, and
+    :meth:`_rescore` gives them the served scores."""
 
     retrieval: str | None
     index_: IVFIndex | None
@@ -340,7 +342,14 @@ class IndexedItems:
         self, user_index: np.ndarray, depth: int, width: int
     ) -> tuple[np.ndarray, np.ndarray]:
         assert self.index_ is not None
-        return self.index_.search(self._queries(user_index), depth, width)
+        rows, scores = self.index_.search(self._queries(user_index), depth, width)
+        return rows, self._rescore(user_index, rows, scores)
+
+    def _rescore(self, user_index: np.ndarray, rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """The scores the model serves for the found (user, row) pairs (rows -1: none). The
+        index's inner products, unless the model scores from other tables than the index
+        holds (compressed ones: :class:`~lifelong_rec.models.quantise.CompressedServing`)."""
+        return scores
 
     def check_recall(self) -> float | None:
         """The approximate index's running recall@k on live queries (see
