@@ -12,7 +12,7 @@ from lifelong_rec.events import EventBatch
 from lifelong_rec.models import BPR, MatrixFactorization, Recommender, parse_model
 from lifelong_rec.models.bounded import footprint, memory_report, reports_memory
 from lifelong_rec.models.mf import SessionMatrixFactorization
-from lifelong_rec.models.quantise import BLOCK_ROWS, CompressedTable, quantise
+from lifelong_rec.models.quantise import BLOCK_ROWS, KERNEL_USERS, CompressedTable, quantise
 
 FACTOR_MODELS = [
     (MatrixFactorization, {"factors": 16, "iterations": 4}),
@@ -49,15 +49,17 @@ def test_int8_rows_round_trip_within_half_a_step_and_zero_rows_stay_zero() -> No
 
 
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
-def test_block_scores_equal_the_dequantised_product(precision: str) -> None:
+@pytest.mark.parametrize("users", [1, KERNEL_USERS, KERNEL_USERS + 5])  # kernels, then BLAS
+def test_scores_equal_the_dequantised_product(precision: str, users: int) -> None:
     rng = np.random.default_rng(1)
     table = CompressedTable(precision, 8)
     source = rng.normal(size=(BLOCK_ROWS + 300, 8)).astype(np.float32)  # two blocks
+    source[3, :4] = 1e-6  # subnormal halves
     table.refresh(source)
-    queries = rng.normal(size=(3, 8)).astype(np.float32)
+    queries = rng.normal(size=(users, 8)).astype(np.float32)
     dense = queries @ table.dequantise(slice(None)).T
     np.testing.assert_allclose(table.scores(queries, slice(None)), dense, rtol=1e-5, atol=1e-5)
-    chosen = np.array([5, BLOCK_ROWS + 10, 2])
+    chosen = np.array([5, BLOCK_ROWS + 10, 2, 3])
     np.testing.assert_allclose(
         table.scores(queries, chosen), dense[:, chosen], rtol=1e-5, atol=1e-5
     )

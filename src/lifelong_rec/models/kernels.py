@@ -151,3 +151,60 @@ def solve_rows(
             norm = new_norm
         out[r] = x.astype(np.float32)
     return out
+
+
+# ------------------------------------------------------------------------------ serving
+
+_HALF_TO_SINGLE = np.float32(2.0**112)  # rebias a half's exponent (15) to a single's (127)
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def int8_scores(queries: np.ndarray, values: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """``queries @ (scales[:, None] * values).T`` without a float32 copy of the table: each
+    int8 row is widened in registers as it is read (a few users at a time: a request).
+
+    Parameters
+    ----------
+    queries : float32 array, shape (m, f)
+    values : int8 array, shape (n, f)
+    scales : float32 array, shape (n,)
+
+    Returns
+    -------
+    scores : float32 array, shape (m, n)
+    """
+    m, f = queries.shape
+    n = values.shape[0]
+    out = np.empty((m, n), dtype=np.float32)
+    for i in range(n):
+        for u in range(m):
+            total = np.float32(0.0)
+            for k in range(f):
+                total += queries[u, k] * np.float32(values[i, k])
+            out[u, i] = total * scales[i]
+    return out
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def half_scores(queries: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """``queries @ table.T`` for a float16 ``table`` given as its bits (uint16, shape
+    (n, f)), each row widened to float32 as it is read: the half's sign, exponent and
+    mantissa shifted into a single's places, then the exponent rebiased by one product
+    (exact for normal and subnormal halves; the tables hold no infinities or NaN)."""
+    m, f = queries.shape
+    n = bits.shape[0]
+    out = np.empty((m, n), dtype=np.float32)
+    widened = np.empty(f, dtype=np.uint32)
+    row = widened.view(np.float32)
+    for i in range(n):
+        for k in range(f):
+            half = np.uint32(bits[i, k])
+            widened[k] = ((half & np.uint32(0x8000)) << np.uint32(16)) | (
+                (half & np.uint32(0x7FFF)) << np.uint32(13)
+            )
+        for u in range(m):
+            total = np.float32(0.0)
+            for k in range(f):
+                total += queries[u, k] * row[k]
+            out[u, i] = total * _HALF_TO_SINGLE
+    return out

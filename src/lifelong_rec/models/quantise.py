@@ -14,8 +14,11 @@ tables (learning resumes exactly) and a loaded one rebuilds its copy in one pass
   beyond its range (65,504) are clipped to it.
 - ``"fp32"``: no copy; the model serves its float32 tables (the default).
 
-Scores are computed by blocks of :data:`BLOCK_ROWS` items: a block is upcast to float32 (where
-it stays in cache) and multiplied by the float32 query vectors, then scaled per item.
+Scores for a few users (a request: up to :data:`KERNEL_USERS`) come from compiled kernels that
+widen each stored row to float32 in registers as they read it (:func:`.kernels.int8_scores`,
+:func:`.kernels.half_scores`): the table is read once, at 1 or 2 bytes an entry. More users at
+once (a batch) are scored by blocks of :data:`BLOCK_ROWS` items, each upcast to float32 (where it
+stays in cache) and multiplied by all the users' vectors with BLAS, then scaled per item.
 
 A model opts in by mixing in :class:`CompressedServing` (before ``IndexedItems`` and
 ``Recommender``), taking ``serve_precision``, and calling :meth:`CompressedServing._requantise`
@@ -27,9 +30,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from lifelong_rec.models.kernels import half_scores, int8_scores
+
 PRECISIONS = ("fp32", "fp16", "int8")
 #: items upcast to float32 at a time while scoring: 4,096 x 64 factors is 1 MiB
 BLOCK_ROWS = 4096
+#: up to this many users at once are scored by the compiled kernels, more by BLAS blocks
+KERNEL_USERS = 4
 _INT8_LIMIT = 127
 _FP16_LIMIT = float(np.finfo(np.float16).max)
 _STORED = {"fp16": np.float16, "int8": np.int8}
@@ -158,10 +165,15 @@ class CompressedTable:
 
     def scores(self, queries: np.ndarray, rows: np.ndarray | slice) -> np.ndarray:
         """Inner products of float32 ``queries`` (shape (m, f)) with the served ``rows``
-        (an index array, or ``slice(None)`` for all), shape (m, len(rows)), float32; by
-        blocks of :data:`BLOCK_ROWS` rows upcast to float32."""
-        queries = np.asarray(queries, dtype=np.float32)
+        (an index array, or ``slice(None)`` for all), shape (m, len(rows)), float32: by the
+        compiled kernels for up to :data:`KERNEL_USERS` queries, else by blocks of
+        :data:`BLOCK_ROWS` rows upcast to float32."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
         values = self.values[rows]
+        if len(queries) <= KERNEL_USERS:
+            if self._scaled:
+                return int8_scores(queries, values, self.scales[rows])
+            return half_scores(queries, values.view(np.uint16))
         out = np.empty((len(queries), len(values)), dtype=np.float32)
         for start in range(0, len(values), BLOCK_ROWS):
             end = min(start + BLOCK_ROWS, len(values))
