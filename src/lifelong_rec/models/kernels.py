@@ -208,3 +208,27 @@ def half_scores(queries: np.ndarray, bits: np.ndarray) -> np.ndarray:
                 total += queries[u, k] * row[k]
             out[u, i] = total * _HALF_TO_SINGLE
     return out
+
+
+@njit(cache=True, nogil=True)
+def quantise_int8_rows(
+    table: np.ndarray, rows: np.ndarray, values: np.ndarray, scales: np.ndarray
+) -> None:
+    """Quantise ``table``'s ``rows`` (float32, shape (n, f)) into ``values[rows]`` (int8)
+    and ``scales[rows]`` (float32), in place: ``scale = max|row| / 127``,
+    ``value = round(row / scale)`` (half to even), a row of zeros kept at scale 0. In float32
+    throughout, as numpy computes it on float32 arrays, so a row quantised here equals the
+    same row quantised in a whole table. One compiled call: an update's few rows cost a
+    microsecond, not the dozen numpy calls of a vectorised quantisation."""
+    f = table.shape[1]
+    for j in range(len(rows)):
+        r = rows[j]
+        largest = np.float32(0.0)
+        for k in range(f):
+            largest = max(largest, abs(table[r, k]))
+        scale = np.float32(largest / np.float32(127.0))
+        scales[r] = scale
+        inverse = np.float32(np.float32(1.0) / scale) if scale > 0 else np.float32(0.0)
+        for k in range(f):
+            value = np.rint(np.float32(table[r, k] * inverse))
+            values[r, k] = np.int8(min(max(value, np.float32(-127.0)), np.float32(127.0)))

@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from lifelong_rec.models.kernels import half_scores, int8_scores
+from lifelong_rec.models.kernels import half_scores, int8_scores, quantise_int8_rows
 
 PRECISIONS = ("fp32", "fp16", "int8")
 #: items upcast to float32 at a time while scoring: 4,096 x 64 factors is 1 MiB
 BLOCK_ROWS = 4096
 #: up to this many users at once are scored by the compiled kernels, more by BLAS blocks
 KERNEL_USERS = 4
-_INT8_LIMIT = 127
 _FP16_LIMIT = float(np.finfo(np.float16).max)
 _STORED = {"fp16": np.float16, "int8": np.int8}
 
@@ -64,18 +63,16 @@ def quantise(rows: np.ndarray, precision: str) -> tuple[np.ndarray, np.ndarray]:
     >>> values.tolist(), scales.round(4).tolist()
     ([[50, -127, 0]], [0.01])
     """
-    rows = np.asarray(rows, dtype=np.float32)
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
     if precision == "fp16":
         values = np.clip(rows, -_FP16_LIMIT, _FP16_LIMIT).astype(np.float16)
         return values, np.ones(len(rows), dtype=np.float32)
     if precision != "int8":
         raise ValueError(f"no compressed table for precision {precision!r}")
-    largest = np.abs(rows).max(axis=1, initial=0.0)
-    scales = (largest / _INT8_LIMIT).astype(np.float32)
-    # a row of zeros (a new user's) keeps scale 0 and values 0
-    inverse = np.divide(1.0, scales, out=np.zeros_like(scales), where=scales > 0)
-    values = np.rint(rows * inverse[:, None])
-    return np.clip(values, -_INT8_LIMIT, _INT8_LIMIT).astype(np.int8), scales
+    values = np.empty(rows.shape, dtype=np.int8)
+    scales = np.empty(len(rows), dtype=np.float32)
+    quantise_int8_rows(rows, np.arange(len(rows)), values, scales)
+    return values, scales
 
 
 class CompressedTable:
@@ -131,11 +128,12 @@ class CompressedTable:
             self._rows = n
             rows = np.union1d(rows, new)
         rows = np.asarray(rows, dtype=np.int64)
-        if len(rows):
-            values, scales = quantise(table[rows], self.precision)
-            self._values[rows] = values
-            if self._scaled:
-                self._scales[rows] = scales
+        if not len(rows):
+            return
+        if self._scaled:  # in place, by one compiled call
+            quantise_int8_rows(table, rows, self._values, self._scales)
+        else:
+            self._values[rows] = np.clip(table[rows], -_FP16_LIMIT, _FP16_LIMIT)
 
     def _make_room(self, n: int) -> None:
         if n <= len(self._values):
