@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from lifelong_rec.checks import check_positive_ints
-from lifelong_rec.events import Catalog, IdIndex
+from lifelong_rec.events import Catalog, EventBatch, IdIndex
 from lifelong_rec.models.base import IndexedEvents, Recommender
 from lifelong_rec.models.explanation import Attribution
 from lifelong_rec.models.sequential_net import SequenceNet, init_weights, resolve_device, seeded
@@ -339,21 +339,45 @@ class SequentialTransformer(Recommender):
 
     # -------------------------------------------------------------- learning
 
-    def _fit(self, events: IndexedEvents) -> None:
+    def start_fit(self, events: EventBatch) -> tuple[np.ndarray, np.ndarray]:
+        """The first half of :meth:`fit`, for a trainer that runs the epochs itself (the
+        distributed one, :mod:`lifelong_rec.train`): forget everything, then learn the
+        events' ids, histories and sequences, without a step.
+
+        Returns
+        -------
+        windows : array of int64, shape (n_windows, max_len + 1)
+            Every training window (item rows, 0 = padding), as :meth:`fit` trains on them.
+        users : array of int64, shape (n_windows,)
+            The user index of each window.
+        """
+        if not isinstance(events, EventBatch):
+            raise TypeError(f"events must be an EventBatch, not {type(events).__name__}")
+        self._reset()
+        self.updates_ += 1
+        self.training_log_: list[dict[str, float]] = []
+        return self._training_windows(self._index(self._admissible(events)))
+
+    def _training_windows(self, events: IndexedEvents) -> tuple[np.ndarray, np.ndarray]:
+        """Set every user's sequence from the events; the windows and their users."""
         positive = events.positive
         users, items = events.user[positive], events.item[positive]
         order = np.lexsort((events.timestamp[positive], users))
         users, items = users[order], items[order] + 1
-        windows = _windows(users, items, self.max_len + 1)
+        windows, owners = _windows_and_users(users, items, self.max_len + 1)
         self.sequences_[:] = 0
         self._append(users, items)
-        self.training_log_: list[dict[str, float]] = []
+        return windows, owners
+
+    def _fit(self, events: IndexedEvents) -> None:
+        windows, _ = self._training_windows(events)
+        self.training_log_ = []
         for epoch in range(self.epochs):
             started = time.perf_counter()
             shuffled = np.random.default_rng([self.seed, epoch]).permutation(len(windows))
             total, targets = torch.zeros((), device=self._device), 0
             for start in range(0, len(shuffled), self.batch_size):
-                loss, count = self._step(windows[shuffled[start : start + self.batch_size]])
+                loss, count = self.train_step(windows[shuffled[start : start + self.batch_size]])
                 total, targets = total + loss * count, targets + count
             mean = float(total) / max(targets, 1)  # one device sync per epoch
             seconds = time.perf_counter() - started
@@ -399,9 +423,9 @@ class SequentialTransformer(Recommender):
         for start in range(0, len(users), self.batch_size):
             windows = self.sequences_[users[start : start + self.batch_size]]
             for _ in range(steps):
-                self._step(windows)
+                self.train_step(windows)
 
-    def _step(
+    def train_step(
         self,
         windows: np.ndarray,
         forward: Callable[..., torch.Tensor] | None = None,
@@ -809,8 +833,15 @@ def _windows(users: np.ndarray, rows: np.ndarray, width: int) -> np.ndarray:
     """Training windows of ``width`` items, right-aligned and zero-padded: for each user (rows
     sorted by user, then time) the windows ending at the last item, then ``width - 1`` items
     earlier, and so on, so every item but a user's first is a target exactly once."""
+    return _windows_and_users(users, rows, width)[0]
+
+
+def _windows_and_users(
+    users: np.ndarray, rows: np.ndarray, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_windows`, and the user of each window."""
     if not len(users):
-        return np.zeros((0, width), dtype=np.int64)
+        return np.zeros((0, width), dtype=np.int64), np.zeros(0, dtype=np.int64)
     starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
     lengths = np.diff(np.r_[starts, len(users)])
     per_user = np.maximum(1, -(-(lengths - 1) // (width - 1)))  # ceil((n - 1) / (width - 1))
@@ -819,7 +850,7 @@ def _windows(users: np.ndarray, rows: np.ndarray, width: int) -> np.ndarray:
     ends = starts[owner] + lengths[owner] - 1 - back * (width - 1)  # inclusive end of each
     positions = ends[:, None] - np.arange(width - 1, -1, -1)
     inside = positions >= starts[owner][:, None]
-    return np.where(inside, rows[np.maximum(positions, 0)], 0)
+    return np.where(inside, rows[np.maximum(positions, 0)], 0), users[starts[owner]]
 
 
 def _append_in_place(sequences: np.ndarray, users: np.ndarray, rows: np.ndarray) -> None:

@@ -1,0 +1,206 @@
+"""The distributed trainer (lifelong_rec.train): gloo processes on this machine train what one
+process trains with the doubled batch; a run killed mid-epoch resumes to the parameters of an
+uninterrupted one; the data order depends on the shards, not on the processes; and
+`lifelong-rec train --nproc 2` publishes a snapshot the service loads.
+
+Models are tiny (max_len 8, dim 16, one layer, no dropout) and every process runs one thread.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from lifelong_rec.events import EventBatch  # noqa: E402
+from lifelong_rec.models import parse_model  # noqa: E402
+from lifelong_rec.service.snapshots import SnapshotStore  # noqa: E402
+from lifelong_rec.store import EventLog  # noqa: E402
+from lifelong_rec.train import (  # noqa: E402
+    ShardedWindows,
+    TrainPlan,
+    launch,
+    newest_checkpoint,
+    train,
+)
+
+T0 = 1.7e9
+SPEC = (
+    "transformer(max_len=8, dim=16, layers=1, heads=2, dropout=0.0, id_dropout=0.0, "
+    "epochs=3, batch_size=8, text_encoder=None, device='cpu', learning_rate=0.01)"
+)
+# 40 users x 14 events: 2 windows each, 2 shards of 40 windows, 5 steps of 8 per epoch
+STEPS_PER_EPOCH = 5
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    """Users walking a cycle of 20 items from random starts, one item a minute."""
+    rng = np.random.default_rng(0)
+    users, items, times = [], [], []
+    for user in range(40):
+        start = int(rng.integers(20))
+        for step in range(14):
+            users.append(f"u{user}")
+            items.append(f"i{(start + step) % 20}")
+            times.append(T0 + 60 * step + user)
+    path = tmp_path / "events.db"
+    with EventLog(path) as log:
+        log.append(EventBatch.from_columns(users, items, times, kind="click"))
+    return str(path)
+
+
+def _plan(db: str, folder: Path, **overrides: object) -> TrainPlan:
+    params = {"model": SPEC, "db": db, "shards": 2, "checkpoints": str(folder / "checkpoints"),
+              "checkpoint_every": 4, "threads": 1}  # fmt: skip
+    return TrainPlan(**(params | overrides))  # type: ignore[arg-type]
+
+
+def _parameters(model) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in model.net_.named_parameters()}
+
+
+# ------------------------------------------------------------------------------ equivalence
+
+
+def test_two_gloo_processes_train_what_one_process_does_with_the_doubled_batch(db, tmp_path):
+    """2 processes x 1 shard x 8 windows against 1 process x 2 shards x 8 windows: the same
+    windows at every step, the gradients averaged by DDP against computed at once.
+
+    Tolerance: every parameter within 1e-6, but the attention's key bias. Its gradient is
+    zero in exact arithmetic (a softmax does not move when every key score shifts by the same
+    amount), so what it gets is rounding noise, which differs with the order of the sums, and
+    Adam turns any noise into steps of up to the learning rate: it is held within one step's
+    size times the steps taken."""
+    snapshots = tmp_path / "snapshots"
+    launch(_plan(db, tmp_path / "two", snapshots=str(snapshots)), nproc=2)
+    store = SnapshotStore(snapshots)
+    assert store.versions() == [1]
+    two, info = store.load(1)
+    assert info.offset == 560
+    one = train(_plan(db, tmp_path / "one")).model
+
+    untrained = parse_model(SPEC)[1]()
+    with EventLog(db) as log:
+        untrained.start_fit(log.read(0))
+    steps = 3 * STEPS_PER_EPOCH
+    assert int(one.steps_[0]) == int(two.steps_[0]) == steps
+    dim = one.dim
+    for name, value in _parameters(one).items():
+        other = _parameters(two)[name]
+        if name.endswith("qkv.bias"):
+            keys = slice(dim, 2 * dim)
+            torch.testing.assert_close(other[:dim], value[:dim], rtol=0, atol=1e-6)
+            torch.testing.assert_close(other[2 * dim :], value[2 * dim :], rtol=0, atol=1e-6)
+            assert float((other[keys] - value[keys]).abs().max()) <= 0.01 * steps
+            continue
+        torch.testing.assert_close(other, value, rtol=0, atol=1e-6, msg=name)
+    # the runs trained: the parameters moved well beyond the tolerance
+    moved = (one.net_.item_embedding - untrained.net_.item_embedding).detach()
+    assert float(moved.abs().max()) > 0.05
+    two_log = newest_checkpoint(tmp_path / "two" / "checkpoints").training_log
+    assert [e["loss"] for e in two_log] == pytest.approx([e["loss"] for e in one.training_log_])
+    np.testing.assert_allclose(two.score_all(["u1", "u2"]), one.score_all(["u1", "u2"]), atol=1e-4)
+
+
+# ------------------------------------------------------------------------------ resuming
+
+KILLED_RUN = """
+import os, signal, sys
+from lifelong_rec.train import TrainPlan, train
+
+def kill(step):
+    if step == int(sys.argv[2]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+train(TrainPlan.from_json(sys.argv[1]), on_step=kill)
+"""
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_parameters_of_an_uninterrupted_one(db, tmp_path):
+    """Checkpoints every 4 steps and at the end of each 5-step epoch; the process is killed
+    (SIGKILL) after step 9, in the second epoch, so the newest checkpoint is step 8 (the
+    second epoch's third step) and step 9 is lost: the resumed run redoes it and ends bit
+    for bit where an uninterrupted run ends."""
+    uninterrupted = train(_plan(db, tmp_path / "whole")).model
+    plan = _plan(db, tmp_path / "killed")
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_RUN, plan.to_json(), "9"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    checkpoint = newest_checkpoint(plan.checkpoints)
+    assert checkpoint is not None
+    assert (checkpoint.global_step, checkpoint.epoch, checkpoint.step) == (8, 1, 3)
+    assert len(checkpoint.training_log) == 1
+    assert sorted(path.name for path in Path(plan.checkpoints).iterdir()) == ["step-000000008"]
+
+    resumed = train(plan).model
+    assert int(resumed.steps_[0]) == int(uninterrupted.steps_[0]) == 3 * STEPS_PER_EPOCH
+    for name, value in _parameters(uninterrupted).items():
+        assert torch.equal(_parameters(resumed)[name], value), name
+    for name, moments in uninterrupted.optimizer_.state_dict()["state"].items():
+        for key, value in moments.items():
+            assert torch.equal(resumed.optimizer_.state_dict()["state"][name][key], value)
+    assert [e["loss"] for e in resumed.training_log_] == pytest.approx(
+        [e["loss"] for e in uninterrupted.training_log_], rel=1e-6
+    )
+    np.testing.assert_array_equal(resumed.sequences_, uninterrupted.sequences_)
+
+    # a finished run's checkpoint is the end: running again takes no step
+    again = train(plan).model
+    assert int(again.steps_[0]) == 3 * STEPS_PER_EPOCH
+
+
+# ------------------------------------------------------------------------------ the data order
+
+
+def test_the_data_order_depends_on_the_shards_not_on_the_processes():
+    rng = np.random.default_rng(1)
+    users = np.sort(rng.integers(0, 30, size=101))
+    windows = np.arange(101)[:, None] * np.ones((1, 3), dtype=np.int64)
+    data = ShardedWindows(windows, users, shards=4, batch_size=8, seed=5)
+    assert data.steps_per_epoch == -(-max(len(rows) for rows in data.shard_rows) // 8)
+    # each shard holds whole users; together they hold every window once
+    owners = [set(users[rows]) for rows in data.shard_rows]
+    assert all(a.isdisjoint(b) for i, a in enumerate(owners) for b in owners[i + 1 :])
+    assert sorted(np.concatenate(data.shard_rows)) == list(range(101))
+    for epoch in range(2):
+        orders = [data.order(epoch, shard) for shard in range(4)]
+        seen = set()
+        for step in range(data.steps_per_epoch):
+            one_process = np.concatenate([data.batch(order, step) for order in orders])
+            per_rank = [  # 2 processes: rank r takes shards r, r + 2
+                np.concatenate([data.batch(orders[shard], step) for shard in range(r, 4, 2)])
+                for r in range(2)
+            ]
+            assert sorted(one_process[:, 0]) == sorted(np.concatenate(per_rank)[:, 0])
+            seen |= set(one_process[:, 0].tolist())
+        assert seen == set(range(101))  # every window at least once an epoch
+    assert not np.array_equal(data.order(0, 0), data.order(1, 0))  # a new order each epoch
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"model": "mf"}, "distributed training is for the sequential transformer"),
+        ({"model": "transformer(dim=3)"}, "dim must be a multiple of heads"),
+        ({"shards": 0}, "shards must be a positive integer"),
+        ({"checkpoint_every": 0}, "checkpoint_every must be a positive integer"),
+        ({"threads": 0}, "threads must be a positive integer"),
+    ],
+)
+def test_bad_plans_name_the_problem(db, tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        _plan(db, tmp_path, **overrides)
+
+
+def test_more_processes_than_shards_is_refused(db, tmp_path):
+    with pytest.raises(ValueError, match=r"shards \(1\) must be at least the processes \(2\)"):
+        train(_plan(db, tmp_path, shards=1), world=2)
