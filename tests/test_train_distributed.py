@@ -8,6 +8,8 @@ Models are tiny (max_len 8, dim 16, one layer, no dropout) and every process run
 
 from __future__ import annotations
 
+import json
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +20,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from lifelong_rec.cli import main  # noqa: E402
 from lifelong_rec.events import EventBatch  # noqa: E402
 from lifelong_rec.models import parse_model  # noqa: E402
 from lifelong_rec.service.snapshots import SnapshotStore  # noqa: E402
@@ -69,7 +72,7 @@ def _parameters(model) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------------------ equivalence
 
 
-def test_two_gloo_processes_train_what_one_process_does_with_the_doubled_batch(db, tmp_path):
+def test_two_gloo_processes_train_what_one_process_does_with_the_doubled_batch(db, tmp_path, capfd):
     """2 processes x 1 shard x 8 windows against 1 process x 2 shards x 8 windows: the same
     windows at every step, the gradients averaged by DDP against computed at once.
 
@@ -104,7 +107,11 @@ def test_two_gloo_processes_train_what_one_process_does_with_the_doubled_batch(d
     # the runs trained: the parameters moved well beyond the tolerance
     moved = (one.net_.item_embedding - untrained.net_.item_embedding).detach()
     assert float(moved.abs().max()) > 0.05
-    two_log = newest_checkpoint(tmp_path / "two" / "checkpoints").training_log
+    # rank 0 reports its run on standard error; the checkpoints went with the publication
+    assert not (tmp_path / "two" / "checkpoints").exists()
+    report = re.search(r"lifelong-rec train: (\{.*\})", capfd.readouterr().err)
+    assert report is not None
+    two_log = json.loads(report.group(1))["training_log"]
     assert [e["loss"] for e in two_log] == pytest.approx([e["loss"] for e in one.training_log_])
     np.testing.assert_allclose(two.score_all(["u1", "u2"]), one.score_all(["u1", "u2"]), atol=1e-4)
 
@@ -204,3 +211,67 @@ def test_bad_plans_name_the_problem(db, tmp_path, overrides, message):
 def test_more_processes_than_shards_is_refused(db, tmp_path):
     with pytest.raises(ValueError, match=r"shards \(1\) must be at least the processes \(2\)"):
         train(_plan(db, tmp_path, shards=1), world=2)
+
+
+# ------------------------------------------------------------------------------ the command
+
+
+def test_the_train_command_publishes_a_snapshot_the_service_learner_starts_from(
+    db, tmp_path, capsys
+):
+    from lifelong_rec.service.learner import Learner
+
+    argv = ["train", "--db", db, "--model", SPEC, "--nproc", "2", "--checkpoint-every", "4"]
+    assert main([*argv, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["processes"] == 2 and result["shards"] == 2
+    assert result["snapshot"]["version"] == 1 and result["snapshot"]["offset"] == 560
+    assert not Path(f"{db}.checkpoints").exists()  # the run is done: a rerun starts afresh
+    store = SnapshotStore(f"{db}.snapshots")
+    model, _ = store.load(1)
+    assert int(model.steps_[0]) == 3 * STEPS_PER_EPOCH and len(model.users_) == 40
+    assert len(model.recommend(["u3", "someone-new"], k=5).items[0]) == 5
+
+    # the log grows; a second run trains on all of it, with one process, as version 2
+    with EventLog(db) as log:
+        log.append(EventBatch.from_columns(["u0", "u41"], ["i3", "i4"], [T0 + 1e5, T0 + 1e5]))
+    assert main([*argv[:-4], "--nproc", "1"]) == 0
+    assert "published snapshot 2" in capsys.readouterr().out
+    assert store.newest().offset == 562
+
+    # the service's learner starts from the newest snapshot and learns the log from its offset
+    learner = Learner(db, SnapshotStore(f"{db}.snapshots"), lambda: parse_model(SPEC)[1](),
+                      "naive@block", publish_seconds=60, persist_seconds=60, learn_batch=100,
+                      keep_snapshots=5)  # fmt: skip
+    learner.start()
+    try:
+        assert learner.current.version == 2 and learner.offset == 562
+        assert "u41" in learner.current.model.users_
+    finally:
+        learner.stop(persist=False)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--nproc", "0"], "--nproc must be >= 1, got 0"),
+        (["--nnodes", "0"], "--nnodes must be >= 1, got 0"),
+        (["--checkpoint-every", "0"], "--checkpoint-every must be >= 1, got 0"),
+        (["--nproc", "2", "--shards", "1"], "--shards must be >= 2, got 1"),
+        (["--nnodes", "2"], "--nnodes > 1 needs --rdzv-endpoint HOST:PORT and --run-id"),
+        (["--model", "mf"], "--model: model 'mf': distributed training is for the sequential"),
+        (["--model", "transformr"], "--model: .*transformr"),
+        (["--model", "transformer(dim=3)"], "--model: dim must be a multiple of heads"),
+    ],
+)
+def test_bad_train_options_name_the_option(db, capsys, arguments, message):
+    assert main(["train", "--db", db, *arguments]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("lifelong-rec: error: ")
+    assert len(error.strip().splitlines()) == 1
+    assert re.search(message, error), error
+
+
+def test_train_needs_an_existing_log(tmp_path, capsys):
+    assert main(["train", "--db", str(tmp_path / "missing.db")]) == 2
+    assert "no such event log" in capsys.readouterr().err

@@ -361,6 +361,55 @@ def _parser() -> argparse.ArgumentParser:
     learn.add_argument("--log-level", default="info")
     learn.set_defaults(run=_learn)
 
+    train = commands.add_parser(
+        "train",
+        help="train the transformer on the event log over processes and machines, and "
+        "publish it as a snapshot",
+        description="Train the sequential transformer from scratch on the event log with "
+        "PyTorch DistributedDataParallel (gloo on CPUs, NCCL on GPUs), started through "
+        "torchrun's elastic launcher, checkpointing as it goes (a rerun resumes), and publish "
+        "the model as a snapshot where `serve` and `learn` load it. On several machines, run "
+        "it on each with the same --nnodes, --rdzv-endpoint and --run-id, and a shared "
+        "--checkpoints folder.",
+    )
+    train.add_argument(
+        "--db", required=True,
+        help="the event log: an SQLite file, or postgresql://user@host:5432/dbname",
+    )  # fmt: skip
+    train.add_argument("--db-schema", default=None, help="PostgreSQL schema (default: public)")
+    train.add_argument(
+        "--model", default="transformer",
+        help="a transformer spec, e.g. transformer(epochs=20, loss=sampled) (default: "
+        "%(default)s); it names the snapshots, as serve's --model does",
+    )  # fmt: skip
+    train.add_argument("--nproc", type=int, default=1, help="processes on this machine")
+    train.add_argument("--nnodes", type=int, default=1, help="machines (default: 1)")
+    train.add_argument(
+        "--rdzv-endpoint", default=None, metavar="HOST:PORT",
+        help="with --nnodes > 1: where the machines meet (one of them)",
+    )  # fmt: skip
+    train.add_argument("--run-id", default=None, help="with --nnodes > 1: the same on each")
+    train.add_argument(
+        "--shards", type=int, default=None,
+        help="user shards; fix the data order (default: all processes, nproc x nnodes)",
+    )  # fmt: skip
+    train.add_argument(
+        "--checkpoints", type=Path, default=None,
+        help="checkpoint folder (default: <db>.checkpoints beside an SQLite log; needed "
+        "with PostgreSQL)",
+    )  # fmt: skip
+    train.add_argument("--checkpoint-every", type=int, default=100, help="steps (default: 100)")
+    train.add_argument(
+        "--max-restarts", type=int, default=0,
+        help="restarts of the processes after a failure, each from the newest checkpoint",
+    )  # fmt: skip
+    train.add_argument(
+        "--snapshots", type=Path, default=None,
+        help="SQLite: the snapshot folder (default: <db>.snapshots, as serve's)",
+    )  # fmt: skip
+    train.add_argument("--json", action="store_true", help="print the result as JSON")
+    train.set_defaults(run=_train)
+
     db = commands.add_parser("db", help="the database's schema")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     upgrade = db_commands.add_parser(
@@ -749,6 +798,65 @@ def _learn(args: argparse.Namespace) -> int:
     for number in (signal.SIGTERM, signal.SIGINT):  # a clean stop persists, then returns
         signal.signal(number, lambda *_: stop.set())
     run_learner(settings, stop, name=learner_name(settings.model, args.arm))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    _at_least(1, nproc=args.nproc, nnodes=args.nnodes, checkpoint_every=args.checkpoint_every)
+    _at_least(0, max_restarts=args.max_restarts)
+    if args.shards is not None:
+        _at_least(args.nproc * args.nnodes, shards=args.shards)
+    if args.nnodes > 1 and not (args.rdzv_endpoint and args.run_id):
+        raise InputError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT and --run-id")
+    options = {"db": args.db, "model": args.model, "snapshots": args.snapshots,
+               "db_schema": args.db_schema}  # fmt: skip
+    settings = _service_settings({k: v for k, v in options.items() if v is not None})
+    postgres = is_postgres(settings.db)
+    if not postgres and not Path(settings.db).is_file():
+        raise InputError("no such event log", path=Path(settings.db))
+    checkpoints = args.checkpoints
+    if checkpoints is None:
+        if postgres:
+            raise InputError("--checkpoints: a folder is needed with PostgreSQL")
+        checkpoints = Path(f"{settings.db}.checkpoints")
+    from lifelong_rec.service.stores import open_snapshots
+    from lifelong_rec.service.worker import learner_name
+    from lifelong_rec.train import TrainPlan, launch
+
+    plan = _parsed(
+        "--model", TrainPlan, model=settings.model, db=settings.db, schema=settings.db_schema,
+        shards=args.shards or args.nproc * args.nnodes, checkpoints=str(checkpoints),
+        checkpoint_every=args.checkpoint_every,
+        snapshots=None if postgres else str(settings.snapshots),
+        snapshot_name=learner_name(settings.model),
+    )  # fmt: skip
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    started = time.perf_counter()
+    try:
+        launch(plan, args.nproc, args.nnodes, args.rdzv_endpoint, args.run_id, args.max_restarts)
+    except ChildFailedError as error:
+        print(f"lifelong-rec: training failed: {error}", file=sys.stderr)
+        return EXIT_INTERNAL
+    name = learner_name(settings.model)
+    store = open_snapshots(
+        settings.db, folder=settings.snapshots, name=name, schema=settings.db_schema
+    )
+    try:
+        newest = store.newest()
+    finally:
+        store.close()
+    result = {"model": settings.model, "processes": args.nproc * args.nnodes,
+              "shards": plan.shards, "seconds": round(time.perf_counter() - started, 1),
+              "snapshot": None if newest is None else newest.to_dict(),
+              "snapshots": "database" if postgres else str(settings.snapshots)}  # fmt: skip
+    if args.json:
+        _print_json(result)
+    elif newest is not None:
+        print(
+            f"published snapshot {newest.version} of {settings.model} (learned up to log "
+            f"offset {newest.offset:,}) in {result['seconds']} s to {result['snapshots']}"
+        )
     return 0
 
 

@@ -238,6 +238,8 @@ def train(
     if not cuda and plan.threads is not None:
         torch.set_num_threads(plan.threads)
     checkpoint = newest_checkpoint(plan.checkpoints) if plan.checkpoints else None
+    if checkpoint is not None:
+        _check_same_run(plan, checkpoint)
     model, data, log_end = _build(plan, world, checkpoint, device if cuda else None)
     epoch, step = (checkpoint.epoch, checkpoint.step) if checkpoint else (0, 0)
     if checkpoint is not None:
@@ -408,6 +410,18 @@ def newest_checkpoint(folder: str | Path | None) -> Checkpoint | None:
     return None
 
 
+def _check_same_run(plan: TrainPlan, checkpoint: Checkpoint) -> None:
+    """A checkpoint resumes only the run that wrote it: the same model, shards and log."""
+    saved = json.loads((checkpoint.path / "trainer.json").read_text(encoding="utf-8"))["plan"]
+    for name in ("model", "shards", "schema"):
+        if saved[name] != getattr(plan, name):
+            raise ValueError(
+                f"{checkpoint.path.parent}: the checkpoint is of a run with {name}="
+                f"{saved[name]!r}, not {getattr(plan, name)!r}: remove it, or name another "
+                "checkpoint folder"
+            )
+
+
 def _restore(model: SequentialTransformer, checkpoint: Checkpoint) -> None:
     """Put the checkpoint's network, optimiser moments and step count into ``model``, built
     afresh from the same log."""
@@ -484,9 +498,11 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
         trained = train(plan, rank, world, local_rank)
         if rank == 0:
             version = publish(plan, trained.model, trained.offset)
+            if plan.checkpoints and version is not None:  # done: the next run starts afresh
+                shutil.rmtree(plan.checkpoints, ignore_errors=True)
             summary = {"published_version": version, "offset": trained.offset,
                        "training_log": trained.model.training_log_}  # fmt: skip
-            print(json.dumps(summary), flush=True)
+            print(f"lifelong-rec train: {json.dumps(summary)}", file=sys.stderr, flush=True)
     finally:
         if world > 1:
             dist.destroy_process_group()
