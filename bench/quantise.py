@@ -12,8 +12,12 @@ YOOCHOOSE click stream:
 - scoring latency: ``score_all`` of one user (p50 and p90 over ``--requests`` warm users, one
   at a time) and of a batch of 256 users (p50 per user).
 
+With ``--synthetic 100000,1000000`` instead: the scoring latency alone, on random 64-factor
+item tables of those sizes (one user's query, as a request; a batch of 256), float32 BLAS
+against the compressed tables (bench/results/quantise-synthetic.json).
+
 Run: .venv/bin/python bench/quantise.py [--data ml-latest-small,yoochoose-100k] [--blocks 500]
-     [--workers 1] [--requests 300] [--tag NAME]
+     [--workers 1] [--requests 300] [--tag NAME] [--synthetic SIZES]
 Writes bench/results/quantise[-NAME].json (with the machine) and the P1 reports under
 bench/results/p1-<data>-quant[-NAME]/ (a rerun takes the strategies already finished there).
 """
@@ -34,6 +38,7 @@ from lifelong_rec.evaluate import markdown_table, prequential, write_report
 from lifelong_rec.lifelong import parse_strategy
 from lifelong_rec.models import parse_model
 from lifelong_rec.models.bounded import footprint
+from lifelong_rec.models.quantise import CompressedTable
 
 PRECISIONS = ("fp32", "fp16", "int8")
 STRATEGIES = {"session-mf": "incremental@row", "bpr": "naive@row"}
@@ -71,6 +76,40 @@ def latency(model, users: np.ndarray, requests: int) -> dict[str, float]:
     }
 
 
+def synthetic(sizes: list[int], repeats: int = 50) -> dict[str, object]:
+    """Scoring milliseconds (p50) on random item tables of ``sizes`` rows, 64 factors."""
+    rng = np.random.default_rng(0)
+    out: dict[str, object] = {}
+    for n in sizes:
+        table = rng.normal(0.0, 0.3, size=(n, 64)).astype(np.float32)
+        one, batch = (rng.normal(size=(m, 64)).astype(np.float32) for m in (1, BATCH))
+        scorers = {"fp32": lambda q, t=table: q @ t.T}
+        sizes_of = {"fp32": table.nbytes}
+        for precision in PRECISIONS[1:]:
+            compressed = CompressedTable(precision, 64)
+            compressed.refresh(table)
+            scorers[precision] = lambda q, c=compressed: c.scores(q, slice(None))
+            sizes_of[precision] = compressed.nbytes
+        row: dict[str, object] = {}
+        for precision, score in scorers.items():
+            score(one)  # compile and warm
+            single = [_seconds(score, one) for _ in range(repeats)]
+            many = [_seconds(score, batch) / BATCH for _ in range(max(3, repeats // 10))]
+            row[precision] = {
+                "table_bytes": sizes_of[precision],
+                "1_user_p50_ms": round(1e3 * float(np.median(single)), 4),
+                f"batch_{BATCH}_per_user_p50_ms": round(1e3 * float(np.median(many)), 4),
+            }
+        out[str(n)] = row
+    return out
+
+
+def _seconds(score, queries: np.ndarray) -> float:
+    started = time.perf_counter()
+    score(queries)
+    return time.perf_counter() - started
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default=",".join(DATA))
@@ -79,8 +118,14 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--tag", default="")
+    parser.add_argument("--synthetic", default="", help="item counts: scoring latency only")
     args = parser.parse_args()
     suffix = f"-{args.tag}" if args.tag else ""
+    if args.synthetic:
+        sizes = [int(n) for n in args.synthetic.split(",")]
+        threads = {"blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"), "factors": 64}
+        report(f"quantise-synthetic{suffix}", threads | synthetic(sizes))
+        return 0
     results: dict[str, object] = {
         "protocol": f"P1, {args.blocks} blocks, workers {args.workers}",
         "strategies": STRATEGIES,
