@@ -267,6 +267,37 @@ def test_the_priors_record_of_a_batch_is_its_events_one_by_one():
         assert np.allclose(batched.state()[name], single.state()[name], atol=1e-5), name
 
 
+def test_the_kept_similarity_to_recent_first_picks_follows_every_change():
+    """The prior keeps every item's similarity to the recent first picks between changes
+    (a pass over the whole catalogue per request otherwise): after first picks, decay,
+    repeat events, new texts and new items, the chances it gives are those of a prior that
+    computes everything afresh (a loaded copy keeps nothing)."""
+    rng = np.random.default_rng(5)
+    n_users, n_items, dim = 6, 30, 16
+    prior = NewItemPrior(dim=dim)
+    prior.grow(n_users, n_items)
+    prior.describe(np.arange(n_items), rng.normal(size=(n_items, dim)).astype(np.float32),
+                   np.full(n_items, np.nan))  # fmt: skip
+    users = np.arange(n_users)
+    steps = [(0, 3, 0.0), (1, 3, 0.0), (2, 4, 60.0), (3, 5, 60.0), (4, 3, 7_200.0)]
+    for user, item, later in steps:  # first picks, a repeat, the same second, decay
+        prior.chances(users, START + later)  # served: the similarity is kept
+        prior.observe(np.array([user]), np.array([item]), np.array([START + later]),
+                      np.ones(1, dtype=bool), n_items)  # fmt: skip
+        afresh = NewItemPrior(dim=dim)
+        afresh.set_state(prior.state())
+        for got, expected in zip(prior.chances(users, START + later),
+                                 afresh.chances(users, START + later), strict=True):  # fmt: skip
+            np.testing.assert_array_equal(got, expected)
+    prior.chances(users, START)
+    prior.describe(np.array([7]), rng.normal(size=(1, dim)).astype(np.float32), np.array([np.nan]))
+    prior.grow(n_users, n_items + 2)  # new items, without text
+    afresh = NewItemPrior(dim=dim)
+    afresh.set_state(prior.state())
+    np.testing.assert_array_equal(prior.discovered(), afresh.discovered())
+    assert len(prior.discovered()) == n_items + 2
+
+
 def test_the_new_item_boost_moves_new_items_up_and_says_so(trained, tmp_path):
     """Exploring new items places them as if their chance were ``new_item_boost`` times the
     estimate: never lower than without it, higher where a known item stood between; the

@@ -121,6 +121,9 @@ class NewItemPrior:
         self.newness_ = np.zeros((0, 2))  # decayed (first picks, events) per user
         self.overall_ = np.zeros(2)  # decayed (first picks, events) of everyone
         self.discovery_ = np.zeros(dim)  # decayed sum of the texts of first picks
+        # every item's cosine with the discovery vector, a pass over the whole catalogue: kept
+        # until the vector or the texts change (between learned batches, every request reads it)
+        self._discovered: np.ndarray | None = None
         self.picks_ = np.zeros(n_ages)  # decayed first picks per age bucket
         self.exposure_ = np.zeros(n_ages)  # decayed c-weighted candidates per age bucket
         self.expected_ = np.zeros(len(_CALIBRATION_BINS) + 1)  # decayed summed chances per bin
@@ -134,6 +137,7 @@ class NewItemPrior:
     def grow(self, n_users: int, n_items: int) -> None:
         """Make room for users and items up to indexes ``n_users - 1``, ``n_items - 1``."""
         if n_items > len(self.seen_):
+            self._discovered = None
             old = len(self.release_)
             self.embeddings_ = _grown(self.embeddings_, n_items)
             self.release_ = _grown(self.release_, n_items)
@@ -148,6 +152,7 @@ class NewItemPrior:
         (shape (n,), NaN = unknown) of the items at indexes ``items``."""
         self.embeddings_[items] = embeddings
         self.release_[items] = release
+        self._discovered = None
 
     # -------------------------------------------------------------- estimates
 
@@ -162,6 +167,14 @@ class NewItemPrior:
         overall = (self.overall_[0] + 0.1) / (self.overall_[1] + 1.0)
         picks, events = self.newness_[users, 0], self.newness_[users, 1]
         return (picks + _SHARE_PRIOR * overall) / (events + _SHARE_PRIOR)
+
+    def discovered(self) -> np.ndarray:
+        """Every item's cosine similarity to the items first picked lately, shape (n_items,),
+        float32 (0 for an item without text)."""
+        similarity = self._discovered  # read once: served snapshots are read by many threads
+        if similarity is None:
+            similarity = self._discovered = self.embeddings_ @ _unit(self.discovery_[None, :])[0]
+        return similarity
 
     def candidates(self, year: float, known: int | None = None) -> np.ndarray:
         """Items that may be a first pick in ``year``: never seen, not released later, among
@@ -184,7 +197,7 @@ class NewItemPrior:
             texts, columns = texts[items], np.arange(len(items))
         x = np.empty((len(users), len(items), 3))
         x[:, :, 0] = (_unit(self.profile_[users]) @ texts.T)[:, columns]
-        x[:, :, 1] = (texts @ _unit(self.discovery_[None, :])[0])[columns][None, :]
+        x[:, :, 1] = self.discovered()[items][None, :]
         x[:, :, 2] = np.log(self.share(users))[:, None]
         return bucket, x
 
@@ -309,7 +322,10 @@ class NewItemPrior:
     ) -> None:
         """Seen items, users' recent items and shares, recent first picks, clock."""
         # later[j]: the user's events after event j in this batch
-        touched, inverse, counts = np.unique(users, return_inverse=True, return_counts=True)
+        if len(users) == 1:  # np.unique costs ~30 us, more than the rest for one event
+            touched, inverse, counts = users, np.zeros(1, dtype=np.int64), np.ones(1, np.int64)
+        else:
+            touched, inverse, counts = np.unique(users, return_inverse=True, return_counts=True)
         order = np.argsort(inverse, kind="stable")
         later = np.empty(len(users), dtype=np.int64)
         later[order] = np.cumsum(counts)[inverse[order]] - 1 - np.arange(len(users))
@@ -330,9 +346,12 @@ class NewItemPrior:
         if np.isfinite(self.clock_) and latest > self.clock_:
             factor = 2.0 ** (-(latest - self.clock_) / seconds)
             self.discovery_ *= factor
+            self._discovered = None
             self.overall_ *= 2.0 ** (-(latest - self.clock_) / (self.rate_half_life_days * 86_400))
         age = 2.0 ** (-(latest - timestamps[first]) / seconds)
-        self.discovery_ += age @ self.embeddings_[items[first]]
+        if first.any():
+            self.discovery_ += age @ self.embeddings_[items[first]]
+            self._discovered = None
         self.overall_ += [first.sum(), len(first)]
         self.seen_[items] = True
         self.clock_ = max(self.clock_, latest)
@@ -357,6 +376,7 @@ class NewItemPrior:
                      "observed", "coef", "squares"):  # fmt: skip
             setattr(self, f"{name}_", arrays[name].astype(np.float64))
         self.clock_ = float(arrays["clock"][0])
+        self._discovered = None
 
 
 class RankRates:
@@ -1005,6 +1025,8 @@ def _interpolate(
 
 def _first_occurrence(keys: np.ndarray) -> np.ndarray:
     """True at the first occurrence of each key, shape (n,)."""
+    if len(keys) <= 1:
+        return np.ones(len(keys), dtype=bool)
     first = np.zeros(len(keys), dtype=bool)
     first[np.unique(keys, return_index=True)[1]] = True
     return first
