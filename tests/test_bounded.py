@@ -150,3 +150,22 @@ def test_the_service_exports_what_a_bounded_model_holds_and_left_out(tmp_path: P
     assert gauges["unadmitted_events"] >= 50  # every one-off visitor's event at least
     assert gauges["model_bytes"] > 64 * 2**20  # the sketch's 64 MiB and the rest
     assert gauges["expired_users"] == gauges["freed_bytes"] == 0  # nothing expires here
+
+
+def test_the_service_exports_the_bytes_a_compressed_model_serves(tmp_path: Path) -> None:
+    """A model serving int8 tables (#17 part 3) exports the bytes its scoring reads beside
+    what it holds; one serving float32 tables and bounding nothing exports neither."""
+    exported = {}
+    for precision in ("int8", "fp32"):
+        spec = f"mf(factors=8, iterations=3, serve_precision='{precision}')"
+        settings = Settings(db=tmp_path / f"{precision}.db", publish_seconds=0.05, model=spec)
+        with TestClient(create_app(settings)) as client:
+            assert client.post("/events", json={"events": stream_rows(500)}).status_code == 200
+            wait_until(lambda: caught_up(client), 30)
+            exported[precision] = {
+                line.split('what="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+                for line in client.get("/metrics").text.splitlines()
+                if line.startswith("lifelong_rec_model_memory{")
+            }
+    assert 0 < exported["int8"]["served_bytes"] < exported["int8"]["model_bytes"]
+    assert exported["fp32"] == {}

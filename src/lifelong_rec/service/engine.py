@@ -35,7 +35,7 @@ import numpy as np
 from lifelong_rec.events import Catalog, EventBatch, EventWeights, kind_codes
 from lifelong_rec.explain import explain_decisions
 from lifelong_rec.models import Recommender, Wording, parse_model, with_catalog
-from lifelong_rec.models.bounded import bounds_memory, footprint
+from lifelong_rec.models.bounded import memory_report, reports_memory
 from lifelong_rec.policy import Decisions, Greedy, Policy, parse_policy, reward_spec, serve
 from lifelong_rec.service.decisions import Served, rewards_matrix
 from lifelong_rec.service.errors import Conflict, Invalid, NotFound, NotReady
@@ -478,15 +478,15 @@ class Engine:
 
     def bounded_memory(self) -> dict[str, dict[str, int]]:
         """For each serving model that bounds its memory (``admit_after``,
-        ``expire_after_days``): the bytes its arrays hold (``model_bytes``) and what admission
-        left out and expiry freed so far (``memory_``), as of the snapshot it serves."""
-        bounded = {}
-        for name, learner in self._serving_learners().items():
-            model = learner.current.model
-            if model is not None and bounds_memory(model):
-                counts: dict[str, int] = getattr(model, "memory_", {})
-                bounded[name] = {"model_bytes": footprint(model), **counts}
-        return bounded
+        ``expire_after_days``) or serves compressed tables (``serve_precision``): the bytes
+        its arrays hold (``model_bytes``), the bytes of the tables its scoring reads
+        (``served_bytes``, factor models), and what admission left out and expiry freed so
+        far (``memory_``), as of the snapshot it serves."""
+        return {
+            name: memory_report(learner.current.model)
+            for name, learner in self._serving_learners().items()
+            if learner.current.model is not None and reports_memory(learner.current.model)
+        }
 
     def models(self) -> dict[str, object]:
         serving = self.learner.current

@@ -85,9 +85,11 @@ class Metrics:
         )
         self.bounded = Gauge(
             "lifelong_rec_model_memory",
-            "models that bound their memory (admit_after, expire_after_days): bytes their "
-            "arrays hold (what=model_bytes), events of ids not admitted yet, ids expired and "
-            "the bytes that freed (unadmitted_events, expired_users, expired_items, freed_bytes)",
+            "models that bound their memory (admit_after, expire_after_days) or serve "
+            "compressed tables (serve_precision): bytes their arrays hold (what=model_bytes), "
+            "bytes of the tables scoring reads (served_bytes), events of ids not admitted yet, "
+            "ids expired and the bytes that freed (unadmitted_events, expired_users, "
+            "expired_items, freed_bytes)",
             ["model", "what"],
             registry=r,
         )
