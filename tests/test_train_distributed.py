@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -275,3 +276,69 @@ def test_bad_train_options_name_the_option(db, capsys, arguments, message):
 def test_train_needs_an_existing_log(tmp_path, capsys):
     assert main(["train", "--db", str(tmp_path / "missing.db")]) == 2
     assert "no such event log" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ delegation
+
+
+def _wait(condition, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_the_learner_adopts_the_trainers_network_and_keeps_the_events_since(db, tmp_path):
+    """The service's learner (sequence updates only, so its weights are the adopted ones
+    exactly) follows the log; the trainer trains on it and publishes into the learner's
+    store; an event arrives that the trainer never saw. The learner adopts the trained
+    network, keeps the new event in the user's sequence and the new item's own row, and
+    publishes and persists the result as versions after the trainer's."""
+    from lifelong_rec.service.learner import Learner
+    from lifelong_rec.train import publish
+
+    folder = tmp_path / "snapshots"
+    spec = SPEC.replace("epochs=3", "epochs=3, update_steps=0")
+    learner = Learner(db, SnapshotStore(folder), parse_model(spec)[1], "naive@block",
+                      publish_seconds=0.05, persist_seconds=0.05, learn_batch=1_000,
+                      keep_snapshots=10, trained_poll_seconds=0.05)  # fmt: skip
+    learner.start()
+    try:
+        _wait(lambda: learner.offset == 560 and learner._persisted_version >= 1)
+        own = learner.current.model
+        plan = _plan(db, tmp_path, snapshots=str(folder))
+        trained = train(plan)
+        with EventLog(db) as log:  # after the trainer read the log
+            log.append(EventBatch.from_columns(["u0", "u0"], ["i5", "i-new"], [T0 + 1e5] * 2))
+        version = publish(plan, trained.model, trained.offset)
+        learner.wake()
+        _wait(lambda: learner.adopted is not None and learner.offset == 562)
+        _wait(lambda: learner.current.version > version and learner._persisted_version > version)
+    finally:
+        learner.stop()
+    assert learner.error is None
+    assert learner.adopted.version == version and learner.adopted.offset == 560
+    served = learner.current.model
+    new_item = int(served.items_.lookup(["i-new"])[0])
+    assert served.sequences_[served.users_.lookup(["u0"])[0], -2:].tolist() == [
+        int(served.items_.lookup(["i5"])[0]) + 1, new_item + 1,
+    ]  # fmt: skip
+    theirs = trained.model
+    for name, value in _parameters(theirs).items():
+        if name != "item_embedding":
+            assert torch.equal(_parameters(served)[name], value), name
+    known = theirs.items_.ids(np.arange(len(theirs.items_)))
+    rows = torch.as_tensor(served.items_.lookup(known) + 1)
+    assert torch.equal(
+        served.net_.item_embedding[rows], theirs.net_.item_embedding[1 : len(known) + 1]
+    )
+    assert new_item >= len(known)  # the trainer never saw it: its row is the learner's own
+    assert not torch.equal(
+        served.net_.item_embedding[1 : len(known) + 1], own.net_.item_embedding[1 : len(known) + 1]
+    )
+    # on disk: the learner's versions, the trainer's, then the learner's with the adopted network
+    store = SnapshotStore(folder)
+    assert version in store.versions() and store.versions()[-1] > version
+    persisted, info = store.load(store.versions()[-1])
+    assert info.offset == 562
+    np.testing.assert_allclose(persisted.score_all(["u0"]), served.score_all(["u0"]), rtol=1e-6)

@@ -112,7 +112,8 @@ class SequentialTransformer(Recommender):
         in ``Explanation.rest``.
     device : str
         "auto" (CUDA when present, else CPU), "cpu", "cuda", "cuda:1", ...; on CUDA the
-        forward passes run in bfloat16 mixed precision.
+        forward passes run in bfloat16 mixed precision (the logits and losses in float32)
+        and the optimiser is fused (one kernel for every parameter's update).
     seed : int
         Runs on the CPU are deterministic for a seed.
     fallback_half_life_days : float or None
@@ -295,7 +296,17 @@ class SequentialTransformer(Recommender):
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
         kind = torch.optim.AdamW if self.optimizer == "adamw" else torch.optim.Adam
-        return kind(self.net_.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
+        return kind(
+            self.net_.parameters(),
+            lr=self.learning_rate,
+            weight_decay=self.weight_decay,
+            fused=self._fused,  # one kernel updates every parameter
+        )
+
+    @property
+    def _fused(self) -> bool:
+        """Whether the optimiser runs fused (CUDA: its step count then lives on the GPU)."""
+        return self._device.type == "cuda"
 
     def _grow(self, n_users: int, n_items: int) -> None:
         extra = n_users - len(self.sequences_)
@@ -404,6 +415,52 @@ class SequentialTransformer(Recommender):
         for parameter in teacher.parameters():
             parameter.requires_grad_(False)
         self._teacher = (teacher, len(self.items_))
+
+    def adopt_network(self, trained: SequentialTransformer) -> None:
+        """Take the network of ``trained`` (a model of the same shape trained elsewhere: the
+        distributed trainer's) and keep everything else: the users' sequences, the ids, the
+        histories and the items ``trained`` does not know (their rows stay as they are).
+
+        The id rows are matched by item id. The optimiser starts afresh (its moments were of
+        the old weights). While distilling (after ``anchor``), the adopted network becomes
+        the snapshot distilled from, with the same strength: later steps are pulled toward
+        the trained weights, not back to the replaced ones.
+
+        Raises
+        ------
+        ValueError
+            If ``trained`` is not a transformer of the same shape (width, depth, heads,
+            length, text encoder).
+        """
+        self._check_fitted()
+        if not isinstance(trained, SequentialTransformer) or not trained.is_fitted:
+            raise ValueError("adopt_network needs a fitted SequentialTransformer")
+        shape = ("max_len", "dim", "layers", "heads", "text_encoder")
+        mismatch = [n for n in shape if getattr(self, n) != getattr(trained, n)]
+        if mismatch:
+            differences = [f"{n} ({getattr(trained, n)!r}, not {getattr(self, n)!r})"
+                           for n in mismatch]  # fmt: skip
+            raise ValueError(
+                "adopt_network: the trained model differs in " + ", ".join(differences)
+            )
+        mine = np.arange(len(self.items_))
+        theirs = trained.items_.lookup(self.items_.ids(mine))
+        found = theirs >= 0
+        source = trained.net_.state_dict()
+        with torch.no_grad():
+            for name, value in self.net_.state_dict().items():
+                if name in ("item_embedding", "text", "has_text", "interacted"):
+                    continue  # per item: matched by id below (text and flags stay ours)
+                value.copy_(source[name].to(value.device))
+            rows = torch.as_tensor(mine[found] + 1, device=self._device)
+            their_rows = torch.as_tensor(theirs[found] + 1, device=trained.net_.text.device)
+            self.net_.item_embedding[rows] = trained.net_.item_embedding[their_rows].to(
+                self._device
+            )
+        self.optimizer_ = self._new_optimizer()
+        self._changed()
+        if self._teacher is not None:
+            self._anchor(self._distill)
 
     def _append(self, users: np.ndarray, rows: np.ndarray) -> None:
         """Append item ``rows`` to the users' sequences; both sorted by user, then time."""
@@ -725,7 +782,8 @@ class SequentialTransformer(Recommender):
             moments = {k.removeprefix(prefix): torch.as_tensor(v, device=self._device)
                        for k, v in arrays.items() if k.startswith(prefix)}  # fmt: skip
             if moments:
-                moments["step"] = moments["step"].cpu()  # Adam keeps its step count on the CPU
+                if not self._fused:  # unfused Adam keeps its step count on the CPU
+                    moments["step"] = moments["step"].cpu()
                 self.optimizer_.state[parameter] = moments
         self.sequences_ = arrays["sequences"].astype(np.int64)
         self.steps_ = arrays["steps"].astype(np.int64)

@@ -21,6 +21,15 @@ hands the misses to the strategy, whose drift detection watches them.
 A rollback (:meth:`Learner.activate`) pins serving to a snapshot until it is released; the pin
 is persisted and holds across restarts.
 
+Delegated training (``trained_poll_seconds``): a distributed trainer (``lifelong-rec train``,
+:mod:`lifelong_rec.train`) fine-tunes the model on the whole log elsewhere and publishes it in
+this learner's store. The learner keeps learning every event as it comes (for the transformer:
+appending it to the user's sequence, and its own few steps), and every
+``trained_poll_seconds`` looks for a version in the store newer than any it has published:
+the trainer's. It then takes that model's network into its own (``adopt_network``: weights
+matched by item id; its sequences, ids and newer items stay), distilling from it from then on
+when its strategy distils, and publishes the result as its next version.
+
 The snapshot store is a folder (one machine) or PostgreSQL (:class:`PostgresSnapshotStore`),
 where API replicas on other machines follow what the learner publishes (``Follower``). While
 the database cannot be reached, the learner waits and tries again: what it has not read is
@@ -151,6 +160,9 @@ class Learner:
         Also publish when the log moved on by events that change no score (impressions),
         at most this often, so that a snapshot's offset (what API replicas report as learned)
         reaches the log's end. None (in-process serving reads :attr:`offset`) never does.
+    trained_poll_seconds : float, optional
+        With a distributed trainer publishing into ``store``: how often to look for its
+        snapshots and adopt their networks (see the module). None: no trainer.
 
     Attributes
     ----------
@@ -164,6 +176,8 @@ class Learner:
         The next log offset to learn.
     restored_policies : dict of str to Policy
         The policies of the snapshot restored at start (empty if none).
+    adopted : SnapshotInfo or None
+        The trainer's snapshot whose network was adopted last.
     """
 
     def __init__(
@@ -186,6 +200,7 @@ class Learner:
         consumer: str = CONSUMER,
         settled: Callable[[], int] | None = None,
         idle_publish_seconds: float | None = None,
+        trained_poll_seconds: float | None = None,
     ) -> None:
         check_positive_ints(
             learn_batch=learn_batch,
@@ -196,6 +211,8 @@ class Learner:
         )
         if not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        if trained_poll_seconds is not None and not trained_poll_seconds > 0:
+            raise ValueError(f"trained_poll_seconds must be > 0, got {trained_poll_seconds!r}")
         self.log = open_log(db, schema=schema)
         self.store = store
         self.factory = factory
@@ -214,6 +231,9 @@ class Learner:
         self.settled = settled
         self.restored_settled = 0  # the restored snapshot's settlement number
         self.idle_publish_seconds = idle_publish_seconds
+        self.trained_poll_seconds = trained_poll_seconds
+        self.adopted: SnapshotInfo | None = None
+        self._known_versions: set[int] = set()  # on disk and not a trainer's to adopt
         self.current = Snapshot(None, 0, 0, time.time())  # what serving reads
         self.latest = self.current  # the newest published, served or not (pinning)
         self.pinned = False
@@ -247,6 +267,7 @@ class Learner:
         snapshot's offset on (from 0 without one)."""
         versions = self.store.versions()
         self._last_version = max(versions, default=0)  # damaged ones too: never overwritten
+        self._known_versions = set(versions)
         for version in reversed(versions):
             try:
                 model, info = self.store.load(version)
@@ -376,7 +397,7 @@ class Learner:
     # -------------------------------------------------------------- the loop
 
     def _run(self) -> None:
-        last_publish = last_persist = time.monotonic()
+        last_publish = last_persist = last_poll = time.monotonic()
         away = False  # the database cannot be reached (said once per outage)
         try:
             while not self._stop.is_set():
@@ -385,6 +406,10 @@ class Learner:
                     if self._stop.is_set():
                         break  # the final publish and persist follow
                     now = time.monotonic()
+                    poll = self.trained_poll_seconds
+                    if poll is not None and now - last_poll >= poll:
+                        self._adopt_trained()
+                        last_poll = now
                     if now - last_publish >= self.publish_seconds and self._publish():
                         last_publish = now
                     if now - last_persist >= self.persist_seconds:
@@ -469,6 +494,42 @@ class Learner:
                 self.on_publish(self.current)
         return True
 
+    def _adopt_trained(self) -> bool:
+        """Adopt the network of the newest snapshot a trainer published since this learner's
+        last version, if any; whether it did."""
+        versions = self.store.versions()
+        newer = [version for version in versions if version not in self._known_versions]
+        # forget what was pruned; what is there now is known from here on
+        self._known_versions = set(versions)
+        if not newer:
+            return False
+        # this learner's next version comes after them (it may have published in memory
+        # the very number a trainer took on disk: its persist then takes the next)
+        self._last_version = max(self._last_version, *newer)
+        model = self.strategy.model
+        adopt = getattr(model, "adopt_network", None)
+        for version in reversed(newer):
+            try:
+                trained, info = self.store.load(version)
+            except (KeyError, DamagedSnapshot) as error:
+                log.warning("trained snapshot %s cannot be adopted: %s", version, error)
+                continue
+            if model is None or adopt is None:
+                log.warning("snapshot %s was published beside this learner, whose model "
+                            "cannot adopt a network: ignored", version)  # fmt: skip
+                return False
+            try:
+                adopt(trained)
+            except ValueError as error:
+                log.warning("trained snapshot %s cannot be adopted: %s", version, error)
+                return False
+            self.adopted = info
+            self._dirty = True  # the next publish serves it
+            log.info("adopted the network of trained snapshot %s (trained to offset %s)",
+                     version, info.offset)  # fmt: skip
+            return True
+        return False
+
     def _persist(self) -> SnapshotInfo | None:
         """Write the newest published snapshot to disk and commit its offset."""
         snapshot = self.latest
@@ -477,10 +538,20 @@ class Learner:
         policies = self.policies() if self.policies is not None else None
         settled = self.settled() if self.settled is not None else None
         quality = asdict(self._quality) if self._quality.scored else None
-        info = self.store.save(
-            snapshot.model, snapshot.version, snapshot.offset, policies, quality, settled
-        )
+        try:
+            info = self.store.save(
+                snapshot.model, snapshot.version, snapshot.offset, policies, quality, settled
+            )
+        except FileExistsError:
+            if self.trained_poll_seconds is None:
+                raise
+            # a trainer published this version number first: adopt it, publish ours after
+            self._adopt_trained()
+            self._dirty = True
+            self._publish()
+            return self._persist()
         self._persisted_version = snapshot.version  # saved: a retry must not save it again
+        self._known_versions.add(snapshot.version)  # this learner's own
         self.log.commit(self.consumer, snapshot.offset)
         with self._serving_lock:  # what serves, or is pinned, stays on disk
             self.store.prune(self.keep_snapshots, {self.current.version})
