@@ -193,10 +193,31 @@ def test_id_index_lookup_unknown_and_ids_bounds():
 
 
 def test_id_index_keeps_long_ids_whole():
-    # Guards a bug: np.insert into the sorted copy truncated ids longer than the first ones.
+    # Guards a bug: adding to ids of a narrower width once truncated the longer new ones.
     index = IdIndex(["a"])
     index.add(["a-much-longer-id"])
     assert index.lookup(["a-much-longer-id"]).tolist() == [1]
+
+
+def test_id_index_grows_into_spare_room_and_copies_are_apart():
+    """A stream of new ids one at a time copies the id array a logarithmic number of times
+    (not once per id), ids of any width survive widening, and a copy does not see what is
+    added to its original afterwards (nor the original the copy's)."""
+    index = IdIndex()
+    buffers = set()
+    for n in range(300):
+        index.add([f"u{n}" if n % 50 else f"user-with-a-long-id-{n}"])
+        buffers.add(index._ids.base.ctypes.data)
+    assert len(buffers) <= 12  # doublings and a few widenings, not 300 copies
+    names = [f"u{n}" if n % 50 else f"user-with-a-long-id-{n}" for n in range(300)]
+    assert index.to_array().tolist() == names
+    assert index.lookup(names[::-1]).tolist() == list(range(299, -1, -1))
+    clone = index.copy()
+    index.add(["only-in-the-original"])
+    clone.add(["only-in-the-copy"])
+    assert clone.lookup(["only-in-the-original", "only-in-the-copy"]).tolist() == [-1, 300]
+    assert index.lookup(["only-in-the-original", "only-in-the-copy"]).tolist() == [300, -1]
+    assert index.ids([300]).tolist() == ["only-in-the-original"]
 
 
 def test_id_index_saves_and_loads(tmp_path):

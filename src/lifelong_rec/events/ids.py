@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Iterable
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -162,8 +164,10 @@ class IdIndex:
     """A growing two-way map between external ids and dense indexes 0..n-1.
 
     Indexes are assigned in order of first sight and never change, so arrays indexed by them
-    (embedding tables, counts) only ever grow at the end. Lookups are vectorised: a sorted copy
-    of the ids is searched with ``np.searchsorted``.
+    (embedding tables, counts) only ever grow at the end. Ids map to indexes through a hash
+    table (a dict, walked by C-level ``map``: no Python loop per id), so a lookup or an
+    added id costs the same at ten ids as at ten million; indexes map back to ids through an
+    array that grows into spare room.
 
     Examples
     --------
@@ -177,9 +181,8 @@ class IdIndex:
     """
 
     def __init__(self, ids: Iterable[object] | np.ndarray = ()) -> None:
-        self._ids = np.array([], dtype=str)
-        self._sorted_ids = np.array([], dtype=str)
-        self._sorted_positions = np.array([], dtype=np.int64)
+        self._positions: dict[str, int] = {}
+        self._ids = np.array([], dtype=str)  # a prefix of its buffer, as _appended makes it
         self.add(ids)
 
     def __len__(self) -> int:
@@ -198,14 +201,17 @@ class IdIndex:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the index's arrays."""
-        return self._ids.nbytes + self._sorted_ids.nbytes + self._sorted_positions.nbytes
+        """Bytes held by the index: the id array (the rows in use), the hash table, and an
+        estimate of its keys (a str object each: 49 bytes and its ASCII characters) and
+        values (an int object each past 256)."""
+        keys = len(self._ids) * 49 + int(np.char.str_len(self._ids).sum()) if len(self) else 0
+        values = max(len(self._ids) - 257, 0) * 28
+        return self._ids.nbytes + sys.getsizeof(self._positions) + keys + values
 
     def copy(self) -> IdIndex:
         clone = IdIndex()
+        clone._positions = self._positions.copy()
         clone._ids = self._ids.copy()
-        clone._sorted_ids = self._sorted_ids.copy()
-        clone._sorted_positions = self._sorted_positions.copy()
         return clone
 
     def to_array(self) -> np.ndarray:
@@ -214,30 +220,30 @@ class IdIndex:
 
     def lookup(self, ids: Iterable[object] | np.ndarray) -> np.ndarray:
         """Dense indexes of ``ids``, shape (n,), int64; -1 where an id is unknown."""
-        query = as_ids(ids)
-        if len(self._ids) == 0 or len(query) == 0:
-            return np.full(len(query), -1, dtype=np.int64)
-        position = np.searchsorted(self._sorted_ids, query)
-        position = np.minimum(position, len(self._sorted_ids) - 1)
-        found = self._sorted_ids[position] == query
-        return np.where(found, self._sorted_positions[position], -1)
+        return self._find(as_ids(ids).tolist())
+
+    def _find(self, keys: list[str]) -> np.ndarray:
+        found = map(self._positions.get, keys, repeat(-1, len(keys)))
+        return np.fromiter(found, dtype=np.int64, count=len(keys))
 
     def add(self, ids: Iterable[object] | np.ndarray) -> np.ndarray:
         """Indexes of ``ids``, adding the unknown ones in order of first appearance."""
         query = as_ids(ids)
-        indexes = self.lookup(query)
-        unknown = indexes < 0
-        if not unknown.any():
+        keys = query.tolist()
+        indexes = self._find(keys)
+        unknown = np.flatnonzero(indexes < 0)
+        if not len(unknown):
             return indexes
-        new_ids, first = np.unique(query[unknown], return_index=True)
-        new_positions = len(self._ids) + np.argsort(np.argsort(first, kind="stable"))
-        self._ids = np.concatenate([self._ids, new_ids[np.argsort(first, kind="stable")]])
-        # new_ids is sorted, so one merge keeps the sorted copy sorted: O(n), no re-sort.
-        at = np.searchsorted(self._sorted_ids, new_ids)
-        # np.insert keeps the array's string width: widen first, or longer ids are truncated.
-        self._sorted_ids = np.insert(self._sorted_ids.astype(self._ids.dtype), at, new_ids)
-        self._sorted_positions = np.insert(self._sorted_positions, at, new_positions)
-        indexes[unknown] = self.lookup(query[unknown])
+        new = query[unknown]
+        new_keys = new.tolist()
+        first = list(dict.fromkeys(new_keys))  # unique, in order of first appearance
+        once = len(first) == len(new_keys)  # (a load, a batch of new users: no repeats)
+        n = len(self._ids)
+        # ids first, positions second: a reader in another thread that finds a position
+        # finds its id
+        self._ids = _appended(self._ids, new if once else np.array(first, dtype=new.dtype))
+        self._positions.update(zip(first, range(n, n + len(first)), strict=True))
+        indexes[unknown] = np.arange(n, n + len(first)) if once else self._find(new_keys)
         return indexes
 
     def ids(self, indexes: Iterable[int] | np.ndarray) -> np.ndarray:
@@ -267,3 +273,22 @@ class IdIndex:
                 f"is not the supported {FORMAT_VERSION}"
             )
         return cls(np.array(payload["ids"], dtype=str))
+
+
+def _appended(ids: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """``ids`` (a prefix of its buffer, as this function returns it) with ``new`` after it.
+    The buffer keeps room to spare, doubling, so a stream of new ids one at a time copies it
+    a logarithmic number of times; a longer id than the buffer's width widens it (a copy)."""
+    n, width = len(ids), max(ids.dtype.itemsize, new.dtype.itemsize)
+    buffer = ids.base
+    if not (
+        isinstance(buffer, np.ndarray)
+        and buffer.dtype == ids.dtype
+        and buffer.dtype.itemsize >= width
+        and buffer.ctypes.data == ids.ctypes.data
+        and len(buffer) >= n + len(new)
+    ):
+        buffer = np.empty(max(2 * n, n + len(new), 16), dtype=np.dtype(("U", width // 4)))
+        buffer[:n] = ids
+    buffer[n : n + len(new)] = new
+    return buffer[: n + len(new)]
