@@ -13,8 +13,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from lifelong_rec.events import EventBatch  # noqa: E402
-from lifelong_rec.models.sequential import (  # noqa: E402
-    SequentialTransformer,
+from lifelong_rec.models.sequential import SequentialTransformer  # noqa: E402
+from lifelong_rec.models.sequential_net import (  # noqa: E402
     inclusion_probability,
     sampled_softmax_loss,
 )

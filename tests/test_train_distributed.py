@@ -342,3 +342,32 @@ def test_the_learner_adopts_the_trainers_network_and_keeps_the_events_since(db, 
     persisted, info = store.load(store.versions()[-1])
     assert info.offset == 562
     np.testing.assert_allclose(persisted.score_all(["u0"]), served.score_all(["u0"]), rtol=1e-6)
+
+
+def test_a_learner_whose_version_number_the_trainer_took_adopts_it_and_persists_the_next(
+    db, tmp_path
+):
+    """The learner has published version 1 in memory, not yet on disk; the trainer saves its
+    model as version 1 first. The learner's persist finds the number taken: it adopts the
+    trainer's snapshot and persists its own as version 2 instead of failing."""
+    from lifelong_rec.service.learner import Learner
+
+    folder = tmp_path / "snapshots"
+    spec = SPEC.replace("epochs=3", "epochs=3, update_steps=0")
+    learner = Learner(db, SnapshotStore(folder), parse_model(spec)[1], "naive@block",
+                      publish_seconds=0.01, persist_seconds=3_600, learn_batch=1_000,
+                      keep_snapshots=10, trained_poll_seconds=3_600)  # fmt: skip
+    learner.start()
+    try:
+        _wait(lambda: learner.latest.version == 1 and learner.latest.offset == 560)
+        trained = train(_plan(db, tmp_path)).model
+        SnapshotStore(folder).save(trained, 1, 560)
+    finally:
+        learner.stop()  # persists: version 1 is taken
+    assert learner.error is None
+    assert learner.adopted is not None and learner.adopted.version == 1
+    store = SnapshotStore(folder)
+    assert store.versions() == [1, 2]
+    persisted, _ = store.load(2)
+    for name, value in _parameters(trained).items():
+        assert torch.equal(_parameters(persisted)[name], value), name

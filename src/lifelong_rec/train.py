@@ -62,9 +62,20 @@ from torch import nn
 from lifelong_rec.checks import check_positive_ints
 from lifelong_rec.models import Recommender, parse_model, with_catalog
 from lifelong_rec.models.sequential import SequentialTransformer
-from lifelong_rec.store import open_log
+from lifelong_rec.store import is_postgres, open_log
 
-__all__ = ["Checkpoint", "TrainPlan", "Trained", "launch", "newest_checkpoint", "publish", "train"]
+__all__ = [
+    "Checkpoint",
+    "ShardedWindows",
+    "TrainPlan",
+    "Trained",
+    "launch",
+    "newest_checkpoint",
+    "publish",
+    "save_checkpoint",
+    "train",
+    "worker_main",
+]
 
 CHECKPOINT_FORMAT_VERSION = 1
 _CHECKPOINT = "step-"
@@ -449,7 +460,7 @@ def publish(plan: TrainPlan, model: Recommender, offset: int) -> int | None:
     (None when the plan names no store)."""
     from lifelong_rec.service.stores import open_snapshots  # the service's, only to publish
 
-    if plan.snapshots is None and not plan.db.startswith(("postgresql://", "postgres://")):
+    if plan.snapshots is None and not is_postgres(plan.db):
         return None
     store = open_snapshots(
         plan.db,

@@ -10,7 +10,6 @@ represented by its text alone and is recommendable the moment the catalogue name
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,7 +22,14 @@ from lifelong_rec.checks import check_positive_ints
 from lifelong_rec.events import Catalog, EventBatch, IdIndex
 from lifelong_rec.models.base import IndexedEvents, Recommender
 from lifelong_rec.models.explanation import Attribution
-from lifelong_rec.models.sequential_net import SequenceNet, init_weights, resolve_device, seeded
+from lifelong_rec.models.sequential_net import (
+    SequenceNet,
+    inclusion_probability,
+    init_weights,
+    resolve_device,
+    sampled_softmax_loss,
+    seeded,
+)
 from lifelong_rec.models.text import ItemTexts, TextEncoder
 from lifelong_rec.models.text import text_encoder as make_text_encoder
 
@@ -807,77 +813,6 @@ class SequentialTransformer(Recommender):
                 )
             )
         self._changed()
-
-
-# ------------------------------------------------------------------------------ sampled softmax
-
-
-def inclusion_probability(
-    share: torch.Tensor, positions: int, negatives: int, n_items: int
-) -> torch.Tensor:
-    """The probability that an item is among a step's candidates, float64.
-
-    The candidates are the targets of ``positions`` batch positions (each, approximately, an
-    independent draw of an item with probability ``share``: its part of the positive events)
-    and ``negatives`` uniform draws among ``n_items`` rows, with replacement; an item is a
-    candidate when any draw gives it: ``1 - (1 - share)^positions (1 - 1/n_items)^negatives``.
-
-    Parameters
-    ----------
-    share : tensor of float64, shape (n,)
-    positions, negatives, n_items : int
-
-    Returns
-    -------
-    tensor of float64, shape (n,), in (0, 1]
-    """
-    missed_uniform = negatives * math.log1p(-1.0 / n_items) if n_items > 1 else -math.inf
-    missed = positions * torch.log1p(-share.clamp(max=1.0 - 1e-12)) + missed_uniform
-    return -torch.expm1(missed)
-
-
-def sampled_softmax_loss(
-    hidden: torch.Tensor,
-    wanted: torch.Tensor,
-    positive: torch.Tensor,
-    candidates: torch.Tensor,
-    vectors: torch.Tensor,
-    usable: torch.Tensor,
-    log_q: torch.Tensor | None,
-    reduction: str = "mean",
-) -> torch.Tensor:
-    """Cross-entropy of each target against the shared candidates.
-
-    Per position, the target's own score ``positive`` competes with every other candidate's
-    score minus its ``log_q`` (the log of its probability of being drawn): the sum of the
-    corrected exponentials is the Horvitz-Thompson estimate of the partition sum over all
-    items but the target, unbiased over the draws. A candidate that is the position's target
-    (an accidental hit) or that is not ``usable`` is left out.
-
-    Parameters
-    ----------
-    hidden : tensor, shape (positions, dim)
-    wanted : tensor of int64, shape (positions,)
-        Each position's target row.
-    positive : tensor, shape (positions,)
-        Each position's score of its target.
-    candidates : tensor of int64, shape (n_candidates,)
-        Distinct item rows.
-    vectors : tensor, shape (n_candidates, dim)
-    usable : tensor of bool, shape (n_candidates,)
-    log_q : tensor, shape (n_candidates,), or None (no correction)
-    reduction : {"mean", "sum", "none"}
-
-    Returns
-    -------
-    tensor: the loss, or shape (positions,) with ``reduction="none"``
-    """
-    logits = (hidden @ vectors.T).float()
-    if log_q is not None:
-        logits = logits - log_q
-    excluded = ~usable | (candidates == wanted.unsqueeze(1))
-    logits = torch.cat([positive.float().unsqueeze(1), logits.masked_fill(excluded, -math.inf)], 1)
-    return F.cross_entropy(logits, torch.zeros_like(wanted), reduction=reduction)
 
 
 # ------------------------------------------------------------------------------ helpers

@@ -1,4 +1,5 @@
-"""The network behind :class:`SequentialTransformer`: item representations and a causal encoder.
+"""The network behind :class:`SequentialTransformer`: item representations, a causal encoder,
+and the sampled softmax's loss.
 
 Kept apart from the recommender so the torch code reads on its own. Index 0 of every item table
 is the padding row; item ``i`` of the model lives at row ``i + 1``.
@@ -189,6 +190,74 @@ class SequenceNet(nn.Module):
             buffer = getattr(self, name)
             padding = torch.zeros(extra, *buffer.shape[1:], dtype=buffer.dtype)
             setattr(self, name, torch.cat([buffer, padding.to(buffer.device)]))
+
+
+def inclusion_probability(
+    share: torch.Tensor, positions: int, negatives: int, n_items: int
+) -> torch.Tensor:
+    """The probability that an item is among a step's candidates, float64.
+
+    The candidates are the targets of ``positions`` batch positions (each, approximately, an
+    independent draw of an item with probability ``share``: its part of the positive events)
+    and ``negatives`` uniform draws among ``n_items`` rows, with replacement; an item is a
+    candidate when any draw gives it: ``1 - (1 - share)^positions (1 - 1/n_items)^negatives``.
+
+    Parameters
+    ----------
+    share : tensor of float64, shape (n,)
+    positions, negatives, n_items : int
+
+    Returns
+    -------
+    tensor of float64, shape (n,), in (0, 1]
+    """
+    missed_uniform = negatives * math.log1p(-1.0 / n_items) if n_items > 1 else -math.inf
+    missed = positions * torch.log1p(-share.clamp(max=1.0 - 1e-12)) + missed_uniform
+    return -torch.expm1(missed)
+
+
+def sampled_softmax_loss(
+    hidden: torch.Tensor,
+    wanted: torch.Tensor,
+    positive: torch.Tensor,
+    candidates: torch.Tensor,
+    vectors: torch.Tensor,
+    usable: torch.Tensor,
+    log_q: torch.Tensor | None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Cross-entropy of each target against the shared candidates.
+
+    Per position, the target's own score ``positive`` competes with every other candidate's
+    score minus its ``log_q`` (the log of its probability of being drawn): the sum of the
+    corrected exponentials is the Horvitz-Thompson estimate of the partition sum over all
+    items but the target, unbiased over the draws. A candidate that is the position's target
+    (an accidental hit) or that is not ``usable`` is left out.
+
+    Parameters
+    ----------
+    hidden : tensor, shape (positions, dim)
+    wanted : tensor of int64, shape (positions,)
+        Each position's target row.
+    positive : tensor, shape (positions,)
+        Each position's score of its target.
+    candidates : tensor of int64, shape (n_candidates,)
+        Distinct item rows.
+    vectors : tensor, shape (n_candidates, dim)
+    usable : tensor of bool, shape (n_candidates,)
+    log_q : tensor, shape (n_candidates,), or None (no correction)
+    reduction : {"mean", "sum", "none"}
+
+    Returns
+    -------
+    tensor: the loss, or shape (positions,) with ``reduction="none"``
+    """
+    logits = (hidden @ vectors.T).float()
+    if log_q is not None:
+        logits = logits - log_q
+    excluded = ~usable | (candidates == wanted.unsqueeze(1))
+    logits = torch.cat([positive.float().unsqueeze(1), logits.masked_fill(excluded, -math.inf)], 1)
+    return F.cross_entropy(logits, torch.zeros_like(wanted), reduction=reduction)
 
 
 def _attention_mask(present: torch.Tensor) -> torch.Tensor:
