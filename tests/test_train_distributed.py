@@ -371,3 +371,15 @@ def test_a_learner_whose_version_number_the_trainer_took_adopts_it_and_persists_
     persisted, _ = store.load(2)
     for name, value in _parameters(trained).items():
         assert torch.equal(_parameters(persisted)[name], value), name
+
+
+def test_a_log_without_a_sequence_is_refused(tmp_path):
+    path = tmp_path / "events.db"
+    with EventLog(path) as log:  # every user has one event: no next item to predict
+        log.append(EventBatch.from_columns(["a", "b"], ["x", "y"], [T0, T0], kind="click"))
+    with pytest.raises(ValueError, match="nothing to train on: the log up to offset 2"):
+        train(_plan(str(path), tmp_path))
+    empty = tmp_path / "empty.db"
+    EventLog(empty).close()
+    with pytest.raises(ValueError, match="nothing to train on: the log up to offset 0"):
+        train(_plan(str(empty), tmp_path))

@@ -252,6 +252,12 @@ def train(
     if checkpoint is not None:
         _check_same_run(plan, checkpoint)
     model, data, log_end = _build(plan, world, checkpoint, device if cuda else None)
+    windows = data.windows
+    if not ((windows[:, :-1] > 0) & (windows[:, 1:] > 0)).any():
+        raise ValueError(
+            f"nothing to train on: the log up to offset {log_end} has no user with two "
+            "positive events"
+        )
     epoch, step = (checkpoint.epoch, checkpoint.step) if checkpoint else (0, 0)
     if checkpoint is not None:
         model.training_log_ = list(checkpoint.training_log)
