@@ -630,15 +630,13 @@ class Auto(Fresh):
     def _learn_inner(self, events: EventBatch, judged: np.ndarray) -> None:
         """Let the ensemble judge and learn the batch, then take the blend's ranks of the
         events it judged into the hit rates per rank (no scoring of its own)."""
-        users = self.users_.lookup(events.user)
-        buckets = np.zeros(len(events), dtype=np.int64)
-        buckets[users >= 0] = self._bucket(users[users >= 0])  # as they were before the batch
         ensemble = self.inner_
         assert isinstance(ensemble, Ensemble)
         ensemble.learn(events, self._batch)
         rows, ranks = ensemble.last_judged_  # users with a history before the batch: known
         if self.updates_ and len(rows):
-            self.rates_.add(buckets[rows], ranks)
+            # their buckets as before the batch: only _observe, next, records it here
+            self.rates_.add(self._bucket(self.users_.lookup(events.user[rows])), ranks)
 
 
 def _bucket(lower_ends: tuple[float, ...], values: np.ndarray) -> np.ndarray:
