@@ -73,7 +73,10 @@ def _parameters(model) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------------------ equivalence
 
 
-def test_two_gloo_processes_train_what_one_process_does_with_the_doubled_batch(db, tmp_path, capfd):
+@pytest.mark.parametrize("loss", ["softmax", "sampled"])
+def test_two_gloo_processes_train_what_one_process_does_with_the_doubled_batch(
+    db, tmp_path, capfd, loss
+):
     """2 processes x 1 shard x 8 windows against 1 process x 2 shards x 8 windows: the same
     windows at every step, the gradients averaged by DDP against computed at once.
 
@@ -81,14 +84,20 @@ def test_two_gloo_processes_train_what_one_process_does_with_the_doubled_batch(d
     zero in exact arithmetic (a softmax does not move when every key score shifts by the same
     amount), so what it gets is rounding noise, which differs with the order of the sums, and
     Adam turns any noise into steps of up to the learning rate: it is held within one step's
-    size times the steps taken."""
+    size times the steps taken.
+
+    The sampled softmax (4 uniform negatives, in-batch negatives, log-Q) too: each process
+    takes every process's targets as in-batch negatives, and the uniform draws alike."""
+    spec = SPEC
+    if loss == "sampled":
+        spec = SPEC.replace("epochs=3", "epochs=3, loss='sampled', negatives=4")
     snapshots = tmp_path / "snapshots"
-    launch(_plan(db, tmp_path / "two", snapshots=str(snapshots)), nproc=2)
+    launch(_plan(db, tmp_path / "two", snapshots=str(snapshots), model=spec), nproc=2)
     store = SnapshotStore(snapshots)
     assert store.versions() == [1]
     two, info = store.load(1)
     assert info.offset == 560
-    one = train(_plan(db, tmp_path / "one")).model
+    one = train(_plan(db, tmp_path / "one", model=spec)).model
 
     untrained = parse_model(SPEC)[1]()
     with EventLog(db) as log:

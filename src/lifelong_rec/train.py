@@ -21,8 +21,10 @@ shard each, step for step, and a run can resume with another number of processes
 A step. Each process computes the loss of its windows summed over their targets and divided
 by (targets of every process) / (processes), so that the mean DistributedDataParallel takes
 of the gradients is the gradient of the whole step's mean loss: two processes take the steps
-of one process with the doubled batch (up to the order of float additions). Random draws
-(dropout, negatives) are seeded by the seed, the step and the rank.
+of one process with the doubled batch (up to the order of float additions). With the sampled
+softmax, the in-batch negatives are the targets of every process's batch (gathered) and the
+uniform ones are drawn alike everywhere (seeded by the step), so this holds for it too.
+Dropout is seeded by the seed, the step and the rank.
 
 Checkpoints. Every ``checkpoint_every`` steps and at the end of every epoch, rank 0 writes
 the model (network, optimiser moments, sequences, as ``Recommender.save`` writes it: JSON and
@@ -268,6 +270,8 @@ def train(
             device_ids=[local_rank] if cuda else None,
             forward_sync_buffers=False,  # the buffers (text, flags) agree on every rank
         )
+    if world > 1:  # in-batch negatives from every process's batch, as one process has them
+        model._gather_targets = partial(_gather, world=world)
     mine = range(rank, plan.shards, world)
     while epoch < model.epochs:
         orders = {shard: data.order(epoch, shard) for shard in mine}
@@ -310,6 +314,7 @@ def train(
                 on_step(global_step)
             if last:
                 break  # the next epoch, with its own order
+    model._gather_targets = None  # the process group ends with the run
     model.net_.eval()
     model._changed()
     return Trained(model, log_end)
@@ -354,6 +359,19 @@ def _build(
         _restore(model, checkpoint)
     data = ShardedWindows(windows, users, plan.shards, model.batch_size, model.seed)
     return model, data, log_end
+
+
+def _gather(values: torch.Tensor, world: int) -> torch.Tensor:
+    """Every process's ``values`` (1-d, any length), concatenated in rank order."""
+    size = torch.tensor([len(values)], device=values.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    longest = int(max(int(s) for s in sizes))
+    padded = values.new_zeros(longest)
+    padded[: len(values)] = values
+    gathered = [torch.zeros_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded)
+    return torch.cat([part[: int(s)] for part, s in zip(gathered, sizes, strict=True)])
 
 
 def _sum(value: float, world: int, device: torch.device) -> float:

@@ -92,7 +92,8 @@ class SequentialTransformer(Recommender):
         Uniformly drawn negatives per batch when ``loss="sampled"`` (with replacement;
         duplicates count once).
     in_batch_negatives : bool
-        ``loss="sampled"``: the batch's targets are candidates for every position too.
+        ``loss="sampled"``: the batch's targets are candidates for every position too (in
+        distributed training, the targets of every process's batch).
     log_q_correction : bool
         ``loss="sampled"``: subtract the log of each candidate's probability of being drawn
         from its logit (Yi et al., RecSys 2019; Bengio & Senecal, 2008).
@@ -297,6 +298,9 @@ class SequentialTransformer(Recommender):
         self._counted = 0.0  # item_counts_.sum(), kept as events are counted
         self._teacher: tuple[SequenceNet, int] | None = None  # (snapshot, its item count)
         self._distill = 0.0
+        # Set by the distributed trainer: the targets of every process's batch, so that
+        # each takes the others' as in-batch negatives too (one process: None).
+        self._gather_targets: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._items_in_net = 0  # items whose rows the network has (text filled in)
         self._changed()
 
@@ -575,8 +579,12 @@ class SequentialTransformer(Recommender):
             return torch.arange(1, n + 1, device=device), None
         # Drawn from every row (those nobody has interacted with are masked out later): a
         # draw costs the same for any catalogue, where drawing from the interacted rows only
-        # would need their list (O(n)) at every step.
-        drawn = torch.randint(1, n + 1, (self.negatives,), device=device)
+        # would need their list (O(n)) at every step. Seeded by the step alone, so that the
+        # processes of a distributed step draw the same ones.
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.steps_[0]))
+        drawn = torch.randint(1, n + 1, (self.negatives,), generator=generator).to(device)
+        if self.in_batch_negatives and self._gather_targets is not None:
+            wanted = self._gather_targets(wanted)  # every process's targets
         parts = [wanted, drawn] if self.in_batch_negatives else [drawn]
         candidates = torch.unique(torch.cat(parts))
         if not self.log_q_correction:
