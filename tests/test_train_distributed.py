@@ -43,8 +43,7 @@ SPEC = (
 STEPS_PER_EPOCH = 5
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> str:
+def _cycles() -> EventBatch:
     """Users walking a cycle of 20 items from random starts, one item a minute."""
     rng = np.random.default_rng(0)
     users, items, times = [], [], []
@@ -54,9 +53,14 @@ def db(tmp_path: Path) -> str:
             users.append(f"u{user}")
             items.append(f"i{(start + step) % 20}")
             times.append(T0 + 60 * step + user)
+    return EventBatch.from_columns(users, items, times, kind="click")
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
     path = tmp_path / "events.db"
     with EventLog(path) as log:
-        log.append(EventBatch.from_columns(users, items, times, kind="click"))
+        log.append(_cycles())
     return str(path)
 
 
@@ -392,3 +396,27 @@ def test_a_log_without_a_sequence_is_refused(tmp_path):
     EventLog(empty).close()
     with pytest.raises(ValueError, match="nothing to train on: the log up to offset 0"):
         train(_plan(str(empty), tmp_path))
+
+
+@pytest.mark.postgres
+def test_train_reads_a_postgres_log_and_publishes_where_api_replicas_read(
+    postgres_url, postgres_schema, tmp_path, capsys
+):
+    from lifelong_rec.service.snapshots import PostgresSnapshotStore
+    from lifelong_rec.store import open_log
+
+    with open_log(postgres_url, schema=postgres_schema) as log:
+        log.append(_cycles())
+    argv = ["train", "--db", postgres_url, "--db-schema", postgres_schema, "--model", SPEC,
+            "--nproc", "2", "--json"]  # fmt: skip
+    assert main(argv) == 2  # a checkpoint folder must be named: no folder beside a database
+    assert "--checkpoints: a folder is needed with PostgreSQL" in capsys.readouterr().err
+    assert main([*argv, "--checkpoints", str(tmp_path / "checkpoints")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["snapshots"] == "database" and result["snapshot"]["offset"] == 560
+    store = PostgresSnapshotStore(postgres_url, postgres_schema, SPEC)  # the replicas' name
+    try:
+        model, info = store.load(result["snapshot"]["version"])
+    finally:
+        store.close()
+    assert info.offset == 560 and int(model.steps_[0]) == 3 * STEPS_PER_EPOCH
