@@ -227,8 +227,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2, help="throughput: runs of each")
     parser.add_argument(
         "--threads", type=int, default=1,
-        help="quality: PyTorch threads (default 1: on this shared 2-core machine one thread "
-        "trained 2.8x faster than two, see the throughput part)",
+        help="quality: PyTorch threads (default 1: with another job on this 2-core machine "
+        "one thread trained 2.8x faster than two; see the throughput part)",
     )  # fmt: skip
     args = parser.parse_args()
     if not (DATASETS / DATA[args.data]).is_dir():
