@@ -247,9 +247,24 @@ def train(
     if world > 1 and not dist.is_initialized():
         raise RuntimeError("train with world > 1 needs the default process group initialised")
     cuda = world > 1 and dist.get_backend() == "nccl"
-    device = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
+    threads = torch.get_num_threads()
     if not cuda and plan.threads is not None:
         torch.set_num_threads(plan.threads)
+    try:
+        return _train(plan, rank, world, local_rank, on_step, cuda)
+    finally:
+        torch.set_num_threads(threads)  # the caller's, when it trains in its own process
+
+
+def _train(
+    plan: TrainPlan,
+    rank: int,
+    world: int,
+    local_rank: int,
+    on_step: Callable[[int], None] | None,
+    cuda: bool,
+) -> Trained:
+    device = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
     checkpoint = newest_checkpoint(plan.checkpoints) if plan.checkpoints else None
     if checkpoint is not None:
         _check_same_run(plan, checkpoint)
@@ -270,7 +285,7 @@ def train(
             device_ids=[local_rank] if cuda else None,
             forward_sync_buffers=False,  # the buffers (text, flags) agree on every rank
         )
-    if world > 1:  # in-batch negatives from every process's batch, as one process has them
+        # in-batch negatives from every process's batch, as one process has them
         model._gather_targets = partial(_gather, world=world)
     mine = range(rank, plan.shards, world)
     while epoch < model.epochs:
