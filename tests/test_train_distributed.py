@@ -420,3 +420,19 @@ def test_train_reads_a_postgres_log_and_publishes_where_api_replicas_read(
     finally:
         store.close()
     assert info.offset == 560 and int(model.steps_[0]) == 3 * STEPS_PER_EPOCH
+
+
+def test_the_service_hands_its_learner_the_trainers_poll(tmp_path, monkeypatch):
+    """``LIFELONG_REC_TRAINED_POLL_SECONDS`` (``Settings.trained_poll_seconds``) reaches the
+    service's learner; a poll of 0 is refused, naming the setting."""
+    from fastapi.testclient import TestClient
+    from pydantic import ValidationError
+
+    from lifelong_rec.service import Settings, create_app
+
+    monkeypatch.setenv("LIFELONG_REC_TRAINED_POLL_SECONDS", "2.5")
+    app = create_app(Settings(db=tmp_path / "events.db", model="pop"))
+    with TestClient(app):
+        assert app.state.engine.learner.trained_poll_seconds == 2.5
+    with pytest.raises(ValidationError, match="trained_poll_seconds"):
+        Settings(db=tmp_path / "events.db", trained_poll_seconds=0)

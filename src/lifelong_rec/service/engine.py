@@ -637,6 +637,7 @@ class Engine:
             on_publish=on_publish,
             policies=policies,
             consumer=f"learner:{name}" if arm else "learner",
+            trained_poll_seconds=settings.trained_poll_seconds,
         )
 
     def _make_policy(self, spec: str | None) -> Policy:

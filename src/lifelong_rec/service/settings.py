@@ -66,6 +66,11 @@ class Settings(BaseSettings):
         ... and writes one to disk at most this often (and at shutdown).
     keep_snapshots : int
         Snapshots kept on disk (the oldest go first; the active one is always kept).
+    trained_poll_seconds : float or None
+        With ``lifelong-rec train`` publishing into this service's snapshot store: how often
+        the learner looks for the trainer's snapshots and adopts their networks while it keeps
+        learning every event (the transformer; see :mod:`lifelong_rec.service.learner`).
+        None (the default): no trainer.
     learn_batch : int
         Most events the learner reads from the log per step.
     max_batch : int
@@ -119,6 +124,7 @@ class Settings(BaseSettings):
     publish_seconds: float = Field(default=0.2, gt=0)
     persist_seconds: float = Field(default=30.0, gt=0)
     keep_snapshots: int = Field(default=5, ge=1)
+    trained_poll_seconds: float | None = Field(default=None, gt=0)
     learn_batch: int = Field(default=50_000, ge=1)
     max_batch: int = Field(default=10_000, ge=1)
     max_body_bytes: int = Field(default=8_000_000, ge=1_000)

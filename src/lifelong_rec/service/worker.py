@@ -199,6 +199,7 @@ def run_learner(
                 policies=trainer.copies,
                 settled=trainer.copied,
                 idle_publish_seconds=IDLE_PUBLISH_SECONDS,
+                trained_poll_seconds=settings.trained_poll_seconds,
             )
             started, caught_up = time.monotonic(), False
             learner.start()
