@@ -60,7 +60,7 @@ def quantise(rows: np.ndarray, precision: str) -> tuple[np.ndarray, np.ndarray]:
     ``values * scales[:, None]`` is the row again, up to the rounding.
 
     >>> values, scales = quantise(np.array([[0.5, -1.27, 0.0]], np.float32), "int8")
-    >>> values.tolist(), scales.round(4).tolist()
+    >>> values.tolist(), scales.astype(np.float64).round(4).tolist()
     ([[50, -127, 0]], [0.01])
     """
     rows = np.ascontiguousarray(rows, dtype=np.float32)
