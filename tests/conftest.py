@@ -87,3 +87,16 @@ def postgres_schema(postgres_url: str) -> Iterator[str]:
     yield schema
     with psycopg.connect(postgres_url, autocommit=True) as connection:
         connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE".encode())
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread() -> Iterator[None]:
+    """PyTorch on one thread for a module (tiny models run fastest, and reproducibly, on
+    one), the caller's thread count restored after it. Use it with
+    ``pytestmark = pytest.mark.usefixtures("torch_one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -131,15 +131,12 @@ def test_mf_split_matches_the_lu_solve_it_replaced(shop):
 
 
 @pytest.fixture(scope="module")
-def transformer(shop):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def transformer(shop, torch_one_thread):
     model = SequentialTransformer(
         max_len=12, dim=16, layers=2, heads=2, epochs=3, text_encoder=None, explain_steps=4,
         device="cpu", seed=0,
     )  # fmt: skip
-    yield model.fit(shop.events)
-    torch.set_num_threads(threads)
+    return model.fit(shop.events)
 
 
 def _reference_gradients(model: SequentialTransformer, users: np.ndarray, items: np.ndarray):

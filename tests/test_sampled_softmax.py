@@ -22,12 +22,7 @@ from lifelong_rec.models.sequential_net import (  # noqa: E402
 T0 = 1.7e9
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _stream(n_users: int = 30, n_items: int = 25, length: int = 12, seed: int = 0) -> EventBatch:
