@@ -301,20 +301,27 @@ def _wait(condition, seconds: float = 60.0) -> None:
         time.sleep(0.02)
 
 
+def _sequence_learner(db: str, folder: Path, **seconds: float):
+    """The service's learner of the test model with sequence updates only (its weights are
+    what it adopts, exactly), its snapshots in ``folder``, at the given cadences."""
+    from lifelong_rec.service.learner import Learner
+
+    spec = SPEC.replace("epochs=3", "epochs=3, update_steps=0")
+    return Learner(db, SnapshotStore(folder), parse_model(spec)[1], "naive@block",
+                   learn_batch=1_000, keep_snapshots=10, **seconds)  # fmt: skip
+
+
 def test_the_learner_adopts_the_trainers_network_and_keeps_the_events_since(db, tmp_path):
     """The service's learner (sequence updates only, so its weights are the adopted ones
     exactly) follows the log; the trainer trains on it and publishes into the learner's
     store; an event arrives that the trainer never saw. The learner adopts the trained
     network, keeps the new event in the user's sequence and the new item's own row, and
     publishes and persists the result as versions after the trainer's."""
-    from lifelong_rec.service.learner import Learner
     from lifelong_rec.train import publish
 
     folder = tmp_path / "snapshots"
-    spec = SPEC.replace("epochs=3", "epochs=3, update_steps=0")
-    learner = Learner(db, SnapshotStore(folder), parse_model(spec)[1], "naive@block",
-                      publish_seconds=0.05, persist_seconds=0.05, learn_batch=1_000,
-                      keep_snapshots=10, trained_poll_seconds=0.05)  # fmt: skip
+    learner = _sequence_learner(db, folder, publish_seconds=0.05, persist_seconds=0.05,
+                                trained_poll_seconds=0.05)  # fmt: skip
     learner.start()
     try:
         _wait(lambda: learner.offset == 560 and learner._persisted_version >= 1)
@@ -363,13 +370,9 @@ def test_a_learner_whose_version_number_the_trainer_took_adopts_it_and_persists_
     """The learner has published version 1 in memory, not yet on disk; the trainer saves its
     model as version 1 first. The learner's persist finds the number taken: it adopts the
     trainer's snapshot and persists its own as version 2 instead of failing."""
-    from lifelong_rec.service.learner import Learner
-
     folder = tmp_path / "snapshots"
-    spec = SPEC.replace("epochs=3", "epochs=3, update_steps=0")
-    learner = Learner(db, SnapshotStore(folder), parse_model(spec)[1], "naive@block",
-                      publish_seconds=0.01, persist_seconds=3_600, learn_batch=1_000,
-                      keep_snapshots=10, trained_poll_seconds=3_600)  # fmt: skip
+    learner = _sequence_learner(db, folder, publish_seconds=0.01, persist_seconds=3_600,
+                                trained_poll_seconds=3_600)  # fmt: skip
     learner.start()
     try:
         _wait(lambda: learner.latest.version == 1 and learner.latest.offset == 560)
