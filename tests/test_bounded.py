@@ -11,12 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_service import caught_up, stream_rows, wait_until
 
+from lifelong_rec.buffers import appended
 from lifelong_rec.events import EventBatch
 from lifelong_rec.models import MatrixFactorization, parse_model
 from lifelong_rec.models.auto import Ensemble
 from lifelong_rec.models.base import can_share_index
 from lifelong_rec.models.bounded import Sightings, footprint
-from lifelong_rec.models.mf import _appended
 from lifelong_rec.service import Settings, create_app
 
 DAY = 86_400.0
@@ -128,7 +128,7 @@ def test_tables_grow_into_spare_room():
     table = np.zeros((0, 3), dtype=np.float32)
     buffers = set()
     for step in range(200):
-        table = _appended(table, np.full((1, 3), step, dtype=np.float32))
+        table = appended(table, np.full((1, 3), step, dtype=np.float32))
         buffers.add(table.base.ctypes.data)
     assert len(buffers) <= 3  # 64 rows, then 130, then 260: not one copy per append
     assert table[:, 0].tolist() == list(range(200))

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lifelong_rec.buffers import appended
+
 FORMAT_VERSION = 1
 
 # ------------------------------------------------------------------------------ id characters
@@ -182,7 +184,7 @@ class IdIndex:
 
     def __init__(self, ids: Iterable[object] | np.ndarray = ()) -> None:
         self._positions: dict[str, int] = {}
-        self._ids = np.array([], dtype=str)  # a prefix of its buffer, as _appended makes it
+        self._ids = np.array([], dtype=str)  # a prefix of its buffer, as appended makes it
         self.add(ids)
 
     def __len__(self) -> int:
@@ -241,7 +243,7 @@ class IdIndex:
         n = len(self._ids)
         # ids first, positions second: a reader in another thread that finds a position
         # finds its id
-        self._ids = _appended(self._ids, new if once else np.array(first, dtype=new.dtype))
+        self._ids = appended(self._ids, new if once else np.array(first, dtype=new.dtype))
         self._positions.update(zip(first, range(n, n + len(first)), strict=True))
         indexes[unknown] = np.arange(n, n + len(first)) if once else self._find(new_keys)
         return indexes
@@ -273,22 +275,3 @@ class IdIndex:
                 f"is not the supported {FORMAT_VERSION}"
             )
         return cls(np.array(payload["ids"], dtype=str))
-
-
-def _appended(ids: np.ndarray, new: np.ndarray) -> np.ndarray:
-    """``ids`` (a prefix of its buffer, as this function returns it) with ``new`` after it.
-    The buffer keeps room to spare, doubling, so a stream of new ids one at a time copies it
-    a logarithmic number of times; a longer id than the buffer's width widens it (a copy)."""
-    n, width = len(ids), max(ids.dtype.itemsize, new.dtype.itemsize)
-    buffer = ids.base
-    if not (
-        isinstance(buffer, np.ndarray)
-        and buffer.dtype == ids.dtype
-        and buffer.dtype.itemsize >= width
-        and buffer.ctypes.data == ids.ctypes.data
-        and len(buffer) >= n + len(new)
-    ):
-        buffer = np.empty(max(2 * n, n + len(new), 16), dtype=np.dtype(("U", width // 4)))
-        buffer[:n] = ids
-    buffer[n : n + len(new)] = new
-    return buffer[: n + len(new)]

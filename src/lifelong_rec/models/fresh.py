@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lifelong_rec.buffers import appended
 from lifelong_rec.checks import check_positive_ints
 from lifelong_rec.events import Catalog, EventBatch, IdIndex
 from lifelong_rec.models.base import Recommender, _check_batch
@@ -1033,21 +1034,8 @@ def _first_occurrence(keys: np.ndarray) -> np.ndarray:
 
 
 def _grown(array: np.ndarray, n: int) -> np.ndarray:
-    """``array`` (a prefix of its buffer, as this function returns it) with zero rows added up
-    to ``n`` rows. The buffer keeps room to spare: growing one row at a time (a new user or
-    item per event) copies it a logarithmic number of times, not at every row."""
-    buffer = array.base
-    if not (
-        isinstance(buffer, np.ndarray)
-        and buffer.dtype == array.dtype
-        and buffer.shape[1:] == array.shape[1:]
-        and buffer.ctypes.data == array.ctypes.data
-        and len(buffer) >= n
-    ):
-        buffer = np.empty((max(n, 2 * len(array), 16), *array.shape[1:]), dtype=array.dtype)
-        buffer[: len(array)] = array
-    buffer[len(array) : n] = 0
-    return buffer[:n]
+    """``array`` with zero rows added up to ``n`` rows, into spare room (:func:`appended`)."""
+    return appended(array, np.zeros((n - len(array), *array.shape[1:]), dtype=array.dtype))
 
 
 def _stored(years: np.ndarray) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from lifelong_rec.buffers import appended
 from lifelong_rec.checks import check_positive_ints
 from lifelong_rec.events import EventBatch
 from lifelong_rec.models.base import IndexedEvents, Recommender
@@ -23,25 +24,6 @@ from lifelong_rec.models.sparse import GrowingSparse, RowBlock
 
 #: what ``memory_`` counts: events of ids not admitted yet, ids expired, bytes they freed
 MEMORY_COUNTS = ("unadmitted_events", "expired_users", "expired_items", "freed_bytes")
-
-
-def _appended(table: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``table`` with ``rows`` appended, written into spare room behind it where there is some
-    (``table`` a view of a larger buffer), else into a new buffer with room to double."""
-    n, extra = len(table), len(rows)
-    room = table.base
-    if not (
-        isinstance(room, np.ndarray)
-        and room.dtype == table.dtype
-        and room.shape[1:] == table.shape[1:]
-        and len(room) >= n + extra
-        and room.ctypes.data == table.ctypes.data
-        and room.flags.c_contiguous
-    ):
-        room = np.empty((max(2 * (n + extra), 64), *table.shape[1:]), dtype=table.dtype)
-        room[:n] = table
-    room[n : n + extra] = rows
-    return room[: n + extra]
 
 
 class MatrixFactorization(CompressedServing, IndexedItems, Recommender):
@@ -199,12 +181,12 @@ class MatrixFactorization(CompressedServing, IndexedItems, Recommender):
         self._latest = -np.inf  # the latest event time noted (where ids expire)
 
     def _grow(self, n_users: int, n_items: int) -> None:
-        # Tables grow into spare room (see _appended): a stream that brings new users in every
+        # Tables grow into spare room (see appended): a stream that brings new users in every
         # batch copies them O(log n) times in all, not once per batch.
         new_users = n_users - len(self.user_factors_)
         if new_users > 0:
             zeros = np.zeros((new_users, self.factors), dtype=np.float32)
-            self.user_factors_ = _appended(self.user_factors_, zeros)
+            self.user_factors_ = appended(self.user_factors_, zeros)
             self._requantise("users", np.arange(0))  # the new rows
         new_items = n_items - len(self.item_factors_)
         if new_items > 0:
@@ -212,7 +194,7 @@ class MatrixFactorization(CompressedServing, IndexedItems, Recommender):
             # loaded model grows exactly as the saved one would have.
             rng = np.random.default_rng([self.seed, len(self.item_factors_)])
             fresh = rng.normal(0.0, self.init_scale, size=(new_items, self.factors))
-            self.item_factors_ = _appended(self.item_factors_, fresh.astype(np.float32))
+            self.item_factors_ = appended(self.item_factors_, fresh.astype(np.float32))
             self._item_gram += fresh.T @ fresh
             self._sync_index(np.arange(n_items - new_items, n_items))
             self._requantise("items", np.arange(0))  # the new rows
@@ -221,7 +203,7 @@ class MatrixFactorization(CompressedServing, IndexedItems, Recommender):
             for key in (side, f"{side}_solved", f"{side}_last"):
                 extra = n - len(self.weights_[key])
                 fill = -np.inf if key.endswith("_last") else 0.0
-                self.weights_[key] = _appended(self.weights_[key], np.full(extra, fill))
+                self.weights_[key] = appended(self.weights_[key], np.full(extra, fill))
 
     # -------------------------------------------------------------- bounded memory
 
