@@ -483,9 +483,10 @@ class Engine:
         (``served_bytes``, factor models), and what admission left out and expiry freed so
         far (``memory_``), as of the snapshot it serves."""
         return {
-            name: memory_report(learner.current.model)
+            name: memory_report(model)
             for name, learner in self._serving_learners().items()
-            if learner.current.model is not None and reports_memory(learner.current.model)
+            # one read of the snapshot a learner serves: the learner may swap it meanwhile
+            if (model := learner.current.model) is not None and reports_memory(model)
         }
 
     def models(self) -> dict[str, object]:
