@@ -23,13 +23,19 @@ Two parts (``--part``):
   ``loss="sampled"`` did before #18, but for drawing duplicates once).
 
 - ``catalogue``: milliseconds per training step (128 windows of 50) against the catalogue's
-  size, 2,000 to 1,000,000 items (``--sizes``), on a synthetic log of 20,000 users x 20
-  events drawn uniformly from the catalogue (ids only), full against sampled softmax.
+  size (``--sizes``, default 10,000 to 1,000,000 items): the same number of events for every
+  size (20,000 users x 20, ids only), drawn from a long tail over the catalogue (Zipf,
+  exponent 1.1), and the rest of the catalogue known without any event, so most of a large
+  catalogue is never interacted with. ``--losses``: the sampled softmax (in-batch + 256
+  uniform negatives, log-Q), and the full one up to 50,000 items. With ``--baseline REV``
+  the ``src`` of git revision REV is timed too, alternating with this code, each
+  measurement in a process of its own: before and after a change, back to back.
 
 Run: .venv/bin/python bench/train_scale.py --part throughput [--epochs 2] [--repeats 2]
      .venv/bin/python bench/train_scale.py --part quality --data ml-100k [--epochs 10]
          [--negatives 256] [--threads 1]
-     .venv/bin/python bench/train_scale.py --part catalogue [--sizes 2000,20000] [--epochs 20]
+     .venv/bin/python bench/train_scale.py --part catalogue [--sizes 10000,100000,1000000]
+         [--epochs 20 (timed steps)] [--losses sampled,softmax] [--baseline REV]
 Writes bench/results/train-scale-<part>[-<data>].json (with the machine and load average).
 """
 
@@ -37,8 +43,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,7 +54,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import DATASETS, report
+from common import DATASETS, ROOT, report
 
 from lifelong_rec.data import load
 from lifelong_rec.evaluate.leave_one_out import _ranks, _targets, leave_one_out_split
@@ -67,6 +75,8 @@ VARIANTS = {
         "loss": "sampled", "in_batch_negatives": False, "log_q_correction": False,
     },
 }  # fmt: skip
+# the catalogue part's log: the same events for every catalogue size
+CATALOGUE_USERS, CATALOGUE_EVENTS, CATALOGUE_ZIPF = 20_000, 20, 1.1
 
 
 def throughput(epochs: int, repeats: int) -> dict[str, object]:
@@ -166,39 +176,76 @@ def quality(data_name: str, epochs: int, negatives: int, threads: int) -> dict[s
             "results": results}  # fmt: skip
 
 
-def catalogue(sizes: list[int], steps: int, threads: int) -> dict[str, object]:
-    """Seconds per training step against the catalogue's size: the same 20,000 users x 20
-    events (uniform random items), the items drawn from catalogues of each size."""
+def catalogue(
+    sizes: list[int], steps: int, threads: int, losses: list[str], baseline: str | None
+) -> dict[str, object]:
+    """Milliseconds per training step against the catalogue's size, the same synthetic log
+    for every size; with ``baseline`` (a git revision) that revision's ``src`` is timed too,
+    one size after the other, alternating with this code, so both meet the same load."""
+    codes = {"this code": ROOT / "src"}
+    with tempfile.TemporaryDirectory(prefix="train-scale-baseline-") as folder:
+        if baseline is not None:
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", baseline, "src"],
+                                     check=True, capture_output=True).stdout  # fmt: skip
+            subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
+            codes = {f"baseline {baseline}": Path(folder) / "src", **codes}
+        runs = []
+        for size in sizes:
+            for loss in losses:
+                if loss == "softmax" and size > 50_000:  # the logits: 6,400 x items floats
+                    runs.append({"catalogue": size, "loss": loss, "step_ms_median": None,
+                                 "skipped": "the full logits would take over 1 GiB"})  # fmt: skip
+                    continue
+                for code, source in codes.items():
+                    child = subprocess.run(
+                        [sys.executable, __file__, "--part", "catalogue-step",
+                         "--sizes", str(size), "--loss", loss, "--epochs", str(steps),
+                         "--threads", str(threads)],
+                        check=True, capture_output=True, text=True,
+                        env=os.environ | {"PYTHONPATH": str(source)},
+                    )  # fmt: skip
+                    runs.append({"code": code, **json.loads(child.stdout)})
+                    print(runs[-1], file=sys.stderr, flush=True)
+    return {"part": "catalogue", "users": CATALOGUE_USERS,
+            "events_per_user": CATALOGUE_EVENTS, "zipf_exponent": CATALOGUE_ZIPF,
+            "steps": steps, "batch_size": 128, "max_len": 50, "negatives": 256,
+            "torch_threads": threads, "baseline": baseline, "runs": runs}  # fmt: skip
+
+
+def catalogue_step(size: int, loss: str, steps: int, threads: int) -> dict[str, object]:
+    """One measurement of :func:`catalogue`, in a process of its own (``PYTHONPATH`` picks
+    the code): the log, a model of ``size`` items, the median of ``steps`` timed steps."""
+    import lifelong_rec
+
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
-    users = np.repeat(np.arange(20_000), 20).astype(str)
-    times = np.tile(np.arange(20, dtype=np.float64), 20_000) + 1.7e9
-    runs = []
-    for size in sizes:
-        items = rng.integers(0, size, len(users)).astype(str)
-        events = EventBatch.from_columns(users, items, times)
-        for loss in ("softmax", "sampled"):
-            if loss == "softmax" and size > 50_000:  # the logits alone: 6,400 x items floats
-                runs.append({"items": size, "loss": loss, "step_ms_median": None,
-                             "skipped": "the full logits would take over 1 GiB"})  # fmt: skip
-                continue
-            model = _make(BASE.format(epochs=1, loss=loss, extra=", text_encoder=None"))
-            windows, _ = model.start_fit(events)
-            batches = [windows[rng.integers(0, len(windows), model.batch_size)]
-                       for _ in range(steps + 2)]  # fmt: skip
-            for batch in batches[:2]:  # warm-up
-                model.train_step(batch)
-            seconds = []
-            for batch in batches[2:]:
-                started = time.perf_counter()
-                model.train_step(batch)
-                seconds.append(time.perf_counter() - started)
-            median = round(1000 * statistics.median(seconds), 1)
-            runs.append({"items": len(model.items_), "loss": loss, "step_ms_median": median})
-            print(runs[-1], file=sys.stderr, flush=True)
-    return {"part": "catalogue", "users": 20_000, "events_per_user": 20, "steps": steps,
-            "batch_size": 128, "negatives": 256, "torch_threads": threads,
-            "runs": runs}  # fmt: skip
+    n_events = CATALOGUE_USERS * CATALOGUE_EVENTS
+    users = np.repeat(np.arange(CATALOGUE_USERS), CATALOGUE_EVENTS).astype(str)
+    times = np.tile(np.arange(CATALOGUE_EVENTS, dtype=np.float64), CATALOGUE_USERS) + 1.7e9
+    # a long tail: item k (in a random order) drawn with probability proportional to
+    # 1 / (k + 1)^CATALOGUE_ZIPF, so most of a large catalogue is never drawn
+    weights = 1.0 / np.arange(1, size + 1) ** CATALOGUE_ZIPF
+    ranked = rng.permutation(size)
+    items = ranked[rng.choice(size, n_events, p=weights / weights.sum())].astype(str)
+    events = EventBatch.from_columns(users, items, times)
+    model = _make(BASE.format(epochs=1, loss=loss, extra=", text_encoder=None"))
+    windows, _ = model.start_fit(events)
+    interacted = len(model.items_)
+    # the rest of the catalogue, known without any event (as add_items makes catalogue
+    # items known; id-only models have no public way to, hence the private call)
+    model._admit(np.arange(size).astype(str))
+    batches = [windows[rng.integers(0, len(windows), model.batch_size)] for _ in range(steps + 2)]
+    for batch in batches[:2]:  # warm-up
+        model.train_step(batch)
+    seconds = []
+    for batch in batches[2:]:
+        started = time.perf_counter()
+        model.train_step(batch)
+        seconds.append(time.perf_counter() - started)
+    return {"catalogue": len(model.items_), "interacted": interacted, "loss": loss,
+            "step_ms_median": round(1000 * statistics.median(seconds), 1),
+            "step_ms_each": [round(1000 * s, 1) for s in seconds],
+            "lifelong_rec": str(Path(lifelong_rec.__file__).parent)}  # fmt: skip
 
 
 def _make(spec: str) -> SequentialTransformer:
@@ -219,8 +266,13 @@ def _p2(model: SequentialTransformer, split, targets) -> tuple[float, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--part", choices=("throughput", "quality", "catalogue"), required=True)
-    parser.add_argument("--sizes", default="2000,20000,200000,1000000", help="catalogue sizes")
+    parser.add_argument(
+        "--part", choices=("throughput", "quality", "catalogue", "catalogue-step"), required=True
+    )
+    parser.add_argument("--sizes", default="10000,100000,1000000", help="catalogue sizes")
+    parser.add_argument("--losses", default="sampled", help="catalogue: sampled, softmax")
+    parser.add_argument("--loss", default="sampled", help=argparse.SUPPRESS)  # catalogue-step
+    parser.add_argument("--baseline", default=None, help="catalogue: a git revision to time too")
     parser.add_argument("--data", choices=list(DATA), default="ml-100k")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--negatives", type=int, default=256)
@@ -231,6 +283,10 @@ def main() -> int:
         "one thread trained 2.8x faster than two; see the throughput part)",
     )  # fmt: skip
     args = parser.parse_args()
+    if args.part == "catalogue-step":  # one measurement of the catalogue part, as JSON
+        result = catalogue_step(int(args.sizes), args.loss, args.epochs or 20, args.threads)
+        print(json.dumps(result))
+        return 0
     if not (DATASETS / DATA[args.data]).is_dir():
         print(f"{DATASETS / DATA[args.data]} not found; set LIFELONG_REC_DATASETS", file=sys.stderr)
         return 1
@@ -241,7 +297,8 @@ def main() -> int:
         name = "train-scale-throughput"
     elif args.part == "catalogue":
         sizes = [int(size) for size in args.sizes.split(",")]
-        results = catalogue(sizes, args.epochs or 20, args.threads)
+        losses = args.losses.split(",")
+        results = catalogue(sizes, args.epochs or 20, args.threads, losses, args.baseline)
         name = "train-scale-catalogue"
     else:
         results = quality(args.data, args.epochs or 10, args.negatives, args.threads)

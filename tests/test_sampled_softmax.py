@@ -63,6 +63,12 @@ def _loss_and_gradients(
         for name, parameter in model.net_.named_parameters()
         if parameter.grad is not None
     }
+    if model.loss == "sampled":  # the id table's gradient is that of the rows read (LazyAdam's)
+        assert "item_embedding" not in gradients
+        rows, ids = model._touched
+        table = torch.zeros_like(model.net_.item_embedding)
+        table[rows] = ids.grad
+        gradients["item_embedding"] = table
     return float(loss.detach()), gradients
 
 

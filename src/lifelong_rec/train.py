@@ -23,8 +23,12 @@ by (targets of every process) / (processes), so that the mean DistributedDataPar
 of the gradients is the gradient of the whole step's mean loss: two processes take the steps
 of one process with the doubled batch (up to the order of float additions). With the sampled
 softmax, the in-batch negatives are the targets of every process's batch (gathered) and the
-uniform ones are drawn alike everywhere (seeded by the step), so this holds for it too.
-Dropout is seeded by the seed, the step and the rank.
+uniform ones are drawn alike everywhere (seeded by the step), so this holds for it too. The
+sampled softmax's id table is not DistributedDataParallel's: its optimiser
+(:class:`~lifelong_rec.models.sequential_net.LazyAdam`) updates the rows a step touched, and
+the processes all-gather their touched rows and those rows' gradients and average them
+(so a step's communication, too, does not grow with the catalogue). Dropout is seeded by the
+seed, the step and the rank.
 
 Checkpoints. Every ``checkpoint_every`` steps and at the end of every epoch, rank 0 writes
 the model (network, optimiser moments, sequences, as ``Recommender.save`` writes it: JSON and
@@ -287,6 +291,8 @@ def _train(
         )
         # in-batch negatives from every process's batch, as one process has them
         model._gather_targets = partial(_gather, world=world)
+        # the sampled softmax's id rows: LazyAdam's gradient, outside DDP (see the module)
+        model._reduce_rows = partial(_reduce_rows, world=world)
     mine = range(rank, plan.shards, world)
     while epoch < model.epochs:
         orders = {shard: data.order(epoch, shard) for shard in mine}
@@ -329,7 +335,7 @@ def _train(
                 on_step(global_step)
             if last:
                 break  # the next epoch, with its own order
-    model._gather_targets = None  # the process group ends with the run
+    model._gather_targets = model._reduce_rows = None  # the process group ends with the run
     model.net_.eval()
     model._changed()
     return Trained(model, log_end)
@@ -378,15 +384,39 @@ def _build(
 
 def _gather(values: torch.Tensor, world: int) -> torch.Tensor:
     """Every process's ``values`` (1-d, any length), concatenated in rank order."""
+    return torch.cat(_gather_parts(values, world))
+
+
+def _gather_parts(values: torch.Tensor, world: int) -> list[torch.Tensor]:
+    """Every process's ``values`` (any length along the first axis, the same other axes),
+    in rank order."""
     size = torch.tensor([len(values)], device=values.device)
     sizes = [torch.zeros_like(size) for _ in range(world)]
     dist.all_gather(sizes, size)
     longest = int(max(int(s) for s in sizes))
-    padded = values.new_zeros(longest)
+    padded = values.new_zeros(longest, *values.shape[1:])
     padded[: len(values)] = values
     gathered = [torch.zeros_like(padded) for _ in range(world)]
     dist.all_gather(gathered, padded)
-    return torch.cat([part[: int(s)] for part, s in zip(gathered, sizes, strict=True)])
+    return [part[: int(s)] for part, s in zip(gathered, sizes, strict=True)]
+
+
+def _reduce_rows(
+    rows: torch.Tensor, gradient: torch.Tensor, world: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A sampled step's id-table gradient, as DistributedDataParallel would average it, at
+    the cost of the rows touched rather than of the table: the union of every process's
+    ``rows`` (distinct, sorted; shape (k,)) and, per row, the sum of the processes' gradients
+    (shape (k, dim)) divided by their number. Added in rank order, so that every process
+    gets the same numbers and their tables stay equal."""
+    every_rows = _gather_parts(rows, world)
+    every_gradient = _gather_parts(gradient, world)
+    union = torch.unique(torch.cat(every_rows))
+    total = gradient.new_zeros(len(union), gradient.shape[1])
+    for part_rows, part_gradient in zip(every_rows, every_gradient, strict=True):
+        # distinct rows within a part: no two writes to one row, so also exact on a GPU
+        total.index_add_(0, torch.searchsorted(union, part_rows), part_gradient)
+    return union, total / world
 
 
 def _sum(value: float, world: int, device: torch.device) -> float:

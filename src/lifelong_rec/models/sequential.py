@@ -23,6 +23,7 @@ from lifelong_rec.events import Catalog, EventBatch, IdIndex
 from lifelong_rec.models.base import IndexedEvents, Recommender
 from lifelong_rec.models.explanation import Attribution
 from lifelong_rec.models.sequential_net import (
+    LazyAdam,
     SequenceNet,
     inclusion_probability,
     init_weights,
@@ -38,6 +39,8 @@ OPTIMIZERS = ("adam", "adamw")
 _SCORE_USERS = 512  # users encoded per forward pass when scoring
 _EXPLAIN_USERS = 4  # users per integrated-gradients pass (4-16 measured: 4 is fastest on a CPU)
 _GROWTH = 1.5  # item capacity grows by this factor, so growing is rare and amortised
+# (id rows, their gradient) -> (every process's rows, the gradient averaged over processes)
+RowReduction = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 class SequentialTransformer(Recommender):
@@ -56,7 +59,8 @@ class SequentialTransformer(Recommender):
     partition sum; without it, popular items (drawn often as in-batch negatives) are pushed
     down too hard. When ``negatives`` is at least the number of items, every item is a
     candidate and the sampled softmax is the full one. Adam or AdamW, dropout, layer norm,
-    learned positions. With a text encoder,
+    learned positions; with the sampled softmax the id table's Adam is lazy (it updates the
+    rows a step touches; see ``item_optimizer_``). With a text encoder,
     ``id_dropout`` of the items lose their id embedding at each step, so the text projection
     learns to stand for an item alone, as it must for a new one.
 
@@ -131,6 +135,12 @@ class SequentialTransformer(Recommender):
         The network (on ``device``).
     sequences_ : array of int64, shape (n_users, max_len + 1)
         Each user's latest item rows (item index + 1), right-aligned, 0 = padding.
+    optimizer_ : torch.optim.Adam or torch.optim.AdamW
+        The network's optimiser; with ``loss="sampled"``, of every parameter but the id table.
+    item_optimizer_ : LazyAdam or None
+        With ``loss="sampled"``: the id table's, which updates the rows a step touches alone
+        (their moments, decayed for the steps they missed, and their values), so a step's
+        cost does not grow with the catalogue.
     training_log_ : list of dict
         Per epoch of the last ``fit``: mean loss, seconds, training targets per second.
     item_counts_ : tensor of float64, shape (capacity + 1,)
@@ -291,7 +301,7 @@ class SequentialTransformer(Recommender):
                                 self.dropout, text_dim, self.init_std)  # fmt: skip
         init_weights(self.net_, generator)
         self.net_.to(self._device)
-        self.optimizer_ = self._new_optimizer()
+        self._new_optimizers()
         self.sequences_ = np.zeros((0, self.max_len + 1), dtype=np.int64)  # item row, 0 = pad
         self.steps_ = np.zeros(1, dtype=np.int64)  # optimiser steps taken (also seeds them)
         self.item_counts_ = torch.zeros(1, dtype=torch.float64, device=self._device)
@@ -301,13 +311,35 @@ class SequentialTransformer(Recommender):
         # Set by the distributed trainer: the targets of every process's batch, so that
         # each takes the others' as in-batch negatives too (one process: None).
         self._gather_targets: Callable[[torch.Tensor], torch.Tensor] | None = None
+        # Set by the distributed trainer too: a sampled step's id rows and their gradient
+        # -> the rows of every process and their gradient averaged over the processes.
+        self._reduce_rows: RowReduction | None = None
+        self._touched: tuple[torch.Tensor, torch.Tensor] | None = None  # a sampled step's
         self._items_in_net = 0  # items whose rows the network has (text filled in)
         self._changed()
 
-    def _new_optimizer(self) -> torch.optim.Optimizer:
+    def _new_optimizers(self) -> None:
+        """Fresh optimisers: Adam or AdamW (``optimizer_``) for the network; with the
+        sampled softmax, for every parameter but the id table, which :class:`LazyAdam`
+        (``item_optimizer_``) updates at the rows a step touches, so that a step's cost does
+        not grow with the catalogue. (The full softmax's gradient reaches every row anyway:
+        its table stays with ``optimizer_``.)"""
         kind = torch.optim.AdamW if self.optimizer == "adamw" else torch.optim.Adam
-        return kind(
-            self.net_.parameters(),
+        table, lazy = self.net_.item_embedding, self.loss == "sampled"
+        # autograd (and DistributedDataParallel) leave a lazily updated table alone: a
+        # sampled step reads the rows it needs from it and differentiates those
+        table.requires_grad_(not lazy)
+        self.item_optimizer_ = (
+            LazyAdam(self.learning_rate, weight_decay=self.weight_decay,
+                     decoupled=self.optimizer == "adamw")
+            if lazy else None
+        )  # fmt: skip
+        self.optimizer_ = kind(
+            [
+                parameter
+                for parameter in self.net_.parameters()
+                if not (lazy and parameter is table)
+            ],
             lr=self.learning_rate,
             weight_decay=self.weight_decay,
             fused=self._fused,  # one kernel updates every parameter
@@ -342,6 +374,7 @@ class SequentialTransformer(Recommender):
         moments = self.optimizer_.state.pop(old, {})
         self.net_.grow_items(capacity, generator)
         new = self.net_.item_embedding
+        new.requires_grad_(old.requires_grad)  # LazyAdam's table (it grows its own state)
         for group in self.optimizer_.param_groups:
             group["params"] = [new if p is old else p for p in group["params"]]
         for name, value in moments.items():
@@ -467,7 +500,7 @@ class SequentialTransformer(Recommender):
             self.net_.item_embedding[rows] = trained.net_.item_embedding[their_rows].to(
                 self._device
             )
-        self.optimizer_ = self._new_optimizer()
+        self._new_optimizers()
         self._changed()
         if self._teacher is not None:
             self._anchor(self._distill)
@@ -516,11 +549,19 @@ class SequentialTransformer(Recommender):
         self.steps_[0] += 1
         self.net_.train()
         seed = self.seed * 1_000_003 + int(self.steps_[0]) + seed_offset
+        self._touched = None
         with seeded(seed, self._device), self._autocast():
             loss = (forward or self._loss)(inputs, targets, valid)
         self.optimizer_.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer_.step()
+        if self.item_optimizer_ is not None and self._touched is not None:
+            rows, ids = self._touched
+            gradient = torch.zeros_like(ids) if ids.grad is None else ids.grad
+            if self._reduce_rows is not None:
+                rows, gradient = self._reduce_rows(rows, gradient)
+            self.item_optimizer_.step(self.net_.item_embedding, rows, gradient)
+        self._touched = None
         self._changed()
         return loss.detach(), count
 
@@ -554,7 +595,11 @@ class SequentialTransformer(Recommender):
             candidates, log_q = self._candidates(wanted)
             pad = torch.zeros(1, dtype=torch.long, device=device)
             rows = torch.unique(torch.cat([pad, inputs.flatten(), wanted, candidates]))
-            items = self.net_.items(rows, self._kept_ids(rows))
+            # these rows' id embeddings, as a leaf whose gradient LazyAdam reads (no
+            # gradient of the whole table)
+            ids = self.net_.item_embedding.detach()[rows].requires_grad_()
+            self._touched = (rows, ids)
+            items = self.net_.items(rows, self._kept_ids(rows), ids)
             local_inputs = torch.searchsorted(rows, inputs.contiguous())
             hidden = self.net_.encode(local_inputs, items)[valid]
             vectors = items[torch.searchsorted(rows, candidates)]
@@ -773,7 +818,11 @@ class SequentialTransformer(Recommender):
         state = {f"net.{k}": v.detach().cpu().numpy() for k, v in self.net_.state_dict().items()}
         parameters = list(self.net_.parameters())
         for position, parameter in enumerate(parameters):
-            for name, value in self.optimizer_.state.get(parameter, {}).items():
+            moments = self.optimizer_.state.get(parameter, {})
+            lazy = self.item_optimizer_
+            if parameter is self.net_.item_embedding and lazy is not None and lazy.step_count:
+                moments = lazy.state_dict()  # the same names as Adam's, and last_step
+            for name, value in moments.items():
                 state[f"optimizer.{position}.{name}"] = torch.as_tensor(value).cpu().numpy()
         state |= {"sequences": self.sequences_, "steps": self.steps_,
                   "item_counts": self.item_counts_.cpu().numpy()}  # fmt: skip
@@ -790,12 +839,15 @@ class SequentialTransformer(Recommender):
             {k[4:]: torch.as_tensor(v) for k, v in arrays.items() if k.startswith("net.")}
         )
         self.net_.to(self._device)
-        self.optimizer_ = self._new_optimizer()
+        self._new_optimizers()
         for position, parameter in enumerate(self.net_.parameters()):
             prefix = f"optimizer.{position}."
             moments = {k.removeprefix(prefix): torch.as_tensor(v, device=self._device)
                        for k, v in arrays.items() if k.startswith(prefix)}  # fmt: skip
-            if moments:
+            if moments and parameter is self.net_.item_embedding and self.item_optimizer_:
+                # LazyAdam's state, or dense Adam's of a model saved before it
+                self.item_optimizer_.load_state_dict(moments)
+            elif moments:
                 if not self._fused:  # unfused Adam keeps its step count on the CPU
                     moments["step"] = moments["step"].cpu()
                 self.optimizer_.state[parameter] = moments

@@ -1,5 +1,5 @@
 """The network behind :class:`SequentialTransformer`: item representations, a causal encoder,
-and the sampled softmax's loss.
+the sampled softmax's loss, and the lazy Adam that updates only the item rows a step touches.
 
 Kept apart from the recommender so the torch code reads on its own. Index 0 of every item table
 is the padding row; item ``i`` of the model lives at row ``i + 1``.
@@ -125,15 +125,21 @@ class SequenceNet(nn.Module):
     # -------------------------------------------------------------- items
 
     def items(
-        self, rows: torch.Tensor | None = None, keep_id: torch.Tensor | None = None
+        self,
+        rows: torch.Tensor | None = None,
+        keep_id: torch.Tensor | None = None,
+        ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Representations of item rows (all rows when None): id part + projected text part.
 
         The id part counts for items someone has interacted with; ``keep_id`` (bool, one per
         row) also drops it where False (id dropout, training only): the text part must then
-        carry the item alone, as it does for a new item.
+        carry the item alone, as it does for a new item. ``ids``: the id embeddings of
+        ``rows``, already gathered (a sampled step's, whose gradient :class:`LazyAdam`
+        reads); by default they are read from the table here.
         """
-        ids = self.item_embedding if rows is None else self.item_embedding[rows]
+        if ids is None:
+            ids = self.item_embedding if rows is None else self.item_embedding[rows]
         use_id = self.interacted if rows is None else self.interacted[rows]
         if keep_id is not None:
             use_id = use_id & keep_id
@@ -190,6 +196,111 @@ class SequenceNet(nn.Module):
             buffer = getattr(self, name)
             padding = torch.zeros(extra, *buffer.shape[1:], dtype=buffer.dtype)
             setattr(self, name, torch.cat([buffer, padding.to(buffer.device)]))
+
+
+class LazyAdam:
+    """Adam (or AdamW) for an embedding table of which a step touches a few rows, at a cost
+    that does not grow with the table (as TensorFlow Addons' LazyAdam, torch's SparseAdam).
+
+    A step is given the rows it touched and their gradient, and updates those rows' moments
+    and values alone. The moments of a row are first decayed by the betas raised to the
+    steps it missed, so they are what dense Adam's would be (a dense step with a zero
+    gradient only decays them), and the bias correction counts every step, as dense Adam's
+    does: on a row's first touch, and on a row touched at every step, the update is dense
+    Adam's. What it leaves out is the momentum's movement of a row in the steps that do not
+    touch it (dense Adam keeps moving it). Weight decay: AdamW's decoupled decay of the
+    missed steps is caught up on the next touch; Adam's L2 term (added to the gradient)
+    reaches touched rows only.
+
+    State (:meth:`state_dict`, saved with the model): ``step`` (steps taken), ``exp_avg``
+    and ``exp_avg_sq`` (shape (rows, dim), as Adam's) and ``last_step`` (int64, shape
+    (rows,): the step at which each row's moments were last brought up to date). It grows
+    with the table, new rows with zero moments.
+
+    Parameters
+    ----------
+    lr : float
+    betas : (float, float)
+    eps : float
+    weight_decay : float
+    decoupled : bool
+        AdamW's decay (the values shrink by ``1 - lr * weight_decay`` a step) rather than
+        Adam's L2 term.
+    """
+
+    def __init__(
+        self,
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        decoupled: bool = False,
+    ) -> None:
+        self.lr = lr
+        self.betas = betas
+        self.eps = eps
+        self.weight_decay = weight_decay
+        self.decoupled = decoupled
+        self.step_count = 0
+        self.exp_avg = torch.zeros(0, 0)
+        self.exp_avg_sq = torch.zeros(0, 0)
+        self.last_step = torch.zeros(0, dtype=torch.int64)
+
+    @torch.no_grad()
+    def step(self, table: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor) -> None:
+        """One step on ``table`` (shape (n, dim), updated in place): ``rows`` (int64, shape
+        (k,), distinct) got gradient ``grad`` (shape (k, dim)); the other rows are untouched."""
+        self._fit(table)
+        self.step_count += 1
+        step = self.step_count
+        beta1, beta2 = self.betas
+        missed = (step - 1 - self.last_step[rows]).unsqueeze(1)  # steps without this row
+        values = table[rows]
+        if self.weight_decay and self.decoupled:
+            values.mul_(torch.pow(1.0 - self.lr * self.weight_decay, missed + 1))
+        elif self.weight_decay:
+            grad = grad.add(values, alpha=self.weight_decay)
+        exp_avg = self.exp_avg[rows] * torch.pow(beta1, missed)
+        exp_avg_sq = self.exp_avg_sq[rows] * torch.pow(beta2, missed)
+        # as torch.optim.Adam's single-tensor step, on the rows
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        denominator = (exp_avg_sq.sqrt() / (1 - beta2**step) ** 0.5).add_(self.eps)
+        values.addcdiv_(exp_avg, denominator, value=-self.lr / (1 - beta1**step))
+        table[rows] = values
+        self.exp_avg[rows] = exp_avg
+        self.exp_avg_sq[rows] = exp_avg_sq
+        self.last_step[rows] = step
+
+    def _fit(self, table: torch.Tensor) -> None:
+        """Grow the state to the table's rows (zero moments, up to date as of now)."""
+        extra = table.shape[0] - len(self.last_step)
+        if extra <= 0:
+            return
+        if self.exp_avg.shape[1:] != table.shape[1:]:  # the first step: no state yet
+            self.exp_avg = table.new_zeros(0, *table.shape[1:])
+            self.exp_avg_sq = table.new_zeros(0, *table.shape[1:])
+        zeros = table.new_zeros(extra, *table.shape[1:])
+        self.exp_avg = torch.cat([self.exp_avg.to(table), zeros])
+        self.exp_avg_sq = torch.cat([self.exp_avg_sq.to(table), zeros])
+        now = torch.full((extra,), self.step_count, dtype=torch.int64, device=table.device)
+        self.last_step = torch.cat([self.last_step.to(table.device), now])
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"step": torch.tensor(self.step_count, dtype=torch.int64),
+                "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq,
+                "last_step": self.last_step}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`state_dict`, or a dense Adam's state of the table (no
+        ``last_step``: its moments are up to date at its step)."""
+        self.step_count = int(state["step"])
+        self.exp_avg = state["exp_avg"].clone()
+        self.exp_avg_sq = state["exp_avg_sq"].clone()
+        last = state.get("last_step")
+        if last is None:
+            last = torch.full((len(self.exp_avg),), self.step_count, dtype=torch.int64)
+        self.last_step = last.to(torch.int64).to(self.exp_avg.device).clone()
 
 
 def inclusion_probability(
