@@ -283,3 +283,35 @@ def test_auto_takes_what_its_ensemble_found_as_its_own_index_would() -> None:
     assert auto.prior_.observed_.sum() > 0  # the prior learned on judged first picks
     np.testing.assert_array_equal(auto.rates_.hits_, own.rates_.hits_)
     np.testing.assert_array_equal(auto.inner_.weights_, own.inner_.weights_)
+
+
+def test_the_compiled_judging_ranks_as_the_array_formulation() -> None:
+    """``judged_ranks`` (one pass over the items per judged event) gives the ranks of the
+    (candidates, events, items) array formulation: ties counted against the item, seen items
+    left out but the event's own item ranked, an unknown item at rank inf."""
+    from lifelong_rec.models.kernels import judged_ranks
+
+    rng = np.random.default_rng(4)
+    n_candidates, n, n_items = 3, 8, 60
+    parts = rng.integers(0, 5, size=(n_candidates, n, n_items)).astype(np.float64)  # ties
+    excluded = rng.random((n, n_items)) < 0.3
+    items = rng.integers(0, n_items, size=n)
+    items[2] = -1
+    excluded[np.arange(n), np.maximum(items, 0)] = True  # its own pair: ranked all the same
+    weights = rng.random((4, 6, n_candidates))
+    history = rng.integers(0, 4, size=n)
+    item_ages = rng.integers(0, 6, size=n_items)
+    rank, blend_rank = judged_ranks(parts, excluded, items, weights, history, item_ages)
+
+    rows, target = np.arange(n), np.maximum(items, 0)
+    counted = ~excluded
+    counted[rows, target] = True
+    expected = ((parts >= parts[:, rows, target][:, :, None]) & counted).sum(axis=2).T
+    blend = np.zeros((n, n_items))
+    for c in range(n_candidates):
+        blend += weights[history, :, c][:, item_ages] * parts[c]
+    expected_blend = ((blend >= blend[rows, target][:, None]) & counted).sum(axis=1)
+    known = items >= 0
+    np.testing.assert_array_equal(rank[known], expected[known])
+    np.testing.assert_array_equal(blend_rank[known], expected_blend[known])
+    assert np.isinf(rank[~known]).all() and np.isinf(blend_rank[~known]).all()

@@ -8,7 +8,7 @@ import pytest
 
 from lifelong_rec.events import Catalog, EventBatch
 from lifelong_rec.models import Fresh, ItemTexts, Recommender, parse_model
-from lifelong_rec.models.fresh import NewItemPrior, RankRates
+from lifelong_rec.models.fresh import _CALIBRATION_BINS, NewItemPrior, RankRates
 from lifelong_rec.models.text import release_years
 
 START = 978_307_200.0  # 2001-01-01, UTC
@@ -319,3 +319,56 @@ def test_the_new_item_boost_moves_new_items_up_and_says_so(trained, tmp_path):
     assert "10000 times" in boosted_model.explain(REGULARS[0], item).method
     with pytest.raises(ValueError, match="new_item_boost must be a finite number > 0"):
         Fresh(new_item_boost=0.0)
+
+
+def _sums_from_features(prior, users, items, years, first, known):
+    """What a step of the prior learns, from the chances and features serving uses
+    (:meth:`NewItemPrior.features`, :meth:`NewItemPrior.log_rates`), as (n, C) arrays."""
+    candidates = prior.candidates(float(years.max()), known)
+    bucket, x = prior.features(users, candidates, years)
+    valid = ~(prior.release_[candidates][None, :] > years[:, None])
+    chance = np.exp(prior.log_rates(bucket, x)) * valid
+    picked = first[:, None] & (candidates[None, :] == items[:, None]) & valid
+    n_ages, n_bins = len(prior.picks_), len(prior.expected_)
+    bins = np.searchsorted(_CALIBRATION_BINS, np.log10(np.maximum(chance, 1e-300)))
+    return (
+        x[picked].sum(axis=0) - np.einsum("nc,nck->k", chance, x),
+        np.bincount(bucket.ravel(), (np.exp(np.minimum(x @ prior.coef_, 50.0)) * valid).ravel(),
+                    minlength=n_ages),
+        np.bincount(bucket[picked], minlength=n_ages).astype(np.float64),
+        np.bincount(bins.ravel(), chance.ravel(), minlength=n_bins),
+        np.bincount(bins[picked], minlength=n_bins).astype(np.float64),
+    )  # fmt: skip
+
+
+def test_a_priors_step_takes_the_sums_of_the_chances_it_serves():
+    """The compiled step (one pass over event-candidate pairs) learns exactly what the
+    serving formulas give: the gradient, the exposures and picks per age bucket and the
+    calibration sums, with items of unknown age, items released after some events' years,
+    items without text, first picks that were and were not candidates, and several events
+    of one user."""
+    rng = np.random.default_rng(11)
+    n_users, n_items, dim = 9, 200, 16
+    prior = NewItemPrior(dim=dim)
+    prior.grow(n_users, n_items)
+    texts = rng.normal(size=(n_items, dim)).astype(np.float32)
+    texts /= np.linalg.norm(texts, axis=1, keepdims=True)
+    texts[::9] = 0.0  # no text
+    release = rng.integers(1985, 2004, n_items).astype(np.float64)
+    release[::7] = np.nan  # unknown age
+    prior.describe(np.arange(n_items), texts, release)
+    now = START
+    for _ in range(4):  # a history: recent items, first picks, a trained coefficient vector
+        users, items = rng.integers(n_users, size=12), rng.integers(n_items, size=12)
+        prior.observe(users, items, np.full(12, now), np.ones(12, dtype=bool), n_items)
+        now += 86_400.0 * 200
+    users = np.array([0, 3, 3, 5, 8, 1])
+    items = np.array([150, 151, 2, 199, 180, 60])
+    first = np.array([True, True, False, True, True, True])
+    years = np.array([2001.0, 2001.0, 2001.0, 2003.0, 1999.0, 2002.0])  # some releases later
+    got = prior.step_sums(users, items, years, first, n_items - 10)  # the last 10: arrived now
+    expected = _sums_from_features(prior, users, items, years, first, n_items - 10)
+    assert got[2].sum() >= 2  # first picks among the candidates were found
+    for name, a, b in zip(("gradient", "exposure", "picks", "expected", "observed"), got,
+                          expected, strict=True):  # fmt: skip
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9, err_msg=name)

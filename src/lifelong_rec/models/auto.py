@@ -74,6 +74,7 @@ from lifelong_rec.events import EventBatch, IdIndex
 from lifelong_rec.models.base import IndexedEvents, Recommender, _check_batch, can_share_index
 from lifelong_rec.models.explanation import Attribution
 from lifelong_rec.models.fresh import Fresh
+from lifelong_rec.models.kernels import judged_ranks
 
 #: the lower ends of the history-length buckets (distinct positive items of the user)
 HISTORY_BUCKETS = (0, 1, 5, 20)
@@ -303,22 +304,18 @@ class Ensemble(Recommender):
         if not n:
             return np.zeros((0, n_candidates)), np.zeros(0)
         parts = self._served_parts(user_index)  # (candidates, n, items)
-        rows = np.arange(n)
         known = item_index >= 0
         item = np.where(known, item_index, 0)
-        masked = np.zeros((n, len(self.items_)))
-        self._mask_seen(masked, user_index, slice(None))  # -inf on what each user has seen
-        excluded = np.isinf(masked)
+        excluded = np.zeros((n, len(self.items_)), dtype=bool)  # what each user has seen
+        seen = self.history_.row_block(user_index)  # judged users have a history
+        excluded[np.repeat(np.arange(n), np.diff(seen.indptr)), seen.indices] = True
         excluded[_same_user(user_index, *batch)] = True
-        excluded[rows, item] &= ~known
-        target = parts[:, rows, item]
-        rank = ((parts >= target[:, :, None]) & ~excluded).sum(axis=2).T  # ties count against
-        rank = np.where(known[:, None], rank, np.inf)
-        losses = 1.0 - np.where(rank <= self.k, 1.0 / np.log2(rank + 1.0), 0.0)
         history = _bucket(HISTORY_BUCKETS, sizes)
+        item_ages = self._age(np.arange(len(self.items_)), self.clock_)
+        rank, ranks = judged_ranks(parts, excluded, item_index, self.weights_, history,
+                                   item_ages)  # fmt: skip
+        losses = 1.0 - np.where(rank <= self.k, 1.0 / np.log2(rank + 1.0), 0.0)
         ages = np.where(known, self._age(item, times), 0)
-        blend = self._blend(parts, history, self._age(np.arange(len(self.items_)), self.clock_))
-        ranks = ((blend >= blend[rows, item][:, None]) & ~excluded).sum(axis=1)
         ranks = np.where(ages > 0, ranks, np.inf)
         summed = np.zeros_like(self.weights_)
         np.add.at(summed, (history, ages), losses)

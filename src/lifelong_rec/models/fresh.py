@@ -48,6 +48,7 @@ from lifelong_rec.checks import check_positive_ints
 from lifelong_rec.events import Catalog, EventBatch, IdIndex
 from lifelong_rec.models.base import Recommender, _check_batch
 from lifelong_rec.models.explanation import Attribution, Explanation, Reason, Wording
+from lifelong_rec.models.kernels import prior_step, record_users
 from lifelong_rec.models.text import ItemTexts
 from lifelong_rec.models.text import text_encoder as make_text_encoder
 
@@ -55,6 +56,7 @@ from lifelong_rec.models.text import text_encoder as make_text_encoder
 AGE_EDGES = (0, 1, 2, 3, 5, 10, 20)
 #: lower ends of the buckets of a user's recent share of first picks (for the rank rates)
 SHARE_EDGES = (0.0, 0.02, 0.08, 0.2, 0.5)
+_AGE_EDGES = np.array(AGE_EDGES, dtype=np.float64)  # as the compiled step reads them
 _YEAR_SECONDS = 365.2425 * 86_400.0
 _RATE_PRIOR = (1e-5, 100.0)  # (rate, pseudo-exposure) of an age bucket before any pick
 _RANK_PRIOR = (0.05, 20.0)  # (hit rate at rank 1, pseudo-events): see RankRates
@@ -191,16 +193,21 @@ class NewItemPrior:
         age = years[:, None] - self.release_[items][None, :]
         known = np.maximum(np.searchsorted(AGE_EDGES, age, side="right") - 1, 0)  # future: 0
         bucket = np.where(np.isnan(age), len(AGE_EDGES), known)
-        # The candidates' texts are gathered when they are few; when they are most of the
+        x = np.empty((len(users), len(items), 3))
+        x[:, :, 0] = self._similarity(users, items)
+        x[:, :, 1] = self.discovered()[items][None, :]
+        x[:, :, 2] = np.log(self.share(users))[:, None]
+        return bucket, x
+
+    def _similarity(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Cosine of each user's recent items (their decayed text sum) with each item's text,
+        shape (n, C), float32."""
+        # The items' texts are gathered when they are few; when they are most of the
         # catalogue, the products with every item cost less than copying theirs first.
         texts, columns = self.embeddings_, items
         if 4 * len(items) < len(texts):
             texts, columns = texts[items], np.arange(len(items))
-        x = np.empty((len(users), len(items), 3))
-        x[:, :, 0] = (_unit(self.profile_[users]) @ texts.T)[:, columns]
-        x[:, :, 1] = self.discovered()[items][None, :]
-        x[:, :, 2] = np.log(self.share(users))[:, None]
-        return bucket, x
+        return (_unit(self.profile_[users]) @ texts.T)[:, columns]
 
     def log_rates(self, bucket: np.ndarray, x: np.ndarray) -> np.ndarray:
         """log p for age buckets and features from :meth:`features`, capped at 0."""
@@ -285,31 +292,43 @@ class NewItemPrior:
         known: int,
     ) -> None:
         """One step on the judged events, with the state before the batch."""
-        years = event_years(timestamps)
-        candidates = self.candidates(float(years.max()), known)
-        bucket, x = self.features(users, candidates, years)
-        valid = ~(self.release_[candidates][None, :] > years[:, None])  # released by then
-        chance = np.exp(self.log_rates(bucket, x)) * valid
-        # the first picks that were candidates (sorted: flatnonzero): their bucket and features
-        column = np.minimum(np.searchsorted(candidates, items), len(candidates) - 1)
-        picked = first & (candidates[column] == items) if len(candidates) else np.zeros_like(first)
-        rows, cols = np.flatnonzero(picked), column[picked]
-        keep = valid[rows, cols]
-        picked_rows, picked_cols = rows[keep], cols[keep]
-        gradient = x[picked_rows, picked_cols].sum(axis=0) - np.einsum("nc,nck->k", chance, x)
+        gradient, exposure, picks, expected, observed = self.step_sums(
+            users, items, event_years(timestamps), first, known
+        )
         # age rates: decayed picks over decayed exposures weighted by exp(c . x)
-        latest = float(timestamps.max())
-        self._decay_rates(latest)
-        n_ages = len(AGE_EDGES) + 1
-        weight = np.exp(np.minimum(x @ self.coef_, 50.0)) * valid
-        self.exposure_ += np.bincount(bucket.ravel(), weight.ravel(), minlength=n_ages)
-        self.picks_ += np.bincount(bucket[picked_rows, picked_cols], minlength=n_ages)
-        bins = np.searchsorted(_CALIBRATION_BINS, np.log10(np.maximum(chance, 1e-300)))
-        self.expected_ += np.bincount(bins.ravel(), chance.ravel(), minlength=len(self.expected_))
-        self.observed_ += np.bincount(bins[picked_rows, picked_cols],
-                                      minlength=len(self.observed_))  # fmt: skip
+        self._decay_rates(float(timestamps.max()))
+        self.exposure_ += exposure
+        self.picks_ += picks
+        self.expected_ += expected
+        self.observed_ += observed
         self.squares_ += gradient**2
         self.coef_ = self.coef_ + self.learning_rate * gradient / (np.sqrt(self.squares_) + 1e-8)
+
+    def step_sums(
+        self,
+        users: np.ndarray,
+        items: np.ndarray,
+        years: np.ndarray,
+        first: np.ndarray,
+        known: int,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """What a step learns from events (``years``: each event's, ``first``: whether it is
+        the item's first pick): over every (event, candidate) pair, with the chances
+        :meth:`chances` gives (a candidate released after the event's year is none), the
+        Poisson log-likelihood's gradient in the coefficients, (first picks - chances) . x,
+        shape (3,); the exposures exp(c . x) and the first picks per age bucket; the summed
+        chances and the first picks per calibration bin. One compiled pass
+        (:func:`.kernels.prior_step`), no (events, candidates, 3) arrays."""
+        candidates = self.candidates(float(years.max()), known)
+        # the first picks that were candidates (sorted: flatnonzero): their column
+        column = np.minimum(np.searchsorted(candidates, items), len(candidates) - 1)
+        picked = first & (candidates[column] == items) if len(candidates) else first & False
+        return prior_step(
+            _unit(self.profile_[users]), self.embeddings_, self.discovered(),
+            np.log(self.share(users)), candidates, self.release_, years,
+            np.where(picked, column, -1), _AGE_EDGES, np.log(self.age_rates), self.coef_,
+            _CALIBRATION_BINS,
+        )  # fmt: skip
 
     def _decay_rates(self, latest: float) -> None:
         if np.isfinite(self.clock_) and latest > self.clock_:
@@ -322,26 +341,8 @@ class NewItemPrior:
         self, users: np.ndarray, items: np.ndarray, timestamps: np.ndarray, first: np.ndarray
     ) -> None:
         """Seen items, users' recent items and shares, recent first picks, clock."""
-        # later[j]: the user's events after event j in this batch
-        if len(users) == 1:  # np.unique costs ~30 us, more than the rest for one event
-            touched, inverse, counts = users, np.zeros(1, dtype=np.int64), np.ones(1, np.int64)
-        else:
-            touched, inverse, counts = np.unique(users, return_inverse=True, return_counts=True)
-        order = np.argsort(inverse, kind="stable")
-        later = np.empty(len(users), dtype=np.int64)
-        later[order] = np.cumsum(counts)[inverse[order]] - 1 - np.arange(len(users))
-        decay = self.user_decay ** counts[:, None]
-        self.profile_[touched] *= decay
-        self.newness_[touched] *= decay
-        weight = self.user_decay**later
-        texts = weight[:, None] * self.embeddings_[items]
-        newness = np.stack([weight * first, weight], axis=1)
-        if len(touched) == len(users):  # one event per user: plain indexing adds
-            self.profile_[users] += texts
-            self.newness_[users] += newness
-        else:
-            np.add.at(self.profile_, users, texts)
-            np.add.at(self.newness_, users, newness)
+        record_users(self.profile_, self.newness_, self.embeddings_, users, items, first,
+                     self.user_decay)  # fmt: skip
         latest = float(timestamps.max())
         seconds = self.half_life_days * 86_400.0
         if np.isfinite(self.clock_) and latest > self.clock_:
@@ -349,8 +350,8 @@ class NewItemPrior:
             self.discovery_ *= factor
             self._discovered = None
             self.overall_ *= 2.0 ** (-(latest - self.clock_) / (self.rate_half_life_days * 86_400))
-        age = 2.0 ** (-(latest - timestamps[first]) / seconds)
         if first.any():
+            age = 2.0 ** (-(latest - timestamps[first]) / seconds)
             self.discovery_ += age @ self.embeddings_[items[first]]
             self._discovered = None
         self.overall_ += [first.sum(), len(first)]

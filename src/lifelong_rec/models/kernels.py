@@ -232,3 +232,139 @@ def quantise_int8_rows(
         for k in range(f):
             value = np.rint(np.float32(table[r, k] * inverse))
             values[r, k] = np.int8(min(max(value, np.float32(-127.0)), np.float32(127.0)))
+
+
+# ------------------------------------------------------------------------------ the new-item prior
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def prior_step(
+    profiles: np.ndarray,
+    embeddings: np.ndarray,
+    discovered: np.ndarray,
+    log_share: np.ndarray,
+    candidates: np.ndarray,
+    release: np.ndarray,
+    years: np.ndarray,
+    picked: np.ndarray,
+    age_edges: np.ndarray,
+    log_rates: np.ndarray,
+    coef: np.ndarray,
+    calibration_edges: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The sums one step of :class:`~lifelong_rec.models.fresh.NewItemPrior` takes from its
+    judged events, in one pass over (event, candidate) pairs instead of a dozen (n, C) arrays
+    (and no copy of the candidates' texts).
+
+    ``profiles`` (n, dim): each event's user's recent items, a unit (or zero) row;
+    ``embeddings``, ``discovered``, ``release``: per item (``candidates`` are indexes into
+    them, sorted); ``log_share``, ``years``, ``picked`` (the candidate column of the event's
+    item where it was a first pick among the candidates, else -1): per event. A candidate
+    released after the event's year is no candidate for it. Returns the Poisson
+    log-likelihood's gradient in the coefficients (3,), the exposures exp(c . x) and first
+    picks per age bucket, and the summed chances and first picks per calibration bin."""
+    n_ages = len(age_edges) + 1
+    gradient = np.zeros(3)
+    exposure = np.zeros(n_ages)
+    picks = np.zeros(n_ages)
+    expected = np.zeros(len(calibration_edges) + 1)
+    observed = np.zeros(len(calibration_edges) + 1)
+    for r in range(profiles.shape[0]):
+        x2 = log_share[r]
+        for c in range(len(candidates)):
+            item = candidates[c]
+            if release[item] > years[r]:  # not released yet: never a candidate
+                continue
+            age = years[r] - release[item]
+            bucket = n_ages - 1  # unknown age
+            if not np.isnan(age):
+                bucket = max(np.searchsorted(age_edges, age, side="right") - 1, 0)
+            dot = np.float32(0.0)  # in float32, as the texts are: the loop vectorises
+            for d in range(profiles.shape[1]):
+                dot += profiles[r, d] * embeddings[item, d]
+            x0 = np.float64(dot)
+            x1 = np.float64(discovered[item])
+            linear = x0 * coef[0] + x1 * coef[1] + x2 * coef[2]
+            chance = np.exp(min(log_rates[bucket] + linear, 0.0))
+            exposure[bucket] += np.exp(min(linear, 50.0))
+            calibration = np.searchsorted(calibration_edges, np.log10(max(chance, 1e-300)))
+            expected[calibration] += chance
+            weight = -chance
+            if picked[r] == c:
+                weight += 1.0
+                picks[bucket] += 1.0
+                observed[calibration] += 1.0
+            gradient[0] += weight * x0
+            gradient[1] += weight * x1
+            gradient[2] += weight * x2
+    return gradient, exposure, picks, expected, observed
+
+
+@njit(cache=True, nogil=True)
+def record_users(
+    profile: np.ndarray,
+    newness: np.ndarray,
+    embeddings: np.ndarray,
+    users: np.ndarray,
+    items: np.ndarray,
+    first: np.ndarray,
+    decay: float,
+) -> None:
+    """Events in time order into the users' decayed sums of recent item texts (``profile``)
+    and of (first picks, events) (``newness``), in place: per event, the user's sums decay by
+    ``decay`` and the event is added."""
+    for e in range(len(users)):
+        user, item = users[e], items[e]
+        for d in range(profile.shape[1]):
+            profile[user, d] = profile[user, d] * decay + embeddings[item, d]
+        newness[user, 0] = newness[user, 0] * decay + (1.0 if first[e] else 0.0)
+        newness[user, 1] = newness[user, 1] * decay + 1.0
+
+
+# ------------------------------------------------------------------------------ the ensemble
+
+
+@njit(cache=True, nogil=True)
+def judged_ranks(
+    parts: np.ndarray,
+    excluded: np.ndarray,
+    items: np.ndarray,
+    weights: np.ndarray,
+    history: np.ndarray,
+    item_ages: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rank of each judged event's item under every candidate of an ensemble and under
+    their blend, in one pass over the items (ties count against the item).
+
+    ``parts`` (candidates, n, items): the candidates' standardised scores; ``excluded``
+    (n, items): what each user has seen (the event's own item is ranked all the same);
+    ``items`` (n,): the event's item, -1 where unknown (rank inf); ``weights`` (history
+    buckets, age buckets, candidates); ``history`` (n,) and ``item_ages`` (items,): the
+    buckets. The blend of item ``i`` for event ``r`` is ``sum_c weights[history[r],
+    item_ages[i], c] * parts[c, r, i]``, added in candidate order. Returns the ranks under
+    each candidate (n, candidates) and under the blend (n,)."""
+    n_candidates, n, n_items = parts.shape
+    ranks = np.zeros((n, n_candidates))
+    blend_ranks = np.zeros(n)
+    for r in range(n):
+        target = items[r]
+        if target < 0:
+            ranks[r, :] = np.inf
+            blend_ranks[r] = np.inf
+            continue
+        h = history[r]
+        target_blend = 0.0
+        for c in range(n_candidates):
+            target_blend += weights[h, item_ages[target], c] * parts[c, r, target]
+        for i in range(n_items):
+            if excluded[r, i] and i != target:
+                continue
+            blend = 0.0
+            for c in range(n_candidates):
+                part = parts[c, r, i]
+                if part >= parts[c, r, target]:
+                    ranks[r, c] += 1.0
+                blend += weights[h, item_ages[i], c] * part
+            if blend >= target_blend:
+                blend_ranks[r] += 1.0
+    return ranks, blend_ranks
