@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -128,6 +129,52 @@ def test_two_gloo_processes_train_what_one_process_does_with_the_doubled_batch(
     two_log = json.loads(report.group(1))["training_log"]
     assert [e["loss"] for e in two_log] == pytest.approx([e["loss"] for e in one.training_log_])
     np.testing.assert_allclose(two.score_all(["u1", "u2"]), one.score_all(["u1", "u2"]), atol=1e-4)
+
+
+# ------------------------------------------------------------------------------ machines
+
+
+def test_two_machines_train_what_one_process_does_with_two_shards(db, tmp_path):
+    """Two launchers, as two machines would start (`lifelong-rec train --nnodes 2 --nproc 1`
+    with one rendezvous endpoint and run id, and one checkpoint folder), here both on this
+    machine: they meet, train as ranks 0 and 1, and rank 0 publishes the parameters one
+    process trains with the two shards (the tolerance of the equivalence test above)."""
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = [sys.executable, "-m", "lifelong_rec", "train", "--db", db, "--model", SPEC,
+            "--nnodes", "2", "--nproc", "1", "--rdzv-endpoint", f"127.0.0.1:{port}",
+            "--run-id", "two-machines", "--checkpoints", str(tmp_path / "shared"),
+            "--json"]  # fmt: skip
+    machines = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True) for _ in range(2)]  # fmt: skip
+    outputs = []
+    try:
+        for machine in machines:
+            outputs.append(machine.communicate(timeout=120))
+    finally:
+        for machine in machines:
+            machine.kill()
+    for machine, (out, err) in zip(machines, outputs, strict=True):
+        assert machine.returncode == 0, err[-3000:]
+        result = json.loads(out)
+        assert result["processes"] == 2 and result["shards"] == 2
+        assert result["snapshot"]["version"] == 1 and result["snapshot"]["offset"] == 560
+    assert sum("lifelong-rec train: {" in err for _, err in outputs) == 1  # rank 0 alone
+    assert not (tmp_path / "shared").exists()  # published: the checkpoints went
+    two, _ = SnapshotStore(f"{db}.snapshots").load(1)
+    one = train(_plan(db, tmp_path / "one")).model
+    assert int(one.steps_[0]) == int(two.steps_[0]) == 3 * STEPS_PER_EPOCH
+    dim = one.dim
+    for name, value in _parameters(one).items():
+        other = _parameters(two)[name]
+        if name.endswith("qkv.bias"):  # the key bias: see the equivalence test
+            keys = slice(dim, 2 * dim)
+            torch.testing.assert_close(other[:dim], value[:dim], rtol=0, atol=1e-6)
+            torch.testing.assert_close(other[2 * dim :], value[2 * dim :], rtol=0, atol=1e-6)
+            assert float((other[keys] - value[keys]).abs().max()) <= 0.01 * 3 * STEPS_PER_EPOCH
+            continue
+        torch.testing.assert_close(other, value, rtol=0, atol=1e-6, msg=name)
 
 
 # ------------------------------------------------------------------------------ resuming
