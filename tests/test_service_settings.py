@@ -15,11 +15,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from serve_process import ServeProcess
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from lifelong_rec.cli import main
-from lifelong_rec.service import Settings
+from lifelong_rec.service import Settings, create_app
 from lifelong_rec.service.settings import is_loopback
 
 TOKEN = "settings-token-0123456789"
@@ -332,3 +334,30 @@ def test_connections_beyond_the_limit_are_503(limited: ServeProcess) -> None:
     while httpx.get(f"{limited.url}/healthz").status_code != 200:
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+# -------------------------------------------------------------------- BLAS threads
+
+
+def _blas_threads() -> set[int]:
+    return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+
+@pytest.mark.parametrize(("setting", "serving"), [(1, {1}), (None, {2})])
+def test_the_service_runs_blas_on_blas_threads_while_it_serves(
+    tmp_path: Path, setting: int | None, serving: set[int]
+) -> None:
+    """One BLAS thread per call while the service runs (requests and the learner are its
+    parallelism), the process's own limit again once it stops; ``None`` leaves it alone. The
+    service sets it from the thread that starts it (TestClient's, not this one), whichever
+    thread set it last (threadpoolctl lets only that one change OpenBLAS's)."""
+    settings = Settings(db=tmp_path / "events.db", model="pop", blas_threads=setting)
+    own = threadpool_limits(2, user_api="blas")  # this thread sets the process's limit
+    try:
+        assert _blas_threads() == {2}
+        with TestClient(create_app(settings)) as client:
+            assert client.get("/healthz").status_code == 200
+            assert _blas_threads() == serving
+        assert _blas_threads() == {2}
+    finally:
+        own.restore_original_limits()

@@ -27,6 +27,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from threadpoolctl import OpenBLASController, threadpool_limits
 
 from lifelong_rec import __version__
 from lifelong_rec.service.engine import Engine
@@ -62,19 +63,45 @@ DOCS_ASSETS_URL = "/docs/assets"
 _CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 
+def _limit_blas(threads: int | None) -> threadpool_limits:
+    """Limit every BLAS library of the process to ``threads`` threads per call (None: no
+    limit); the returned object restores the limits it found.
+
+    One thread per call by default (:class:`Settings`): requests and the learner are the
+    service's parallelism. OpenBLAS keeps one process-wide pool, and threadpoolctl lets only
+    the first thread that sets it change it (the others' calls do nothing); the service owns
+    its process, so it takes that role from whichever thread starts it (a test harness starts
+    it from another thread than its own)."""
+    _release_blas()
+    return threadpool_limits(threads, user_api="blas")
+
+
+def _release_blas() -> None:
+    """Let any thread set OpenBLAS's limits again (threadpoolctl >= 3.6; before, it had no
+    controlling thread)."""
+    release = getattr(OpenBLASController, "clear_controlling_thread", None)
+    if release is not None:
+        release(force=True)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A FastAPI app serving ``settings`` (read from the environment when None)."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        limits = _limit_blas(settings.blas_threads)
         engine = Engine(settings)
-        engine.start()
-        app.state.engine = engine
         try:
-            yield
+            engine.start()
+            app.state.engine = engine
+            try:
+                yield
+            finally:
+                engine.stop()
         finally:
-            engine.stop()
+            limits.restore_original_limits()
+            _release_blas()
 
     app = FastAPI(
         title="lifelong-rec",

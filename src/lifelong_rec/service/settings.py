@@ -71,6 +71,13 @@ class Settings(BaseSettings):
         the learner looks for the trainer's snapshots and adopts their networks while it keeps
         learning every event (the transformer; see :mod:`lifelong_rec.service.learner`).
         None (the default): no trainer.
+    blas_threads : int or None
+        Threads each BLAS call (numpy's matrix products) may use in this process: 1 by
+        default. A service answers many requests at once beside its learner, and a BLAS call
+        that spreads over every core then waits for cores the others hold: on the 2-core
+        development machine, loaded by other jobs, MF over 10,000 items answered 155-163
+        requests/s with OpenBLAS's 2 threads and 797-809 with 1 (bench/service_load.py).
+        None: the libraries' own default (every core).
     learn_batch : int
         Most events the learner reads from the log per step.
     max_batch : int
@@ -125,6 +132,7 @@ class Settings(BaseSettings):
     persist_seconds: float = Field(default=30.0, gt=0)
     keep_snapshots: int = Field(default=5, ge=1)
     trained_poll_seconds: float | None = Field(default=None, gt=0)
+    blas_threads: int | None = Field(default=1, ge=1)
     learn_batch: int = Field(default=50_000, ge=1)
     max_batch: int = Field(default=10_000, ge=1)
     max_body_bytes: int = Field(default=8_000_000, ge=1_000)
