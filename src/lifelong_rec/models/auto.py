@@ -39,8 +39,8 @@ popularity of its own. (A candidate that indexes its events its own way keeps it
 On 60,000 rows of ML-100K (85 % warm-up) learning per row, the ensemble of the five default
 candidates spends 15.7 CPU seconds on updates against their 16.3 alone. ``auto`` takes the
 events to judge and the batch's first pairs from the ensemble, so its new-item placement adds
-only its own index of the catalogue, its prior's step and its judging (P1, 500 blocks, per
-row: 0.96x its candidates' update CPU seconds on YOOCHOOSE, 1.12-1.13x on the MovieLens sets).
+only its own index of the catalogue, its prior's step and its judging, each a compiled pass
+(P1, 500 blocks, per row: 1.25x its candidates' update CPU seconds on ML-100K).
 
 Serving blends the candidates' standardised scores: for a user in history bucket ``h`` and an
 item in age bucket ``a``, ``score(i) = sum_c w[h, a, c] * (s_c(i) - mean_c) / std_c``, the mean
