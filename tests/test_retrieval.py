@@ -77,14 +77,29 @@ def test_below_min_items_there_is_no_index_and_models_rank_exactly() -> None:
         (MatrixFactorization, {"factors": 8, "iterations": 4}),
         (SessionMatrixFactorization, {"factors": 8, "iterations": 4}),
         (BPR, {"factors": 8, "epochs": 3}),  # the bias searched as one more dimension
+        # the transformer: its last hidden state searches its item representations, which
+        # every fine-tuning step moves (all put back) or only new and first-time items move
+        ("transformer", {"max_len": 8, "dim": 16, "layers": 1, "epochs": 2, "device": "cpu"}),
+        ("transformer", {"max_len": 8, "dim": 16, "layers": 1, "epochs": 2, "device": "cpu",
+                         "update_steps": 0}),
     ],
-)
+    ids=["mf", "session-mf", "bpr", "transformer", "transformer-sequences-only"],
+)  # fmt: skip
 def test_factor_models_rank_through_the_index_as_they_rank_exactly(
     model_class, params, tmp_path: Path
 ) -> None:
-    stream = synthetic_stream(n_users=120, n_items=300, n_events=5_000, seed=7).events
-    exact = model_class(**params).fit(stream.take(slice(0, 3_000)))
-    indexed = model_class(**params, retrieval=EVERY_LIST).fit(stream.take(slice(0, 3_000)))
+    data = synthetic_stream(n_users=120, n_items=300, n_events=5_000, seed=7)
+    stream = data.events
+    if model_class == "transformer":  # it also knows the catalogue: items before their events
+        pytest.importorskip("torch", reason="the transformer needs PyTorch")
+        from lifelong_rec.models import SequentialTransformer as model_class
+
+        exact = model_class(**params).add_items(data.catalog).fit(stream.take(slice(0, 3_000)))
+        indexed = model_class(**params, retrieval=EVERY_LIST).add_items(data.catalog)
+        indexed.fit(stream.take(slice(0, 3_000)))
+    else:
+        exact = model_class(**params).fit(stream.take(slice(0, 3_000)))
+        indexed = model_class(**params, retrieval=EVERY_LIST).fit(stream.take(slice(0, 3_000)))
     users = np.append(np.unique(stream.user), "nobody")
     for start in range(3_000, 5_000, 400):  # new users and items arrive on the way
         batch = stream.take(slice(start, start + 400))

@@ -152,6 +152,18 @@ class IVFIndex:
             self._index.remove_ids(rows)
             self._index.add_with_ids(np.ascontiguousarray(table[rows], dtype=np.float32), rows)
 
+    def refill(self, table: np.ndarray | Stacked) -> None:
+        """Every row of ``table`` changed (a model whose parameters all moved): put them all
+        back in the clusters trained before, without k-means (unless the table grew
+        ``regrow`` times since, or the index was not ready)."""
+        n = len(table)
+        if n < self.min_items or self._index is None or n >= self.regrow * self._trained_size:
+            self.sync(table)
+            return
+        self._index.reset()
+        vectors = np.ascontiguousarray(table, dtype=np.float32)
+        self._index.add_with_ids(vectors, np.arange(n, dtype=np.int64))
+
     def _train(self, table: np.ndarray | Stacked) -> None:
         faiss = self._faiss
         n, dim = table.shape

@@ -22,6 +22,7 @@ from lifelong_rec.checks import check_positive_ints
 from lifelong_rec.events import Catalog, EventBatch, IdIndex
 from lifelong_rec.models.base import IndexedEvents, Recommender
 from lifelong_rec.models.explanation import Attribution
+from lifelong_rec.models.retrieval import IndexedItems, make_retrieval
 from lifelong_rec.models.sequential_net import (
     LazyAdam,
     SequenceNet,
@@ -43,7 +44,7 @@ _GROWTH = 1.5  # item capacity grows by this factor, so growing is rare and amor
 RowReduction = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-class SequentialTransformer(Recommender):
+class SequentialTransformer(IndexedItems, Recommender):
     """Causal self-attention over each user's recent items (Kang & McAuley, ICDM 2018), with
     item representations that can start from a pretrained language model's text embeddings.
 
@@ -128,6 +129,17 @@ class SequentialTransformer(Recommender):
     seed : int
         Runs on the CPU are deterministic for a seed.
     fallback_half_life_days : float or None
+    retrieval : str, optional
+        How the top-k items are found: None or ``"exact"`` scores every item; ``"ivf"``
+        (``"ivf(nprobe=32)"``, see :class:`~lifelong_rec.models.retrieval.IVFIndex`) keeps an
+        approximate index of the item representations, searched with the user's last hidden
+        state (needs ``lifelong-rec[ann]``). Its clusters are trained after ``fit`` and when a
+        trained network is adopted; new items and items at their first event move into it
+        as they arrive; a ``learn`` or ``replay`` that takes optimiser steps moves every
+        item's representation, so it puts every item back in the trained clusters (no
+        k-means: O(items x clusters x dim) per learned batch). With sequence updates only
+        (``update_steps=0``, as when a trainer is delegated to) the items stay where they
+        are. Scoring, explaining and a request with a candidate list stay exact.
 
     Attributes
     ----------
@@ -174,6 +186,7 @@ class SequentialTransformer(Recommender):
         device: str = "auto",
         seed: int = 0,
         fallback_half_life_days: float | None = 7.0,
+        retrieval: str | None = None,
     ) -> None:
         check_positive_ints(
             max_len=max_len, dim=dim, layers=layers, heads=heads, negatives=negatives,
@@ -224,6 +237,8 @@ class SequentialTransformer(Recommender):
         self.device = device
         self.seed = seed
         self.fallback_half_life_days = fallback_half_life_days
+        make_retrieval(retrieval)  # checks the spec (and that faiss is there) now
+        self.retrieval = retrieval
         self._catalog: ItemTexts | None = None  # survives fit: it is metadata, not learning
         self._catalog_index = IdIndex()  # the catalogue's ids, for looking up text rows
 
@@ -271,6 +286,7 @@ class SequentialTransformer(Recommender):
         self.items_.add(ids)
         if len(self.items_) > n_items:
             self._grow_all(len(self.users_), len(self.items_))
+            self._sync_moved()
 
     def _fill_text(self, items: np.ndarray) -> None:
         """Copy the catalogue's text embeddings into the network's rows of ``items``."""
@@ -316,6 +332,9 @@ class SequentialTransformer(Recommender):
         self._reduce_rows: RowReduction | None = None
         self._touched: tuple[torch.Tensor, torch.Tensor] | None = None  # a sampled step's
         self._items_in_net = 0  # items whose rows the network has (text filled in)
+        # the approximate top-k index of the item representations (None: every item scored)
+        self.index_ = make_retrieval(self.retrieval)
+        self._moved: list[np.ndarray] = []  # items whose representation changed alone since
         self._changed()
 
     def _new_optimizers(self) -> None:
@@ -366,6 +385,7 @@ class SequentialTransformer(Recommender):
             self.item_counts_ = torch.cat([self.item_counts_, self.item_counts_.new_zeros(extra)])
         self._items_in_net = n_items
         self._fill_text(np.arange(old_items, n_items))
+        self._moved.append(np.arange(old_items, n_items))
         self._changed()
 
     def _grow_parameter(self, capacity: int, generator: torch.Generator) -> None:
@@ -437,6 +457,8 @@ class SequentialTransformer(Recommender):
             seconds = time.perf_counter() - started
             self.training_log_.append({"epoch": epoch + 1, "loss": mean, "seconds": seconds,
                                        "targets_per_second": targets / seconds})  # fmt: skip
+        self._moved = []
+        self._sync_index()  # every item moved: the clusters are trained again
 
     def _learn(self, events: IndexedEvents) -> None:
         positive = events.positive
@@ -445,9 +467,27 @@ class SequentialTransformer(Recommender):
         self._append(users[order], items[order] + 1)
         if self.update_steps and len(users):
             self._train_users(np.unique(users), self.update_steps)
+            self._refill_index()
+        else:
+            self._sync_moved()
 
     def _replay(self, users: np.ndarray, items: np.ndarray) -> None:
         self._train_users(np.unique(users), 1)
+        self._refill_index()
+
+    def _sync_moved(self) -> None:
+        """Move the items whose representation changed alone (new ones, those at their
+        first event) in the approximate index."""
+        if self._moved:
+            self._sync_index(np.concatenate(self._moved))
+            self._moved = []
+
+    def _refill_index(self) -> None:
+        """The parameters moved every item's representation: all back in the index, in the
+        clusters trained before."""
+        self._moved = []
+        if self.index_ is not None:
+            self.index_.refill(self._item_table())
 
     def _anchor(self, strength: float) -> None:
         self._distill = strength
@@ -502,6 +542,8 @@ class SequentialTransformer(Recommender):
             )
         self._new_optimizers()
         self._changed()
+        self._moved = []
+        self._sync_index()  # another network: the clusters are trained again
         if self._teacher is not None:
             self._anchor(self._distill)
 
@@ -516,6 +558,7 @@ class SequentialTransformer(Recommender):
             first_time = touched[~self.net_.interacted[touched]]
             if len(first_time):  # their id embeddings start to count
                 self.net_.interacted[first_time] = True
+                self._moved.append(first_time.cpu().numpy() - 1)
                 self._changed()
 
     def _train_users(self, users: np.ndarray, steps: int) -> None:
@@ -725,6 +768,12 @@ class SequentialTransformer(Recommender):
         with torch.no_grad(), self._autocast():
             return self.net_.encode(sequences, items)[:, -1]
 
+    def _item_table(self) -> np.ndarray:
+        return self._items()[1 : len(self.items_) + 1].float().cpu().numpy()
+
+    def _queries(self, user_index: np.ndarray) -> np.ndarray:
+        return self._last_hidden(user_index, self._items()).float().cpu().numpy()
+
     def _attribute(self, users: np.ndarray, items: np.ndarray) -> Attribution:
         """Integrated gradients of each item's score over the history items' input vectors.
 
@@ -826,6 +875,7 @@ class SequentialTransformer(Recommender):
                 state[f"optimizer.{position}.{name}"] = torch.as_tensor(value).cpu().numpy()
         state |= {"sequences": self.sequences_, "steps": self.steps_,
                   "item_counts": self.item_counts_.cpu().numpy()}  # fmt: skip
+        state |= self._index_state()
         if self._catalog is not None:
             state |= {"catalog.items": self._catalog.items,
                       "catalog.embeddings": self._catalog.embeddings}  # fmt: skip
@@ -873,6 +923,8 @@ class SequentialTransformer(Recommender):
                 )
             )
         self._changed()
+        self._moved = []
+        self._restore_index(arrays)
 
 
 # ------------------------------------------------------------------------------ helpers
