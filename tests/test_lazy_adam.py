@@ -184,3 +184,24 @@ def test_a_sampled_model_saved_with_dense_adam_loads_its_moments_as_up_to_date(t
     assert lazy is not None and lazy.step_count == int(model.steps_[0])
     assert torch.equal(lazy.last_step, torch.full_like(lazy.last_step, lazy.step_count))
     assert torch.equal(lazy.exp_avg, model.item_optimizer_.exp_avg)
+
+
+def test_item_optimizer_dense_keeps_adam_over_the_whole_table_for_the_sampled_softmax(tmp_path):
+    """``item_optimizer="dense"``: the sampled softmax's table is stepped by Adam with the
+    rest (a dense gradient, rows outside the step moved by their momentum), and it saves and
+    loads so; a bad name is refused, naming the parameter."""
+    model = _model(item_optimizer="dense").fit(_stream())
+    table = model.net_.item_embedding
+    assert model.item_optimizer_ is None and table.requires_grad
+    assert table in model.optimizer_.state
+    before = table.detach().clone()
+    model.train_step(model.sequences_[:1])  # one window: most rows are not read
+    moved = (table.detach() != before).any(dim=1)
+    assert moved.sum() > len(table) / 2  # momentum moves rows the step did not read
+    model.save(tmp_path / "dense")
+    loaded = SequentialTransformer.load(tmp_path / "dense")
+    assert loaded.item_optimizer_ is None
+    assert torch.equal(loaded.optimizer_.state[loaded.net_.item_embedding]["exp_avg"],
+                       model.optimizer_.state[table]["exp_avg"])  # fmt: skip
+    with pytest.raises(ValueError, match="item_optimizer must be one of"):
+        _model(item_optimizer="sparse")

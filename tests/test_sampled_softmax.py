@@ -63,7 +63,7 @@ def _loss_and_gradients(
         for name, parameter in model.net_.named_parameters()
         if parameter.grad is not None
     }
-    if model.loss == "sampled":  # the id table's gradient is that of the rows read (LazyAdam's)
+    if model.item_optimizer_ is not None:  # the id table's gradient: the rows read (LazyAdam's)
         assert "item_embedding" not in gradients
         rows, ids = model._touched
         table = torch.zeros_like(model.net_.item_embedding)
@@ -72,9 +72,10 @@ def _loss_and_gradients(
     return float(loss.detach()), gradients
 
 
+@pytest.mark.parametrize("item_optimizer", ["lazy", "dense"])
 @pytest.mark.parametrize("distill", [0.0, 0.7])
 @pytest.mark.parametrize("text_encoder", [None, "hashing(dim=32)"])
-def test_sampling_every_item_is_the_full_softmax(distill, text_encoder):
+def test_sampling_every_item_is_the_full_softmax(distill, text_encoder, item_optimizer):
     stream = _stream()
     model = _model(text_encoder=text_encoder).fit(stream)
     n_items = len(model.items_)
@@ -84,6 +85,8 @@ def test_sampling_every_item_is_the_full_softmax(distill, text_encoder):
     windows = model.sequences_[np.arange(len(model.users_))]
     full_loss, full_gradients = _loss_and_gradients(model, windows)
     model.loss, model.negatives = "sampled", n_items  # every item is a candidate
+    model.item_optimizer = item_optimizer
+    model._new_optimizers()  # lazy: the table's gradient comes from the rows read
     for in_batch, log_q in [(True, True), (False, True), (True, False)]:
         model.in_batch_negatives, model.log_q_correction = in_batch, log_q
         loss, gradients = _loss_and_gradients(model, windows)

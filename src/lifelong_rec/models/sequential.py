@@ -37,6 +37,7 @@ from lifelong_rec.models.text import text_encoder as make_text_encoder
 
 LOSSES = ("softmax", "sampled")
 OPTIMIZERS = ("adam", "adamw")
+ITEM_OPTIMIZERS = ("lazy", "dense")
 _SCORE_USERS = 512  # users encoded per forward pass when scoring
 _EXPLAIN_USERS = 4  # users per integrated-gradients pass (4-16 measured: 4 is fastest on a CPU)
 _GROWTH = 1.5  # item capacity grows by this factor, so growing is rare and amortised
@@ -60,8 +61,8 @@ class SequentialTransformer(IndexedItems, Recommender):
     partition sum; without it, popular items (drawn often as in-batch negatives) are pushed
     down too hard. When ``negatives`` is at least the number of items, every item is a
     candidate and the sampled softmax is the full one. Adam or AdamW, dropout, layer norm,
-    learned positions; with the sampled softmax the id table's Adam is lazy (it updates the
-    rows a step touches; see ``item_optimizer_``). With a text encoder,
+    learned positions; with the sampled softmax the id table's Adam is lazy by default (it
+    updates the rows a step touches; see ``item_optimizer``). With a text encoder,
     ``id_dropout`` of the items lose their id embedding at each step, so the text projection
     learns to stand for an item alone, as it must for a new one.
 
@@ -103,6 +104,14 @@ class SequentialTransformer(IndexedItems, Recommender):
         ``loss="sampled"``: subtract the log of each candidate's probability of being drawn
         from its logit (Yi et al., RecSys 2019; Bengio & Senecal, 2008).
     optimizer : {"adam", "adamw"}
+    item_optimizer : {"lazy", "dense"}
+        With the sampled softmax: how the id table is stepped. ``"lazy"``
+        (:class:`~lifelong_rec.models.sequential_net.LazyAdam`) updates the rows a step
+        touches alone, so a step's cost does not grow with the catalogue (193 against 1,553
+        ms at a million items, docs/training.md); ``"dense"`` runs ``optimizer`` over the
+        whole table, as the full softmax always does. On ML latest-small (P2, 8 epochs,
+        seeds 0-2) lazy reached NDCG@10 0.0210 / 0.0324 / 0.0240 against dense's 0.0241 /
+        0.0361 / 0.0236: within the seeds' spread, perhaps a little lower.
     learning_rate, weight_decay : float
     epochs : int
         Passes over the windows in ``fit``.
@@ -174,6 +183,7 @@ class SequentialTransformer(IndexedItems, Recommender):
         in_batch_negatives: bool = True,
         log_q_correction: bool = True,
         optimizer: str = "adam",
+        item_optimizer: str = "lazy",
         learning_rate: float = 1e-3,
         weight_decay: float = 0.0,
         epochs: int = 30,
@@ -198,6 +208,10 @@ class SequentialTransformer(IndexedItems, Recommender):
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        if item_optimizer not in ITEM_OPTIMIZERS:
+            raise ValueError(
+                f"item_optimizer must be one of {ITEM_OPTIMIZERS}, got {item_optimizer!r}"
+            )
         for name, value in (("dropout", dropout), ("id_dropout", id_dropout)):
             if not 0 <= value < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {value!r}")
@@ -225,6 +239,7 @@ class SequentialTransformer(IndexedItems, Recommender):
         self.in_batch_negatives = in_batch_negatives
         self.log_q_correction = log_q_correction
         self.optimizer = optimizer
+        self.item_optimizer = item_optimizer
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.epochs = epochs
@@ -344,7 +359,8 @@ class SequentialTransformer(IndexedItems, Recommender):
         not grow with the catalogue. (The full softmax's gradient reaches every row anyway:
         its table stays with ``optimizer_``.)"""
         kind = torch.optim.AdamW if self.optimizer == "adamw" else torch.optim.Adam
-        table, lazy = self.net_.item_embedding, self.loss == "sampled"
+        table = self.net_.item_embedding
+        lazy = self.loss == "sampled" and self.item_optimizer == "lazy"
         # autograd (and DistributedDataParallel) leave a lazily updated table alone: a
         # sampled step reads the rows it needs from it and differentiates those
         table.requires_grad_(not lazy)
@@ -638,10 +654,12 @@ class SequentialTransformer(IndexedItems, Recommender):
             candidates, log_q = self._candidates(wanted)
             pad = torch.zeros(1, dtype=torch.long, device=device)
             rows = torch.unique(torch.cat([pad, inputs.flatten(), wanted, candidates]))
-            # these rows' id embeddings, as a leaf whose gradient LazyAdam reads (no
-            # gradient of the whole table)
-            ids = self.net_.item_embedding.detach()[rows].requires_grad_()
-            self._touched = (rows, ids)
+            ids = None  # read from the table, whose gradient dense Adam takes whole
+            if self.item_optimizer_ is not None:
+                # these rows' id embeddings, as a leaf whose gradient LazyAdam reads (no
+                # gradient of the whole table)
+                ids = self.net_.item_embedding.detach()[rows].requires_grad_()
+                self._touched = (rows, ids)
             items = self.net_.items(rows, self._kept_ids(rows), ids)
             local_inputs = torch.searchsorted(rows, inputs.contiguous())
             hidden = self.net_.encode(local_inputs, items)[valid]
@@ -898,6 +916,7 @@ class SequentialTransformer(IndexedItems, Recommender):
                 # LazyAdam's state, or dense Adam's of a model saved before it
                 self.item_optimizer_.load_state_dict(moments)
             elif moments:
+                moments.pop("last_step", None)  # a lazy state taken as dense Adam's
                 if not self._fused:  # unfused Adam keeps its step count on the CPU
                     moments["step"] = moments["step"].cpu()
                 self.optimizer_.state[parameter] = moments
