@@ -146,10 +146,12 @@ def synthetic_stream(
     view_time = np.minimum(np.repeat(session_start, session_length) + within, span - 1)
 
     # Which item each view is of: sample from the appeal of every item at that time (Gumbel-max,
-    # over blocks of views so the memory stays small).
+    # over blocks of views so the memory stays small: about 4M (view, item) pairs a block, the
+    # same draws in the same order whatever the blocks).
     view_item = np.empty(n_views, dtype=np.int64)
     match = np.empty(n_views)
-    for block in np.array_split(np.arange(n_views), max(1, n_views // 2048)):
+    per_block = max(1, min(2048, 4_000_000 // n_items))
+    for block in np.array_split(np.arange(n_views), max(1, n_views // per_block)):
         t = view_time[block][:, None]
         mix = drift * t / span
         taste = (1 - mix) * taste_start[view_user[block]] + mix * taste_end[view_user[block]]
