@@ -77,8 +77,8 @@ def _limit_blas(threads: int | None) -> threadpool_limits:
 
 
 def _release_blas() -> None:
-    """Let any thread set OpenBLAS's limits again (threadpoolctl >= 3.6; before, it had no
-    controlling thread)."""
+    """Let any thread set OpenBLAS's limits again (where threadpoolctl keeps a controlling
+    thread: 3.8 does)."""
     release = getattr(OpenBLASController, "clear_controlling_thread", None)
     if release is not None:
         release(force=True)
