@@ -68,10 +68,12 @@ def _limit_blas(threads: int | None) -> threadpool_limits:
     limit); the returned object restores the limits it found.
 
     One thread per call by default (:class:`Settings`): requests and the learner are the
-    service's parallelism. OpenBLAS keeps one process-wide pool, and threadpoolctl lets only
-    the first thread that sets it change it (the others' calls do nothing); the service owns
-    its process, so it takes that role from whichever thread starts it (a test harness starts
-    it from another thread than its own)."""
+    service's parallelism. numpy's and scipy's OpenBLAS keep one process-wide pool, and
+    threadpoolctl lets only the first thread that sets it change it (the others' calls do
+    nothing); the service owns its process, so it takes that role from whichever thread
+    starts it (a test harness starts it from another thread than its own). An OpenBLAS
+    threaded by OpenMP (faiss's) takes the limit per thread: the starting thread's, which
+    under uvicorn is the event loop's, where requests run."""
     _release_blas()
     return threadpool_limits(threads, user_api="blas")
 
