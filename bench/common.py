@@ -66,6 +66,15 @@ def timed(run: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
     return statistics.median(seconds), seconds
 
 
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    """p50, p90, p99 and the largest of ``seconds``, in milliseconds."""
+    ms = 1e3 * numpy.asarray(seconds)
+    return {
+        f"{name}_ms": round(float(numpy.percentile(ms, q)), 2)
+        for name, q in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
+    }
+
+
 def report(name: str, results: dict[str, object]) -> None:
     """Print the results as JSON and keep them as bench/results/NAME.json."""
     payload = {

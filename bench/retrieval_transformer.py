@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from common import report
+from common import percentiles, report, timed
 from threadpoolctl import threadpool_limits
 
 from lifelong_rec.data import synthetic_stream
@@ -34,19 +36,11 @@ from lifelong_rec.models import SequentialTransformer
 K = 10
 
 
-def timed(run, repeats: int) -> list[float]:
-    """Milliseconds of each call of ``run(i)``."""
-    out = []
-    for i in range(repeats):
-        started = time.perf_counter()
-        run(i)
-        out.append((time.perf_counter() - started) * 1000)
-    return out
-
-
-def summary(milliseconds: list[float]) -> dict[str, float]:
-    return {"p50_ms": round(float(np.percentile(milliseconds, 50)), 2),
-            "p99_ms": round(float(np.percentile(milliseconds, 99)), 2)}  # fmt: skip
+def each(call: Callable[[Any], object], inputs: Sequence[Any]) -> dict[str, float]:
+    """Percentiles of the time ``call`` takes on each of ``inputs`` in turn (made beforehand:
+    the clock runs only around ``call``)."""
+    turn = iter(inputs)
+    return percentiles(timed(lambda: call(next(turn)), len(inputs))[1])
 
 
 def main() -> int:
@@ -84,15 +78,15 @@ def main() -> int:
     rng = np.random.default_rng(1)
     users = rng.choice(np.unique(learned.user), args.queries, replace=False)
     want = exact.recommend(users, K).items
-    exact_latency = summary(timed(lambda i: exact.recommend([users[i]], K), len(users)))
+    exact_latency = each(lambda user: exact.recommend([user], K), users)
     by_nprobe = {}
     for nprobe in [int(n) for n in args.nprobes.split(",")]:
         indexed.index_._index.nprobe = nprobe  # clusters scanned per query
         got = indexed.recommend(users, K).items
         found = [len(np.intersect1d(w, g)) / K for w, g in zip(want, got, strict=True)]
-        by_nprobe[nprobe] = summary(
-            timed(lambda i: indexed.recommend([users[i]], K), len(users))
-        ) | {"recall@10_of_served_lists": round(float(np.mean(found)), 4)}
+        by_nprobe[nprobe] = each(lambda user: indexed.recommend([user], K), users) | {
+            "recall@10_of_served_lists": round(float(np.mean(found)), 4)
+        }
         print(nprobe, by_nprobe[nprobe], flush=True)
     indexed.index_._index.nprobe = indexed.index_.nprobe  # the default again
 
@@ -102,9 +96,9 @@ def main() -> int:
         for model in models.values():
             model.update_steps = steps
         learning[f"update_steps={steps}"] = {
-            name: summary(timed(lambda i, m=model: m.learn(later.take(slice(i, i + 1))), 25))
+            name: each(model.learn, [later.take(slice(i, i + 1)) for i in range(25)])
             for name, model in models.items()
-        }  # fmt: skip
+        }
     n_interacted = int(indexed.net_.interacted[1 : len(indexed.items_) + 1].sum())
     results = {
         "model": described,

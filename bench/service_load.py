@@ -46,7 +46,7 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
-from common import report
+from common import percentiles, report
 
 from lifelong_rec.models import split_specs
 
@@ -157,14 +157,6 @@ class Server:
 
 
 # ------------------------------------------------------------------------------ load
-
-
-def percentiles(seconds: list[float]) -> dict[str, float]:
-    ms = 1e3 * np.asarray(seconds)
-    return {
-        f"{name}_ms": round(float(np.percentile(ms, q)), 2)
-        for name, q in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
-    }
 
 
 async def ingest(
