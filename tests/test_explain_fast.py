@@ -1,9 +1,10 @@
 """The fast explanation paths give what the straightforward ones gave.
 
 Each test pins a rewritten step to the algorithm it replaced, written out here as the
-reference: ranking the reasons (one pass with the popularity part, instead of ranking the
-history reasons and merging the popularity part after), MF's solves (one Cholesky
-factorisation per user instead of numpy's LU), and the transformer's integrated gradients
+reference: ranking the reasons (one compiled pass with the popularity part, instead of
+ranking the history reasons and merging the popularity part after), MF's split (one compiled
+pass per user with a Cholesky factorisation, instead of numpy's LU), remembered sentences, and
+the transformer's integrated gradients
 (last block for the last position only, one vmapped backward pass for all items, the
 emptied history's hidden state cached by length).
 """
@@ -15,7 +16,9 @@ import pytest
 
 from lifelong_rec.data import synthetic_stream
 from lifelong_rec.models import BPR, MatrixFactorization, Popularity, Wording
+from lifelong_rec.models import explanation as explanation_module
 from lifelong_rec.models.explanation import Attribution, solve_positive, top_reasons
+from lifelong_rec.models.kernels import DPOSV, DSYRK, fold_in_split
 
 torch = pytest.importorskip("torch")
 from lifelong_rec.models.sequential import SequentialTransformer, _gauss_legendre  # noqa: E402
@@ -88,6 +91,23 @@ def test_the_popularity_part_ranks_among_the_history_reasons(shop):
             assert explanation.reasons[0].weight == pytest.approx(explanation.score)
 
 
+def test_bpr_similarities_are_the_products_of_history_and_item_factors(shop):
+    model = BPR(epochs=2, seed=0).fit(shop.events)
+    users = model.users_.lookup(np.unique(shop.events.user)[:20])
+    items = np.random.default_rng(2).integers(0, len(model.items_), (len(users), 4))
+    attribution = model._attribute(users, items)
+    factors = model.item_factors_.astype(np.float64)
+    for row, user in enumerate(users):
+        read = model.history_.row_block(np.array([user])).indices
+        np.testing.assert_array_equal(attribution.history[row, : len(read)], read)
+        assert (attribution.history[row, len(read) :] == -1).all()
+        np.testing.assert_allclose(
+            attribution.weights[row, : len(read)], factors[read] @ factors[items[row]].T,
+            rtol=1e-12, atol=1e-12,
+        )  # fmt: skip
+        assert (attribution.weights[row, len(read) :] == 0).all()
+
+
 def test_popularity_sentences_are_worded_in_one_lookup_as_one_by_one():
     wording = Wording(synthetic_stream(n_users=5, n_items=30, n_events=50, seed=1).catalog)
     items = np.array([*wording.catalog.item[:12].tolist(), "not-in-the-catalogue"])
@@ -96,6 +116,30 @@ def test_popularity_sentences_are_worded_in_one_lookup_as_one_by_one():
         wording.popularity(item, half_life)
         for item, half_life in zip(items, half_lives, strict=True)
     ]
+
+
+def test_remembered_sentences_are_the_sentences_worded_one_by_one(monkeypatch):
+    wording = Wording(synthetic_stream(n_users=5, n_items=30, n_events=50, seed=1).catalog)
+    items = [*wording.catalog.item[:15].tolist(), "not-in-the-catalogue"]
+    half_lives = [7.0 if at % 2 else None for at in range(len(items))]
+    titles = wording.titles(np.array(items))
+    expected = {kind: [wording.reason(kind, title) for title in titles]
+                for kind in ("history", "similar_item")}  # fmt: skip
+    expected["popularity"] = [
+        wording.popularities(np.array([item]), [days])[0]
+        for item, days in zip(items, half_lives, strict=True)
+    ]
+    monkeypatch.setattr(explanation_module, "_REMEMBERED", 12)  # forgets within the test
+    wording = Wording(wording.catalog)
+    for part in (slice(0, 8), slice(8, 16), slice(4, 12), slice(0, 8)):
+        for kind, sentences in expected.items():
+            if kind == "popularity":
+                said = wording.popularities(np.array(items[part]), half_lives[part])
+                assert len(wording._category) <= 12
+            else:
+                said = wording.reasons(kind, items[part])
+                assert len(wording._said) <= 12
+            assert said == sentences[part]
 
 
 # ------------------------------------------------------------------------------ MF
@@ -112,19 +156,50 @@ def test_cholesky_solves_match_numpy_and_fall_back_on_an_indefinite_system():
     )
 
 
-def test_mf_split_matches_the_lu_solve_it_replaced(shop):
-    model = MatrixFactorization(factors=16, iterations=4, seed=0).fit(shop.events)
+@pytest.mark.parametrize("half_life", [None, 3_600.0])
+def test_mf_split_matches_the_lu_solve_it_replaced(shop, half_life):
+    model = MatrixFactorization(
+        factors=16, iterations=4, recency_half_life_seconds=half_life, seed=0
+    ).fit(shop.events)
     users = model.users_.lookup(np.unique(shop.events.user)[:30])
+    users = np.concatenate([users, users[:3]])  # a user may repeat
     items = np.random.default_rng(0).integers(0, len(model.items_), (len(users), 5))
-    _, weights = model._split(users, items)
-    _, confidence, chosen = model._fold_in_parts(users)
+    history, weights = model._split(users, items)
+    expected_history, confidence, chosen = model._fold_in_parts(users)
     directions = np.linalg.solve(
         model._fold_in_systems(confidence, chosen),
         np.transpose(model.item_factors_[items], (0, 2, 1)).astype(np.float64),
     )
+    np.testing.assert_array_equal(history, expected_history)
     np.testing.assert_allclose(
         weights, confidence[:, :, None] * (chosen @ directions), rtol=1e-9, atol=1e-12
     )
+
+
+def test_the_compiled_split_solves_a_system_cholesky_cannot():
+    rng = np.random.default_rng(3)
+    factors = rng.standard_normal((40, 6)).astype(np.float32)
+    indptr, indices = np.array([0, 4, 9]), np.array([1, 5, 7, 9, 0, 2, 3, 4, 30])
+    data = rng.random(9).astype(np.float32) + 0.5
+    items = np.array([[11, 12, 13], [20, 21, 22]])
+    gram = np.eye(6)
+    for regularization in (0.5, -1.5):  # the second makes every system indefinite
+        history, weights = fold_in_split(
+            indptr, indices, data, 2.0, factors, gram, regularization, items, DSYRK, DPOSV
+        )
+        for row in range(2):
+            read = indices[indptr[row] : indptr[row + 1]]
+            chosen = factors[read].astype(np.float64)
+            extra = 2.0 * data[indptr[row] : indptr[row + 1]].astype(np.float64)
+            system = gram + regularization * np.eye(6) + chosen.T @ (extra[:, None] * chosen)
+            direction = np.linalg.solve(system, factors[items[row]].T.astype(np.float64))
+            np.testing.assert_array_equal(history[row, : len(read)], read)
+            assert (history[row, len(read) :] == -1).all()
+            np.testing.assert_allclose(
+                weights[row, : len(read)], (1.0 + extra)[:, None] * (chosen @ direction),
+                rtol=1e-9, atol=1e-12,
+            )  # fmt: skip
+            assert (weights[row, len(read) :] == 0).all()
 
 
 # ------------------------------------------------------------------------------ transformer

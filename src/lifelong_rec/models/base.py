@@ -50,6 +50,7 @@ FORMAT_VERSION = 1
 _SCORE_BLOCK = 16_000_000  # scores computed per block of users: at most 64 MB of float32
 _MODELS: dict[str, type[Recommender]] = {}
 _PLAIN = Wording()  # reasons that name items by their ids
+_HISTORY_KINDS = frozenset(("history", "similar_item", "text"))  # reasons on a history item
 # Models whose module needs an optional extra: short name -> (module, package it needs, extra).
 # They register themselves when imported, which happens on first need, so that importing
 # lifelong_rec does not import PyTorch.
@@ -415,6 +416,7 @@ class Recommender(ABC):
             n_candidates = len(item_index)
         width = min(k, n_candidates)
         top_items = np.full((len(ids), k), "", dtype=object)
+        top_index = np.full((len(ids), k), -1, dtype=np.int64)
         top_scores = np.full((len(ids), k), -np.inf, dtype=np.float32)
         block = max(1, _SCORE_BLOCK // max(n_candidates, 1))
         for start in range(0, len(ids) if width else 0, block):
@@ -444,11 +446,14 @@ class Recommender(ABC):
             names = self.items_.ids(best.ravel()).reshape(best.shape).astype(object)
             names[~np.isfinite(best_scores)] = ""
             top_items[rows, :width] = names
+            top_index[rows, :width] = np.where(np.isfinite(best_scores), best, -1)
             top_scores[rows, :width] = np.where(np.isfinite(best_scores), best_scores, -np.inf)
         top_items = top_items.astype(str)
         explanations = None
         if wording is not None:
-            explanations = self._explanations(ids, top_items, top_scores, reasons, wording)
+            explanations = self._explanations(
+                ids, top_items, top_scores, reasons, wording, (user_index, top_index)
+            )
         return Recommendations(ids, top_items, top_scores, cold, explanations)
 
     def _retrieved(
@@ -684,37 +689,53 @@ class Recommender(ABC):
         scores: np.ndarray | None,
         top: int,
         wording: Wording,
+        index: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[tuple[Explanation, ...], ...]:
         """Explanations of a (users, k) table of item ids ("" = none), vectorised over the
-        table; only the final objects are built one by one."""
+        table; only the final objects are built one by one. ``index``: the users' and the
+        items' indexes (-1: unknown or none) where the caller has them (a recommendation)."""
         n, k = items.shape
-        user_index = self.users_.lookup(users)
-        item_index = self.items_.lookup(items.ravel()).reshape(n, k)
+        if index is None:
+            user_index = self.users_.lookup(users)
+            item_index = self.items_.lookup(items.ravel()).reshape(n, k)
+        else:
+            user_index, item_index = index
         known = item_index >= 0
         if scores is None:
             scores = self._pair_scores(user_index, item_index)
         cold = self._cold(user_index)
-        # The reasons' items (-2: the popularity part, -1: none) and weights, (n, k, top).
-        reason_items = np.full((n, k, top), -1, dtype=np.int64)
-        reason_weights = np.zeros((n, k, top))
-        kinds = np.full((n, k), "popularity", dtype=object)
-        methods = np.full(n, "decayed popularity", dtype=object)
-        trend = cold.copy()  # popularity parts worded as a trend (decayed counts)
-        if cold.any():  # the fallback: the score is the decayed popularity, one reason
-            fallback = scores[cold].astype(np.float64)
-            reason_items[cold, :, 0] = np.where(fallback > 0, -2, -1)
-            reason_weights[cold, :, 0] = np.where(fallback > 0, fallback, 0.0)
         warm = np.flatnonzero(~cold)
         if len(warm):
-            attribution = self._attribute(user_index[warm], np.where(known, item_index, 0)[warm])
+            attribution = self._attribute(
+                user_index[warm], np.where(known[warm], item_index[warm], 0)
+            )
             popularity = attribution.popularity
             if popularity is not None:
                 popularity = np.asarray(popularity, dtype=np.float64)
+            # The reasons' items (-2: the popularity part, -1: none, after the reasons) and
+            # weights, (n, k, at most top).
             found, weights = top_reasons(attribution, top, popularity)
+            if len(warm) == n:  # no fallback (a request of a known user): the tables as found
+                return self._build_explanations(
+                    users, items, scores, scores - weights.sum(axis=2), known, cold,
+                    [attribution.method] * n, attribution.kinds, np.full(n, attribution.trend),
+                    found, weights, wording,
+                )  # fmt: skip
+        reason_items = np.full((n, k, top), -1, dtype=np.int64)
+        reason_weights = np.zeros((n, k, top))
+        kinds = np.full((n, k), "popularity", dtype=object)
+        methods = ["decayed popularity"] * n
+        trend = cold.copy()  # popularity parts worded as a trend (decayed counts)
+        # the fallback: the score is the decayed popularity, one reason
+        fallback = scores[cold].astype(np.float64)
+        reason_items[cold, :, 0] = np.where(fallback > 0, -2, -1)
+        reason_weights[cold, :, 0] = np.where(fallback > 0, fallback, 0.0)
+        if len(warm):
             reason_items[warm, :, : found.shape[2]] = found
             reason_weights[warm, :, : found.shape[2]] = weights
             kinds[warm] = attribution.kinds
-            methods[warm] = attribution.method
+            for row in warm.tolist():
+                methods[row] = attribution.method
             trend[warm] = attribution.trend
         rest = scores - reason_weights.sum(axis=2)  # weights are 0 where there is no reason
         return self._build_explanations(
@@ -730,7 +751,7 @@ class Recommender(ABC):
         rest: np.ndarray,
         known: np.ndarray,
         cold: np.ndarray,
-        methods: np.ndarray,
+        methods: list[str],
         kinds: np.ndarray,
         trend: np.ndarray,
         reason_items: np.ndarray,
@@ -738,16 +759,17 @@ class Recommender(ABC):
         wording: Wording,
     ) -> tuple[tuple[Explanation, ...], ...]:
         """The objects, from the (n, k, top) tables: the one step done item by item. Every
-        sentence is worded once per call, from one catalogue lookup for all items, and the
-        tables are read as Python lists (indexing numpy arrays element by element costs more
-        than building the objects)."""
+        sentence is worded once per call (and remembered by the wording), and the tables are
+        read as Python lists (indexing numpy arrays element by element costs more than
+        building the objects)."""
         present = items != ""
         said, popular = self._sentences(items, present, kinds, trend, reason_items, wording)
         version = self.version
+        nan = float("nan")
         rows = zip(
             users.tolist(), items.tolist(), present.tolist(), known.tolist(), kinds.tolist(),
             scores.tolist(), rest.tolist(), reason_items.tolist(), reason_weights.tolist(),
-            methods.tolist(), trend.tolist(), cold.tolist(), strict=True,
+            methods, trend.tolist(), cold.tolist(), strict=True,
         )  # fmt: skip
         out = []
         for user, *row, method, trending, fallback in rows:
@@ -756,17 +778,18 @@ class Recommender(ABC):
                 if not shown:
                     continue
                 if not named:
-                    explained.append(Explanation(user, item, float("nan"), version, "unknown item"))
+                    explained.append(Explanation(user, item, nan, version, "unknown item"))
                     continue
-                reasons = tuple(
-                    Reason("popularity", weight, popular[item, trending])
-                    if history_item == -2
-                    else Reason(kind, weight, *said[kind, history_item])
-                    for history_item, weight in zip(found, weights, strict=True)
-                    if history_item != -1
-                )
+                reasons = []
+                for history_item, weight in zip(found, weights, strict=True):
+                    if history_item == -1:  # the reasons come first
+                        break
+                    if history_item == -2:
+                        reasons.append(Reason("popularity", weight, popular[item, trending]))
+                    else:
+                        reasons.append(Reason(kind, weight, *said[kind, history_item]))
                 explained.append(
-                    Explanation(user, item, score, version, method, reasons, left, fallback)
+                    Explanation(user, item, score, version, method, tuple(reasons), left, fallback)
                 )
             out.append(tuple(explained))
         return tuple(out)
@@ -782,23 +805,21 @@ class Recommender(ABC):
     ) -> tuple[dict[tuple[str, int], tuple[str, str]], dict[tuple[str, bool], str]]:
         """The words of every reason in the (n, k, top) table: (kind, history item) -> (the
         sentence, the item's id), and (item id, trend) -> the popularity sentence."""
-        shown = np.where(present[:, :, None], reason_items, -1)
-        history = shown >= 0
+        shown = reason_items[present]  # (shown items, top)
         said: dict[tuple[str, int], tuple[str, str]] = {}
-        if history.any():
-            named = np.unique(shown[history])
-            ids = self.items_.ids(named)
-            titles = wording.titles(ids).tolist()
-            # the kinds of the items with history reasons: one for most models
-            for kind in set(kinds[history.any(axis=2)].tolist()):
-                for history_item, item, title in zip(named.tolist(), ids.tolist(), titles,
-                                                     strict=True):  # fmt: skip
-                    said[kind, history_item] = (wording.reason(kind, title), item)
+        named = np.unique(shown[shown >= 0]).tolist()
+        if named:
+            ids = self.items_.ids(named).tolist()
+            # the kinds of reasons that rest on a history item: one for most models
+            for kind in _HISTORY_KINDS.intersection(kinds.ravel().tolist()):
+                sentences = wording.reasons(kind, ids)
+                said.update(zip(((kind, item) for item in named),
+                                zip(sentences, ids, strict=True), strict=True))  # fmt: skip
         popular: dict[tuple[str, bool], str] = {}
-        asking = (shown == -2).any(axis=2)
-        if asking.any():
-            trending = np.broadcast_to(trend[:, None], asking.shape)[asking].tolist()
-            asked = sorted(set(zip(items[asking].tolist(), trending, strict=True)))
+        if (shown == -2).any():
+            asking = (shown == -2).any(axis=1)
+            trending = np.broadcast_to(trend[:, None], present.shape)[present][asking].tolist()
+            asked = sorted(set(zip(items[present][asking].tolist(), trending, strict=True)))
             half_life = self._fallback_half_life_days()
             words = wording.popularities(
                 np.array([item for item, _ in asked], dtype=str),

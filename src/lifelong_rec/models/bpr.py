@@ -6,7 +6,8 @@ import numpy as np
 
 from lifelong_rec.checks import check_positive_ints
 from lifelong_rec.models.base import IndexedEvents, Recommender
-from lifelong_rec.models.explanation import Attribution, by_length, cosine, pad_rows
+from lifelong_rec.models.explanation import Attribution, cosine
+from lifelong_rec.models.kernels import history_products
 from lifelong_rec.models.quantise import CompressedServing, check_precision
 from lifelong_rec.models.retrieval import IndexedItems, Stacked, make_retrieval
 
@@ -266,7 +267,10 @@ class BPR(CompressedServing, IndexedItems, Recommender):
         their factors with the item's. The latter is not a split of the score: a BPR user
         vector is a trained parameter, not a function of the history, so the rest of the
         score stays in ``Explanation.rest``."""
-        history, weights = by_length(users, items, self.history_size_[users], self._similarity)
+        rows = self.history_.row_block(users)
+        history, weights = history_products(
+            rows.indptr, rows.indices, self.item_factors_, np.ascontiguousarray(items, np.int64)
+        )
         return Attribution(
             method="item bias, and factor similarity to the history (not a split of the score)",
             history=history,
@@ -274,13 +278,6 @@ class BPR(CompressedServing, IndexedItems, Recommender):
             kinds=np.full(items.shape, "similar_item", dtype=object),
             popularity=self.item_bias_[items, 0].astype(np.float64),
         )
-
-    def _similarity(self, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        unique, inverse = np.unique(users, return_inverse=True)
-        rows = self.history_.row_block(unique)
-        history = pad_rows(rows.indptr, rows.indices, rows.data)[0][inverse]
-        chosen = self.item_factors_[np.maximum(history, 0)] * (history >= 0)[:, :, None]
-        return history, chosen @ np.transpose(self.item_factors_[items], (0, 2, 1))
 
     def _item_similarity(self, item: int) -> np.ndarray:
         return cosine(self.item_factors_, item)

@@ -8,13 +8,13 @@ name items by their catalogue titles (:class:`Wording`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.linalg.lapack import dposv as _posv
 
 from lifelong_rec.events import Catalog, IdIndex
+from lifelong_rec.models.kernels import top_positive
 
 #: What a reason can be.
 #: - history: an item the user interacted with adds ``weight`` to the score (MF, transformer)
@@ -150,37 +150,6 @@ def pad_rows(
     return columns, values
 
 
-def by_length(
-    users: np.ndarray,
-    items: np.ndarray,
-    lengths: np.ndarray,
-    split: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
-    block: int = 64,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Run ``split(users, items) -> (history (b, h), weights (b, h, k))`` on blocks of users
-    of similar history ``lengths`` and assemble the padded (n, h, k) result: a block's
-    (users, history, factors) intermediates then hold little padding (on ML-100K histories
-    run from 20 to 737 items). Users that fit one block (a request) are split as they come,
-    without reordering or copying."""
-    width = max(int(lengths.max(initial=0)), 1)
-    if len(users) <= block:
-        read, split_weights = split(users, items)
-        if read.shape[1] == width:
-            return read, split_weights
-        order = np.arange(len(users))  # a narrower split than asked for: pad it below
-    else:
-        order = np.argsort(lengths, kind="stable")
-    history = np.full((len(users), width), -1, dtype=np.int64)
-    weights = np.zeros((*history.shape, items.shape[1]))
-    for start in range(0, len(users), block):
-        rows = order[start : start + block]
-        if len(users) > block:
-            read, split_weights = split(users[rows], items[rows])
-        history[rows, : read.shape[1]] = read
-        weights[rows, : read.shape[1]] = split_weights
-    return history, weights
-
-
 def solve_positive(systems: np.ndarray, right: np.ndarray) -> np.ndarray:
     """Solve ``systems[r] @ x = right[r]`` for symmetric positive definite systems (n, f, f)
     and right-hand sides (n, f, k): one Cholesky factorisation per system (LAPACK ``posv``)
@@ -207,6 +176,7 @@ def cosine(vectors: np.ndarray, row: int) -> np.ndarray:
 # ------------------------------------------------------------------------------ wording
 
 
+_REMEMBERED = 1 << 16  # reason sentences a Wording keeps (about 10 MB)
 _PERIODS = ((1.5, "today"), (10.0, "this week"), (45.0, "this month"), (400.0, "this year"))
 
 
@@ -227,6 +197,10 @@ class Wording:
     catalog: Catalog | None = None
     verb: str = "interacted with"
     _index: IdIndex = field(init=False, repr=False)
+    # (kind, item id) -> the sentence of a reason resting on that item: worded once
+    _said: dict[tuple[str, str], str] = field(init=False, repr=False, default_factory=dict)
+    # item id -> its first category (None: none): looked up once
+    _category: dict[str, str | None] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.verb, str) or not self.verb.strip():
@@ -250,12 +224,38 @@ class Wording:
         return self.categories(np.array([item]))[0]
 
     def categories(self, items: np.ndarray) -> list[str | None]:
-        """The first category of each item id, or None (one catalogue lookup for all)."""
+        """The first category of each item id, or None (one catalogue lookup for the items
+        not asked about before; remembered as the sentences are)."""
         if self.catalog is None:
             return [None] * len(items)
-        rows = self._index.lookup(np.asarray(items, dtype=str)).tolist()
-        every = self.catalog.categories
-        return [every[row][0] if row >= 0 and every[row] else None for row in rows]
+        names = np.asarray(items, dtype=str).tolist()
+        known = self._category
+        missing = list(dict.fromkeys(item for item in names if item not in known))
+        if missing:
+            if len(known) + len(missing) > _REMEMBERED:
+                known.clear()
+                missing = list(dict.fromkeys(names))
+            rows = self._index.lookup(np.array(missing, dtype=str)).tolist()
+            every = self.catalog.categories
+            for item, row in zip(missing, rows, strict=True):
+                known[item] = every[row][0] if row >= 0 and every[row] else None
+        return [known[item] for item in names]
+
+    def reasons(self, kind: str, items: list[str]) -> list[str]:
+        """The sentence of a reason of this kind resting on each of ``items`` (ids), named by
+        its title: :meth:`reason` of :meth:`titles`. Sentences are remembered (up to
+        :data:`_REMEMBERED`; then afresh), so a request words only the items it is the first
+        to name."""
+        said = self._said
+        out = [said.get((kind, item)) for item in items]
+        missing = [at for at, sentence in enumerate(out) if sentence is None]
+        if missing:
+            if len(said) + len(missing) > _REMEMBERED:
+                said.clear()
+            titles = self.titles(np.array([items[at] for at in missing], dtype=str)).tolist()
+            for at, title in zip(missing, titles, strict=True):
+                out[at] = said[kind, items[at]] = self.reason(kind, title)
+        return out  # type: ignore[return-value]
 
     def reason(self, kind: str, title: str) -> str:
         """The sentence of a reason that rests on a history item with this title."""
@@ -298,10 +298,12 @@ def top_reasons(
     attribution: Attribution, top: int, popularity: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``top`` reasons of every (user, item) that raise its score, largest weight first,
-    vectorised over blocks of users of similar history length.
+    in one compiled pass over the weights (:func:`~lifelong_rec.models.kernels.top_positive`).
 
     ``popularity`` (n, k), when given, is one more candidate per item, ranked with the
     history reasons in the same pass (item -2), so the caller need not merge and sort again.
+    Of equal weights the earlier history item ranks first, and a history item before the
+    popularity part.
 
     Returns
     -------
@@ -313,57 +315,15 @@ def top_reasons(
         0 where ``items`` is -1.
     """
     history = attribution.history
-    n, h = history.shape
+    h = history.shape[1]
     k = attribution.weights.shape[2]
     extra = 0 if popularity is None else 1
     width = min(top, h + extra)
-    if n == 0 or width == 0:
-        return np.full((n, k, width), -1, dtype=np.int64), np.zeros((n, k, width))
-    if n <= _BLOCK:  # a request: one block as it comes
-        return _top_reasons(history, attribution.weights, popularity, width)
-    items = np.full((n, k, width), -1, dtype=np.int64)
-    weights = np.zeros((n, k, width))
-    used = np.where(history >= 0, np.arange(h) + 1, 0).max(axis=1, initial=0)  # columns in use
-    order = np.argsort(used, kind="stable")
-    for start in range(0, n, _BLOCK):
-        rows = order[start : start + _BLOCK]
-        columns = int(used[rows].max())
-        found, chosen = _top_reasons(
-            history[rows, :columns],
-            attribution.weights[rows, :columns],
-            None if popularity is None else popularity[rows],
-            width,
-        )
-        items[rows, :, : found.shape[2]] = found
-        weights[rows, :, : found.shape[2]] = chosen
-    return items, weights
-
-
-_BLOCK = 64  # users ranked at once: a block's (users, history, k) tables stay small
-_SORT_ALL = 64  # histories up to this long are sorted whole; longer ones partitioned first
-
-
-def _top_reasons(
-    history: np.ndarray, weights: np.ndarray, popularity: np.ndarray | None, width: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`top_reasons` of one block: history (b, h), weights (b, h, k), popularity
-    (b, k) or None; returns (b, k, at most ``width``) tables."""
-    b = len(history)
-    strength = np.where((history >= 0)[:, :, None], weights, -np.inf)
-    if popularity is not None:
-        history = np.concatenate([history, np.full((b, 1), -2, dtype=np.int64)], axis=1)
-        strength = np.concatenate([strength, popularity[:, None, :]], axis=1)
-    width = min(width, history.shape[1])
-    strength = -strength.transpose(0, 2, 1)  # (b, k, candidates), most negative first
-    if history.shape[1] <= _SORT_ALL:
-        best = np.argsort(strength, axis=2, kind="stable")[:, :, :width]
-    else:
-        best = np.argpartition(strength, width - 1, axis=2)[:, :, :width]
-        best = np.take_along_axis(
-            best, np.argsort(np.take_along_axis(strength, best, axis=2), axis=2, kind="stable"),
-            axis=2,
-        )  # fmt: skip
-    users = np.arange(b)[:, None, None]
-    chosen = -strength[users, np.arange(strength.shape[1])[None, :, None], best]
-    none = ~(chosen > 0)
-    return np.where(none, -1, history[users, best]), np.where(none, 0.0, chosen)
+    if popularity is None:
+        popularity = np.zeros((0, k))
+    return top_positive(
+        np.ascontiguousarray(history, dtype=np.int64),
+        np.ascontiguousarray(attribution.weights, dtype=np.float64),
+        np.ascontiguousarray(popularity, dtype=np.float64),
+        width,
+    )

@@ -820,12 +820,16 @@ class Fresh(Recommender):
         scores: np.ndarray | None,
         top: int,
         wording: Wording,
+        index: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[tuple[Explanation, ...], ...]:
         """Known items and cold users: the inner model's explanations (the fallback's for
         cold users); new items: the placement's (see the module docstring)."""
         n, k = items.shape
-        user_index = self.users_.lookup(users)
-        item_index = self.items_.lookup(items.ravel()).reshape(n, k)
+        if index is None:
+            user_index = self.users_.lookup(users)
+            item_index = self.items_.lookup(items.ravel()).reshape(n, k)
+        else:
+            user_index, item_index = index
         cold = self._cold(user_index)
         new = (item_index >= 0) & ~cold[:, None]
         new[new] = ~self.prior_.seen_[item_index[new]]

@@ -15,7 +15,9 @@ or numba's user cache where that is read-only), and they release the GIL.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import get_cython_function_address, intrinsic
 
 _TINY = 1e-20
 
@@ -368,3 +370,189 @@ def judged_ranks(
             if blend >= target_blend:
                 blend_ranks[r] += 1.0
     return ranks, blend_ranks
+
+
+# ------------------------------------------------------------------------------ explaining
+
+
+@njit(cache=True, nogil=True)
+def top_positive(
+    history: np.ndarray, weights: np.ndarray, popularity: np.ndarray, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``width`` largest positive weights of every (user, item), largest first, in one
+    pass: the reasons of an explanation.
+
+    ``history`` (n, h): each user's history items, -1 pads; ``weights`` (n, h, k): what
+    history item ``h`` adds to the score of item ``k``; ``popularity`` (n, k), or (0, k) for
+    none: one more candidate per item after the history ones (item -2). Of equal weights the
+    earlier candidate ranks first (as a stable sort). Returns the chosen history items (n, k,
+    width; -1 where fewer candidates are positive) and their weights (0 there)."""
+    n, h = history.shape
+    k = weights.shape[2]
+    with_popularity = popularity.shape[0] == n
+    items = np.full((n, k, width), -1, dtype=np.int64)
+    chosen = np.zeros((n, k, width))
+    if width == 0:
+        return items, chosen
+    for u in range(n):
+        for i in range(k):
+            filled = 0
+            for j in range(h + (1 if with_popularity else 0)):
+                if j < h:
+                    item = history[u, j]
+                    if item < 0:
+                        continue
+                    weight = weights[u, j, i]
+                else:
+                    item = -2
+                    weight = popularity[u, i]
+                if not weight > 0.0:  # also skips NaN
+                    continue
+                if filled == width:
+                    if weight <= chosen[u, i, width - 1]:
+                        continue
+                    slot = width - 1
+                else:
+                    slot = filled
+                    filled += 1
+                while slot > 0 and chosen[u, i, slot - 1] < weight:  # ties keep the earlier
+                    chosen[u, i, slot] = chosen[u, i, slot - 1]
+                    items[u, i, slot] = items[u, i, slot - 1]
+                    slot -= 1
+                chosen[u, i, slot] = weight
+                items[u, i, slot] = item
+    return items, chosen
+
+
+# BLAS and LAPACK routines numba does not wrap, called through scipy's exports: by address,
+# an argument of the kernel, so that the compiled kernel stays cacheable (an address baked in
+# would be a "dynamic global").
+DSYRK = get_cython_function_address("scipy.linalg.cython_blas", "dsyrk")
+DPOSV = get_cython_function_address("scipy.linalg.cython_lapack", "dposv")
+
+
+@intrinsic
+def _fortran_call(typingctx, address, arrays):
+    """Call the Fortran routine at ``address`` with the data pointers of a tuple of arrays
+    (every Fortran argument is a pointer: scalars are passed as one-element arrays)."""
+    if not isinstance(address, types.Integer) or not isinstance(arrays, types.BaseTuple):
+        return None
+    if not all(isinstance(member, types.Array) for member in arrays):
+        return None
+
+    def codegen(context, builder, signature, args):
+        address_value, members = args
+        byte = ir.IntType(8).as_pointer()
+        pointers = [
+            builder.bitcast(
+                context.make_array(kind)(context, builder, builder.extract_value(members, at)).data,
+                byte,
+            )
+            for at, kind in enumerate(arrays)
+        ]
+        routine = ir.FunctionType(ir.VoidType(), [byte] * len(pointers))
+        builder.call(builder.inttoptr(address_value, routine.as_pointer()), pointers)
+        return context.get_dummy_value()
+
+    return types.void(address, arrays), codegen
+
+
+@njit(cache=True, nogil=True)
+def fold_in_split(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    alpha: float,
+    factors: np.ndarray,
+    gram: np.ndarray,
+    regularization: float,
+    items: np.ndarray,
+    syrk: int,
+    posv: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The exact split of implicit-feedback ALS fold-in scores over each user's history.
+
+    For user ``u`` with history rows ``Y_u`` (factors of the items in CSR row ``u``: columns
+    ``indices``, weights ``data``) and confidences ``c = 1 + alpha * w``, the folded-in
+    vector is ``x_u = A^-1 Y_u^T c`` with ``A = gram + regularization I + Y_u^T (C - I)
+    Y_u`` (``gram``: the item factors' Gram matrix), so the score of item ``i`` splits as
+    ``sum_j c_j (A^-1 y_i) . y_j``. Per user: ``A`` by a symmetric rank-h update (BLAS
+    ``dsyrk`` on ``sqrt(c - 1) Y_u``, half a matrix product), one Cholesky factorisation
+    that solves all k items (LAPACK ``dposv``), one product with the history.
+
+    ``items`` (n, k) are factor rows; ``syrk`` and ``posv`` the addresses of ``DSYRK`` and
+    ``DPOSV``. History weights are positive (a weight at or below 0 adds nothing to ``A``).
+    Returns each user's history (n, h; -1 pads) and the split (n, h, k; 0 at pads), float64.
+    """
+    n, k = items.shape
+    f = factors.shape[1]
+    width = 1
+    for u in range(n):
+        width = max(width, indptr[u + 1] - indptr[u])
+    history = np.full((n, width), -1, dtype=np.int64)
+    weights = np.zeros((n, width, k))
+    base = gram.copy()
+    for d in range(f):
+        base[d, d] += regularization
+    lower, plain = np.array([ord("L")], dtype=np.uint8), np.array([ord("N")], dtype=np.uint8)
+    one = np.ones(1)
+    size, lead = np.full(1, f, dtype=np.int32), np.full(1, f, dtype=np.int32)
+    rank, columns = np.zeros(1, dtype=np.int32), np.full(1, k, dtype=np.int32)
+    info = np.zeros(1, dtype=np.int32)
+    for u in range(n):
+        start, m = indptr[u], indptr[u + 1] - indptr[u]
+        chosen = np.empty((m, f))
+        scaled = np.empty((m, f))
+        confidence = np.empty(m)
+        for j in range(m):
+            item = indices[start + j]
+            history[u, j] = item
+            extra = max(alpha * data[start + j], 0.0)
+            confidence[j] = 1.0 + extra
+            root = np.sqrt(extra)
+            for d in range(f):
+                chosen[j, d] = factors[item, d]
+                scaled[j, d] = chosen[j, d] * root
+        system = base.copy()  # symmetric: its rows read as Fortran's columns
+        rank[0] = m
+        _fortran_call(syrk, (lower, plain, size, rank, one, scaled, lead, one, system, lead))  # type: ignore[call-arg]
+        directions = np.empty((k, f))  # Fortran's f x k right-hand sides
+        for i in range(k):
+            for d in range(f):
+                directions[i, d] = factors[items[u, i], d]
+        right = directions.copy()
+        _fortran_call(posv, (lower, size, columns, system, lead, directions, lead, info))
+        if info[0] != 0:  # not positive definite by rounding: LU on the whole system
+            directions = np.linalg.solve(base + scaled.T @ scaled, right.T).T.copy()
+        split = chosen @ directions.T  # (m, k)
+        for j in range(m):
+            for i in range(k):
+                weights[u, j, i] = confidence[j] * split[j, i]
+    return history, weights
+
+
+@njit(cache=True, nogil=True)
+def history_products(
+    indptr: np.ndarray, indices: np.ndarray, factors: np.ndarray, items: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The dot product of each user's history items' factors with each of its items':
+    CSR rows ``indptr``/``indices`` (one per user), ``items`` (n, k) factor rows. Returns
+    the history (n, h; -1 pads) and the products (n, h, k; 0 at pads), float64."""
+    n, k = items.shape
+    f = factors.shape[1]
+    width = 1
+    for u in range(n):
+        width = max(width, indptr[u + 1] - indptr[u])
+    history = np.full((n, width), -1, dtype=np.int64)
+    products = np.zeros((n, width, k))
+    for u in range(n):
+        start, m = indptr[u], indptr[u + 1] - indptr[u]
+        for j in range(m):
+            item = indices[start + j]
+            history[u, j] = item
+            for i in range(k):
+                total = 0.0
+                for d in range(f):
+                    total += np.float64(factors[item, d]) * np.float64(factors[items[u, i], d])
+                products[u, j, i] = total
+    return history, products

@@ -10,14 +10,8 @@ from lifelong_rec.checks import check_positive_ints
 from lifelong_rec.events import EventBatch
 from lifelong_rec.models.base import IndexedEvents, Recommender
 from lifelong_rec.models.bounded import Sightings, admitted, compact, footprint
-from lifelong_rec.models.explanation import (
-    Attribution,
-    by_length,
-    cosine,
-    pad_rows,
-    solve_positive,
-)
-from lifelong_rec.models.kernels import solve_rows
+from lifelong_rec.models.explanation import Attribution, cosine, pad_rows, solve_positive
+from lifelong_rec.models.kernels import DPOSV, DSYRK, fold_in_split, solve_rows
 from lifelong_rec.models.quantise import CompressedServing, check_precision
 from lifelong_rec.models.retrieval import IndexedItems, make_retrieval
 from lifelong_rec.models.sparse import GrowingSparse, RowBlock
@@ -460,20 +454,21 @@ class MatrixFactorization(CompressedServing, IndexedItems, Recommender):
         With ``A = Y^T Y + Y_u^T (C_u - I) Y_u + reg I``, the folded-in user vector is
         ``x_u = A^-1 Y_u^T c_u``, so ``score = y_i . x_u = sum_j c_uj (A^-1 y_i) . y_j``: each
         history item j contributes ``c_uj (A^-1 y_i) . y_j``. The contributions add up to the
-        exact fold-in score, which the CG solves of ``learn`` approach; one batched solve
-        serves every user's k items.
+        exact fold-in score, which the CG solves of ``learn`` approach; one Cholesky
+        factorisation per user serves its k items.
         """
-        history, weights = by_length(users, items, self.history_size_[users], self._split)
+        history, weights = self._split(users, items)
         kinds = np.full(items.shape, "history", dtype=object)
         return Attribution("exact split of the fold-in score", history, weights, kinds)
 
     def _split(self, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        history, confidence, chosen = self._fold_in_parts(users)
-        directions = solve_positive(
-            self._fold_in_systems(confidence, chosen),
-            np.transpose(self.item_factors_[items], (0, 2, 1)).astype(np.float64),
-        )  # (n, f, k): A^-1 y_i for every item, one Cholesky factorisation per user
-        return history, confidence[:, :, None] * (chosen @ directions)
+        """(history (n, h), weights (n, h, k)): one compiled pass over the users."""
+        rows = self._user_rows(users)
+        return fold_in_split(
+            rows.indptr, rows.indices, rows.data, float(self.alpha), self.item_factors_,
+            self._item_gram, float(self.regularization),
+            np.ascontiguousarray(items, dtype=np.int64), DSYRK, DPOSV,
+        )  # fmt: skip
 
     def _deletion_scores(self, user: int, items: np.ndarray, removed: np.ndarray) -> np.ndarray:
         """Fold-in scores from the history, then from the history without each removed item
