@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import httpx
@@ -25,8 +26,10 @@ from schemathesis.checks import not_a_server_error
 from serve_process import ServeProcess
 
 from lifelong_rec.data import synthetic_stream
+from lifelong_rec.models.explanation import Reason
 from lifelong_rec.policy import policy_names
 from lifelong_rec.service import Settings, create_app
+from lifelong_rec.service.engine import _reason_fields
 from lifelong_rec.store import EventLog
 
 TOKEN = "test-token-0123456789"
@@ -921,3 +924,11 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory, rows: list[dict]) -> I
 )
 def test_no_request_is_a_server_error(case: schemathesis.Case, fuzz_server: Server) -> None:
     case.call_and_validate(base_url=fuzz_server.url, headers=AUTH, checks=[not_a_server_error])
+
+
+def test_a_reason_is_served_with_every_field_of_its_dataclass():
+    for reason in (
+        Reason("history", 0.5, "Because you watched X", "x"),
+        Reason("popularity", 1, "t"),
+    ):
+        assert _reason_fields(reason) == asdict(reason)

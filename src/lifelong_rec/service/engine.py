@@ -36,6 +36,7 @@ from lifelong_rec.events import Catalog, EventBatch, EventWeights, kind_codes
 from lifelong_rec.explain import explain_decisions
 from lifelong_rec.models import Recommender, Wording, parse_model, with_catalog
 from lifelong_rec.models.bounded import memory_report, reports_memory
+from lifelong_rec.models.explanation import Reason
 from lifelong_rec.policy import Decisions, Greedy, Policy, parse_policy, reward_spec, serve
 from lifelong_rec.service.decisions import Served, rewards_matrix
 from lifelong_rec.service.errors import Conflict, Invalid, NotFound, NotReady
@@ -267,7 +268,7 @@ class Engine:
         result = dict(decided.result)
         result["method"] = explained[0].method if explained else None
         result["items"] = [
-            entry | {"reasons": [asdict(reason) for reason in explanation.reasons]}
+            entry | {"reasons": [_reason_fields(reason) for reason in explanation.reasons]}
             for entry, explanation in zip(result["items"], explained, strict=True)  # type: ignore[call-overload]
         ]
         return result
@@ -694,3 +695,9 @@ class _ClientBudget:
             if len(self._buckets) > self.clients:  # the least recently seen goes first
                 del self._buckets[next(iter(self._buckets))]
         return allowed
+
+
+def _reason_fields(reason: Reason) -> dict[str, object]:
+    """A reason as its response fields. ``dataclasses.asdict`` costs 3 µs a reason (about
+    40 times this), a tenth of a millisecond for 10 items with 3 reasons each."""
+    return {"kind": reason.kind, "weight": reason.weight, "text": reason.text, "item": reason.item}
