@@ -1,4 +1,4 @@
-"""Compiled kernels (numba) for the per-event update path.
+"""Compiled kernels (numba) for the per-event update path and the per-request path.
 
 A single event touches one user and one item: a handful of short rows. Written with numpy,
 gathering those rows from a growing sparse matrix and solving their normal equations takes a
@@ -7,6 +7,9 @@ on ML-100K that overhead was most of matrix factorisation's 0.7 ms per event. He
 two steps is one compiled call that loops over the rows, with BLAS for each row's products;
 it is faster than the vectorised numpy it replaced for large problems too (a full fit, the
 fold of a sparse matrix's pending increments).
+
+A request's explanations are the same kind of work: a few short rows per user (MF's fold-in
+split, BPR's similarities, the top reasons of ten items), done by one compiled call each.
 
 The kernels are compiled on first use and cached on disk (``cache=True``: next to this file,
 or numba's user cache where that is read-only), and they release the GIL.
