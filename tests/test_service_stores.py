@@ -7,10 +7,11 @@ The PostgreSQL cases need $LIFELONG_REC_TEST_POSTGRES (see ``postgres_url`` in c
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -112,14 +113,33 @@ def test_a_decision_is_got_back_from_memory_and_from_the_table(
     backend: Backend, store: DecisionStore | PostgresDecisionStore
 ) -> None:
     original = served("d1", user="alice")
+    features = np.arange(6.0).reshape(1, 3, 2)  # what only memory keeps (with the params)
+    original.decisions = replace(original.decisions, params={"epsilon": 0.1}, features=features)
     store.add(original)
-    assert store.get("d1") is original
+    kept = store.get("d1")  # from memory: every field, as a new object
+    assert kept is not None and kept is not original
+    assert (kept.id, kept.experiment, kept.arm, kept.created_at, kept.rewards) == (
+        "d1", "ab", "a", original.created_at, None,
+    )  # fmt: skip
+    for name in ("users", "slates", "propensities", "explored", "features", "exploring"):
+        np.testing.assert_array_equal(
+            getattr(kept.decisions, name), getattr(original.decisions, name)
+        )
+    assert (kept.decisions.policy, kept.decisions.params, kept.decisions.model_version) == (
+        "greedy", {"epsilon": 0.1}, "v1",
+    )  # fmt: skip
+    assert gc.collect() >= 0 and not gc.is_tracked(store._recent["d1"])  # out of the GC's walk
+    assert store.settle(kept, [1.0, 0.0, 0.0])
+    assert store.get("d1").rewards == [1.0, 0.0, 0.0]  # memory follows the feedback
+    assert not store.settle(store.get("d1"), [0.0, 0.0, 1.0])
     store.flush()
     other = backend.decisions()  # a fresh process: not in its memory
     try:
         again = other.get("d1")
         assert again is not None
-        assert (again.id, again.experiment, again.arm, again.rewards) == ("d1", "ab", "a", None)
+        assert (again.id, again.experiment, again.arm, again.rewards) == (
+            "d1", "ab", "a", [1.0, 0.0, 0.0],
+        )  # fmt: skip
         assert again.decisions.users.tolist() == ["alice"]
         assert again.decisions.slates.tolist() == [["i1", "i2", "i3"]]
         assert again.decisions.propensities.tolist() == [[1.0, 0.5, 0.25]]
