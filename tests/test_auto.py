@@ -46,6 +46,30 @@ def test_one_hedge_step_by_hand() -> None:
     assert model.judged_.sum() == model.judged_[1, 1] == 2
 
 
+def test_the_kept_item_ages_are_the_ages_at_the_clock() -> None:
+    model = Ensemble(candidates=("pop", "itemknn(neighbours=20)"))
+    model.fit(_events(["u1", "u2", "u3", "u2"], ["a", "b", "a", "c"]))
+    rng = np.random.default_rng(0)
+    now, kept = 10.0, 0
+    # steps that cross an hour, a day and 30 days; new items; items shown (known, not seen)
+    # before their first click
+    for step in [*rng.choice([5.0, 1_000.0, 3_000.0, 40_000.0, 900_000.0], 60), -50_000.0]:
+        now += step
+        user, shown = f"u{rng.integers(6)}", f"shown{rng.integers(8)}"
+        clicked = f"shown{rng.integers(8)}" if rng.random() < 0.5 else f"i{rng.integers(12)}"
+        before = model._ages
+        model.learn(
+            EventBatch.from_columns(
+                [user, user], [shown, clicked], 1.7e9 + now + np.arange(2),
+                kind=["impression", "click"],
+            )
+        )  # fmt: skip
+        ages = model._item_ages()
+        kept += model._ages is before and before is not None
+        np.testing.assert_array_equal(ages, model._age(np.arange(len(model.items_)), model.clock_))
+    assert 0 < kept < 60  # kept across some events, computed again across others
+
+
 def _switching_stream(seed: int = 0, users: int = 150, items: int = 120, half: int = 3_000):
     """First half: independent clicks, 80 % of them on 8 hot items (a bestseller list wins).
     Second half, for new users: each walks one shared chain of items, i then i + 1, with

@@ -192,6 +192,8 @@ class Ensemble(Recommender):
         the latest served parts (see :meth:`_served_parts`)."""
         self._maps: list[tuple[int, np.ndarray]] = []
         self._served: tuple[np.ndarray, np.ndarray] | None = None
+        # every item's age bucket (see _item_ages): (items, clock until which it holds, ages)
+        self._ages: tuple[int, float, np.ndarray] | None = None
 
     def _grow(self, n_users: int, n_items: int) -> None:
         extra = n_items - len(self.first_seen_)
@@ -246,7 +248,10 @@ class Ensemble(Recommender):
 
     def _note_times(self, events: IndexedEvents) -> None:
         positive = events.positive
-        np.minimum.at(self.first_seen_, events.item[positive], events.timestamp[positive])
+        items, times = events.item[positive], events.timestamp[positive]
+        if (times < self.first_seen_[items]).any():  # an item seen earlier than it was: its age
+            np.minimum.at(self.first_seen_, items, times)
+            self._ages = None
         if len(events.timestamp):
             self.clock_ = max(self.clock_, float(events.timestamp.max()))
 
@@ -312,7 +317,7 @@ class Ensemble(Recommender):
         excluded[np.repeat(np.arange(n), np.diff(seen.indptr)), seen.indices] = True
         excluded[_same_user(user_index, *batch)] = True
         history = _bucket(HISTORY_BUCKETS, sizes)
-        item_ages = self._age(np.arange(len(self.items_)), self.clock_)
+        item_ages = self._item_ages()
         rank, ranks = judged_ranks(parts, excluded, item_index, self.weights_, history,
                                    item_ages)  # fmt: skip
         losses = 1.0 - np.where(rank <= self.k, 1.0 / np.log2(rank + 1.0), 0.0)
@@ -340,6 +345,23 @@ class Ensemble(Recommender):
         seen = np.isfinite(first)
         age = np.where(seen, np.asarray(now) - np.where(seen, first, 0.0), 0.0)
         return np.where(seen, 1 + _bucket(AGE_BUCKETS, np.maximum(age, 0.0)), 0)
+
+    def _item_ages(self) -> np.ndarray:
+        """:meth:`_age` of every item at ``clock_``, computed again only when it can have
+        changed: an item seen for the first time (or earlier than it was), or the clock past
+        the time the first item enters its next bucket (an hour after its first event, a
+        day, 30 days). Judging and serving read it for every event and request."""
+        cached = self._ages  # read once: another reader of a served snapshot may replace it
+        if cached is not None and cached[0] == len(self.items_) and self.clock_ < cached[1]:
+            return cached[2]
+        first = self.first_seen_[: len(self.items_)]
+        ages = self._age(np.arange(len(self.items_)), self.clock_)
+        edges = np.append(np.asarray(AGE_BUCKETS), np.inf)
+        seen = ages > 0
+        # the next edge of a seen item of bucket b (1 + index of its lower end) is edges[b]
+        until = float((first[seen] + edges[ages[seen]]).min(initial=np.inf))
+        self._ages = (len(self.items_), until, ages)
+        return ages
 
     def _situation(self, user_index: np.ndarray) -> np.ndarray:
         """Each user's history bucket (unknown users: 0)."""
@@ -420,7 +442,7 @@ class Ensemble(Recommender):
         return parts
 
     def _score(self, user_index: np.ndarray, item_index: np.ndarray | slice) -> np.ndarray:
-        ages = self._age(np.arange(len(self.items_)), self.clock_)
+        ages = self._item_ages()
         history = self._situation(user_index)
         out = [np.zeros((0, len(self.items_)), dtype=np.float32)[:, item_index]]
         block = max(1, _JUDGE_BLOCK // (len(self.models_) * max(len(self.items_), 1)))
