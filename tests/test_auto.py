@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from lifelong_rec.events import Catalog, EventBatch
-from lifelong_rec.models import Auto, Ensemble, Fresh, parse_model
+from lifelong_rec.models import Auto, Ensemble, Fresh, Recommender, parse_model
 
 
 def _events(users: list[str], items: list[str], start: float = 0.0) -> EventBatch:
@@ -339,3 +339,84 @@ def test_the_compiled_judging_ranks_as_the_array_formulation() -> None:
     np.testing.assert_array_equal(rank[known], expected[known])
     np.testing.assert_array_equal(blend_rank[known], expected_blend[known])
     assert np.isinf(rank[~known]).all() and np.isinf(blend_rank[~known]).all()
+
+
+def _trend_stream() -> tuple[EventBatch, EventBatch]:
+    """Regulars who clicked "classic" three weeks ago, then, in the last three hours, new
+    users whose one click goes mostly to "trend": (the old part, the new part)."""
+    rng = np.random.default_rng(4)
+    now = 1.7e9
+    old_users = [f"regular{n % 30}" for n in range(300)]
+    old_items = ["classic" if n % 3 else f"other{n % 7}" for n in range(300)]
+    old = EventBatch.from_columns(old_users, old_items, now - 21 * 86_400 + np.arange(300) * 60)
+    new_items = [("trend" if rng.random() < 0.8 else f"other{rng.integers(7)}") for _ in range(200)]
+    new = EventBatch.from_columns(
+        [f"newcomer{n}" for n in range(200)], new_items, now - 3 * 3_600 + np.arange(200) * 50
+    )
+    return old, new
+
+
+def test_users_it_knows_nothing_about_get_the_fallback_that_ranked_them_best(tmp_path) -> None:
+    old, new = _trend_stream()
+    model = Auto(**Auto._unit_test_params()).fit(old)
+    for start in range(0, len(new), 10):
+        model.learn(new.take(slice(start, start + 10)))
+    lead = int(np.argmax(model.fallback_weights_))
+    assert model.fallback_half_lives[lead] <= 1.0  # an hour or a day, not a week or a month
+    assert model.popularity_ is model.fallbacks_[lead]
+    month = model.fallback_half_lives.index(30.0)
+    assert model.fallback_weights_[lead] > 0.4 and model.fallback_weights_[month] < 0.1
+    served = model.recommend(["someone new"], k=3, explain=True)
+    assert served.fallback[0] and served.items[0][0] == "trend"
+    explanation = served.explanations[0][0]
+    assert [reason.kind for reason in explanation.reasons] == ["popularity"]
+    assert explanation.reasons[0].weight == pytest.approx(float(served.scores[0][0]))
+    model.save(tmp_path / "auto")
+    loaded = Recommender.load(tmp_path / "auto")
+    np.testing.assert_array_equal(loaded.fallback_weights_, model.fallback_weights_)
+    assert loaded.recommend(["someone new"], k=3).items.tolist() == served.items.tolist()
+
+
+def test_a_model_saved_with_one_fallback_serves_it_on(tmp_path) -> None:
+    old, new = _trend_stream()
+    model = Auto(**Auto._unit_test_params()).fit(old)
+    model.learn(new)
+    model.save(tmp_path / "auto")
+    arrays_path = tmp_path / "auto" / "arrays.npz"
+    with np.load(arrays_path) as stored:  # as saved before auto chose its fallback
+        week = model.fallbacks_[model.fallback_half_lives.index(7.0)].state()
+        arrays = {k: v for k, v in stored.items() if not k.startswith("model.fallback.")}
+        arrays |= {f"popularity.{key}": value for key, value in week.items()}
+    np.savez(arrays_path, **arrays)
+    loaded = Recommender.load(tmp_path / "auto")
+    assert loaded.fallback_half_lives[int(np.argmax(loaded.fallback_weights_))] == 7.0
+    np.testing.assert_array_equal(loaded.popularity_.counts, week["counts"])
+    best = loaded.items_.ids([int(np.argmax(week["counts"]))])[0]
+    assert loaded.recommend(["someone new"], k=1).items[0][0] == best
+
+
+def test_a_long_half_life_leads_where_newcomers_follow_the_long_run() -> None:
+    rng = np.random.default_rng(5)
+    now = 1.7e9
+    # ten classics, clicked by regulars all month long; in the last two hours the regulars
+    # crowd five new items; newcomers pick classics as the month did
+    classics = [f"classic{n}" for n in range(10)]
+    old = EventBatch.from_columns(
+        [f"regular{n % 40}" for n in range(3_000)], [classics[n % 10] for n in range(3_000)],
+        now - 30 * 86_400 + np.sort(rng.uniform(0, 30 * 86_400 - 7_200, 3_000)),
+    )  # fmt: skip
+    burst = EventBatch.from_columns(
+        [f"regular{n % 40}" for n in range(500)], [f"trend{n % 5}" for n in range(500)],
+        now - 7_200 + np.arange(500) * 10.0,
+    )  # fmt: skip
+    newcomers = EventBatch.from_columns(
+        [f"newcomer{n}" for n in range(60)], [classics[n % 10] for n in range(60)],
+        now + np.arange(60) * 10.0,
+    )  # fmt: skip
+    model = Auto(**Auto._unit_test_params()).fit(old)
+    model.learn(burst)
+    for start in range(0, len(newcomers), 10):
+        model.learn(newcomers.take(slice(start, start + 10)))
+    lead = int(np.argmax(model.fallback_weights_))
+    assert model.fallback_half_lives[lead] == 30.0 and model.fallback_weights_[lead] > 0.4
+    assert model.recommend(["someone new"], k=1).items[0][0].startswith("classic")
