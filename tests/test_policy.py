@@ -33,6 +33,7 @@ from lifelong_rec.policy import (
     reward_spec,
 )
 from lifelong_rec.policy.ridge import candidate_means
+from lifelong_rec.policy.serve import _union_pool
 
 SPECS = {
     "greedy": "greedy",
@@ -872,3 +873,15 @@ def test_reward_specs_are_frozen_and_compare_by_value():
     with pytest.raises(AttributeError):
         spec.click = 0.5  # type: ignore[misc]
     assert set(spec.weights()) == set(KINDS)
+
+
+def test_a_single_users_pool_is_their_list_as_the_general_union_gives_it():
+    items = np.array([["b", "a", "d", ""]])
+    scores = np.array([[3.0, 2.0, 1.0, -np.inf]], dtype=np.float32)
+    none = np.zeros(0, dtype=str)
+    pool, score, rank = _union_pool(items, scores, none)  # one user: the fast path
+    twice = _union_pool(np.repeat(items, 2, axis=0), np.repeat(scores, 2, axis=0), none)
+    assert pool.tolist() == twice[0].tolist() == ["b", "a", "d"]
+    np.testing.assert_array_equal(score, twice[1][:1])
+    np.testing.assert_array_equal(rank, twice[2][:1])
+    assert score.dtype == twice[1].dtype and rank.dtype == twice[2].dtype

@@ -216,6 +216,10 @@ def _union_pool(
         The item's rank in the user's list (1 = first), 0 where it is not in it.
     """
     listed = items != ""
+    if len(items) == 1 and not len(new_items):  # a request: the list is the pool, in order
+        pool_ids = items[0][listed[0]]
+        ranked = np.arange(1, len(pool_ids) + 1)[None, :]
+        return pool_ids, scores[:, listed[0]].astype(np.float64), ranked
     flat = items[listed]  # row by row, each row in the model's order
     distinct, first = np.unique(flat, return_index=True)
     known = distinct[np.argsort(first, kind="stable")]
