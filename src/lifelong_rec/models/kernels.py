@@ -461,6 +461,23 @@ def _fortran_call(typingctx, address, arrays):
 
 
 @njit(cache=True, nogil=True)
+def _history_tables(
+    indptr: np.ndarray, indices: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """What a split over CSR history rows (one per user) fills: each user's history items
+    (n, h; -1 pads, h the longest row, at least 1) and zeros for their weights (n, h, k)."""
+    n = len(indptr) - 1
+    width = 1
+    for u in range(n):
+        width = max(width, indptr[u + 1] - indptr[u])
+    history = np.full((n, width), -1, dtype=np.int64)
+    for u in range(n):
+        for j in range(indptr[u + 1] - indptr[u]):
+            history[u, j] = indices[indptr[u] + j]
+    return history, np.zeros((n, width, k))
+
+
+@njit(cache=True, nogil=True)
 def fold_in_split(
     indptr: np.ndarray,
     indices: np.ndarray,
@@ -489,11 +506,7 @@ def fold_in_split(
     """
     n, k = items.shape
     f = factors.shape[1]
-    width = 1
-    for u in range(n):
-        width = max(width, indptr[u + 1] - indptr[u])
-    history = np.full((n, width), -1, dtype=np.int64)
-    weights = np.zeros((n, width, k))
+    history, weights = _history_tables(indptr, indices, k)
     base = gram.copy()
     for d in range(f):
         base[d, d] += regularization
@@ -509,7 +522,6 @@ def fold_in_split(
         confidence = np.empty(m)
         for j in range(m):
             item = indices[start + j]
-            history[u, j] = item
             extra = max(alpha * data[start + j], 0.0)
             confidence[j] = 1.0 + extra
             root = np.sqrt(extra)
@@ -543,16 +555,11 @@ def history_products(
     the history (n, h; -1 pads) and the products (n, h, k; 0 at pads), float64."""
     n, k = items.shape
     f = factors.shape[1]
-    width = 1
-    for u in range(n):
-        width = max(width, indptr[u + 1] - indptr[u])
-    history = np.full((n, width), -1, dtype=np.int64)
-    products = np.zeros((n, width, k))
+    history, products = _history_tables(indptr, indices, k)
     for u in range(n):
         start, m = indptr[u], indptr[u + 1] - indptr[u]
         for j in range(m):
             item = indices[start + j]
-            history[u, j] = item
             for i in range(k):
                 total = 0.0
                 for d in range(f):
