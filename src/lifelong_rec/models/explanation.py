@@ -8,6 +8,7 @@ name items by their catalogue titles (:class:`Wording`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -228,34 +229,25 @@ class Wording:
         not asked about before; remembered as the sentences are)."""
         if self.catalog is None:
             return [None] * len(items)
-        names = np.asarray(items, dtype=str).tolist()
-        known = self._category
-        missing = list(dict.fromkeys(item for item in names if item not in known))
-        if missing:
-            if len(known) + len(missing) > _REMEMBERED:
-                known.clear()
-                missing = list(dict.fromkeys(names))
+        every = self.catalog.categories
+
+        def look_up(missing: list[str]) -> list[str | None]:
             rows = self._index.lookup(np.array(missing, dtype=str)).tolist()
-            every = self.catalog.categories
-            for item, row in zip(missing, rows, strict=True):
-                known[item] = every[row][0] if row >= 0 and every[row] else None
-        return [known[item] for item in names]
+            return [every[row][0] if row >= 0 and every[row] else None for row in rows]
+
+        return _remembered(self._category, np.asarray(items, dtype=str).tolist(), look_up)
 
     def reasons(self, kind: str, items: list[str]) -> list[str]:
         """The sentence of a reason of this kind resting on each of ``items`` (ids), named by
         its title: :meth:`reason` of :meth:`titles`. Sentences are remembered (up to
         :data:`_REMEMBERED`; then afresh), so a request words only the items it is the first
         to name."""
-        said = self._said
-        out = [said.get((kind, item)) for item in items]
-        missing = [at for at, sentence in enumerate(out) if sentence is None]
-        if missing:
-            if len(said) + len(missing) > _REMEMBERED:
-                said.clear()
-            titles = self.titles(np.array([items[at] for at in missing], dtype=str)).tolist()
-            for at, title in zip(missing, titles, strict=True):
-                out[at] = said[kind, items[at]] = self.reason(kind, title)
-        return out  # type: ignore[return-value]
+
+        def word(missing: list[tuple[str, str]]) -> list[str]:
+            titles = self.titles(np.array([item for _, item in missing], dtype=str)).tolist()
+            return [self.reason(kind, title) for title in titles]
+
+        return _remembered(self._said, [(kind, item) for item in items], word)
 
     def reason(self, kind: str, title: str) -> str:
         """The sentence of a reason that rests on a history item with this title."""
@@ -289,6 +281,19 @@ class Wording:
             "Shown to explore new items: picked over higher-ranked ones, "
             f"with probability {propensity:.2g}"
         )
+
+
+def _remembered(store: dict, keys: list, make: Callable[[list], list]) -> list:
+    """The value of each key: from ``store``, the missing ones made at once by ``make`` (on
+    the distinct missing keys) and kept there. A store that would grow past
+    :data:`_REMEMBERED` starts afresh with this call's keys."""
+    missing = list(dict.fromkeys(key for key in keys if key not in store))
+    if missing:
+        if len(store) + len(missing) > _REMEMBERED:
+            store.clear()
+            missing = list(dict.fromkeys(keys))
+        store.update(zip(missing, make(missing), strict=True))
+    return [store[key] for key in keys]
 
 
 # ------------------------------------------------------------------------------ building
