@@ -705,43 +705,51 @@ class Recommender(ABC):
             scores = self._pair_scores(user_index, item_index)
         cold = self._cold(user_index)
         warm = np.flatnonzero(~cold)
-        if len(warm):
-            attribution = self._attribute(
-                user_index[warm], np.where(known[warm], item_index[warm], 0)
+        if n and len(warm) == n:  # no fallback (a request of known users): the tables as found
+            attribution, reason_items, reason_weights = self._reasons(
+                user_index, item_index, known, top
             )
-            popularity = attribution.popularity
-            if popularity is not None:
-                popularity = np.asarray(popularity, dtype=np.float64)
+            kinds, methods = attribution.kinds, [attribution.method] * n
+            trend = np.full(n, attribution.trend)
+        else:
             # The reasons' items (-2: the popularity part, -1: none, after the reasons) and
-            # weights, (n, k, at most top).
-            found, weights = top_reasons(attribution, top, popularity)
-            if len(warm) == n:  # no fallback (a request of a known user): the tables as found
-                return self._build_explanations(
-                    users, items, scores, scores - weights.sum(axis=2), known, cold,
-                    [attribution.method] * n, attribution.kinds, np.full(n, attribution.trend),
-                    found, weights, wording,
-                )  # fmt: skip
-        reason_items = np.full((n, k, top), -1, dtype=np.int64)
-        reason_weights = np.zeros((n, k, top))
-        kinds = np.full((n, k), "popularity", dtype=object)
-        methods = ["decayed popularity"] * n
-        trend = cold.copy()  # popularity parts worded as a trend (decayed counts)
-        # the fallback: the score is the decayed popularity, one reason
-        fallback = scores[cold].astype(np.float64)
-        reason_items[cold, :, 0] = np.where(fallback > 0, -2, -1)
-        reason_weights[cold, :, 0] = np.where(fallback > 0, fallback, 0.0)
-        if len(warm):
-            reason_items[warm, :, : found.shape[2]] = found
-            reason_weights[warm, :, : found.shape[2]] = weights
-            kinds[warm] = attribution.kinds
-            for row in warm.tolist():
-                methods[row] = attribution.method
-            trend[warm] = attribution.trend
+            # weights, (n, k, top).
+            reason_items = np.full((n, k, top), -1, dtype=np.int64)
+            reason_weights = np.zeros((n, k, top))
+            kinds = np.full((n, k), "popularity", dtype=object)
+            methods = ["decayed popularity"] * n
+            trend = cold.copy()  # popularity parts worded as a trend (decayed counts)
+            # the fallback: the score is the decayed popularity, one reason
+            fallback = scores[cold].astype(np.float64)
+            reason_items[cold, :, 0] = np.where(fallback > 0, -2, -1)
+            reason_weights[cold, :, 0] = np.where(fallback > 0, fallback, 0.0)
+            if len(warm):
+                attribution, found, weights = self._reasons(
+                    user_index[warm], item_index[warm], known[warm], top
+                )
+                reason_items[warm, :, : found.shape[2]] = found
+                reason_weights[warm, :, : found.shape[2]] = weights
+                kinds[warm] = attribution.kinds
+                for row in warm.tolist():
+                    methods[row] = attribution.method
+                trend[warm] = attribution.trend
         rest = scores - reason_weights.sum(axis=2)  # weights are 0 where there is no reason
         return self._build_explanations(
             users, items, scores, rest, known, cold, methods, kinds, trend,
             reason_items, reason_weights, wording,
         )  # fmt: skip
+
+    def _reasons(
+        self, user_index: np.ndarray, item_index: np.ndarray, known: np.ndarray, top: int
+    ) -> tuple[Attribution, np.ndarray, np.ndarray]:
+        """Warm users' attribution, and the ``top`` reasons of each of their items: history
+        items (-2: the popularity part, -1: none, after the reasons) and weights, shape
+        (n, k, at most top)."""
+        attribution = self._attribute(user_index, np.where(known, item_index, 0))
+        popularity = attribution.popularity
+        if popularity is not None:
+            popularity = np.asarray(popularity, dtype=np.float64)
+        return attribution, *top_reasons(attribution, top, popularity)
 
     def _build_explanations(
         self,
