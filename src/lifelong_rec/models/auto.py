@@ -329,14 +329,12 @@ class Ensemble(Recommender):
         item_ages = self._item_ages()
         rank, ranks = judged_ranks(parts, excluded, item_index, self.weights_, history,
                                    item_ages)  # fmt: skip
-        losses = 1.0 - np.where(rank <= self.k, 1.0 / np.log2(rank + 1.0), 0.0)
+        losses = _ndcg_losses(rank, self.k)
         ages = np.where(known, self._age(item, times), 0)
         ranks = np.where(ages > 0, ranks, np.inf)
         summed = np.zeros_like(self.weights_)
         np.add.at(summed, (history, ages), losses)
-        weights = self.weights_ * np.exp(-self.learning_rate * summed)
-        weights /= weights.sum(axis=2, keepdims=True)
-        self.weights_ = (1.0 - self.share) * weights + self.share / n_candidates
+        self.weights_ = _hedge(self.weights_, summed, self.learning_rate, self.share)
         np.add.at(self.judged_, (history, ages), 1)
         return losses, ranks
 
@@ -718,10 +716,10 @@ class Auto(Fresh):
         for start in range(0, len(rows), block):
             part = chosen[:, start : start + block]
             ranks[:, start : start + block] = (counts[:, None, :] >= part[:, :, None]).sum(axis=2)
-        losses = 1.0 - np.where(ranks <= self.k, 1.0 / np.log2(ranks + 1.0), 0.0)
-        weights = self.fallback_weights_ * np.exp(-self.learning_rate * losses.sum(axis=1))
-        weights /= weights.sum()
-        self.fallback_weights_ = (1.0 - self.share) * weights + self.share / len(weights)
+        losses = _ndcg_losses(ranks, self.k).sum(axis=1)
+        self.fallback_weights_ = _hedge(
+            self.fallback_weights_, losses, self.learning_rate, self.share
+        )
         self.popularity_ = self.fallbacks_[self._lead()]
 
     def _explanations(
@@ -809,6 +807,21 @@ class Auto(Fresh):
         if self.updates_ and len(rows):
             # their buckets as before the batch: only _observe, next, records it here
             self.rates_.add(self._bucket(self.users_.lookup(events.user[rows])), ranks)
+
+
+def _ndcg_losses(ranks: np.ndarray, k: int) -> np.ndarray:
+    """One minus the NDCG@k of each rank (1 = first; inf = never ranked)."""
+    return 1.0 - np.where(ranks <= k, 1.0 / np.log2(ranks + 1.0), 0.0)
+
+
+def _hedge(
+    weights: np.ndarray, losses: np.ndarray, learning_rate: float, share: float
+) -> np.ndarray:
+    """One Hedge step over the last axis (the experts): the weights times exp(-learning_rate
+    * their summed losses), normalised, then mixed with the uniform ``share``."""
+    stepped = weights * np.exp(-learning_rate * losses)
+    stepped /= stepped.sum(axis=-1, keepdims=True)
+    return (1.0 - share) * stepped + share / weights.shape[-1]
 
 
 def _bucket(lower_ends: tuple[float, ...], values: np.ndarray) -> np.ndarray:
